@@ -1,0 +1,484 @@
+"""Typed run configuration: one pydantic model per YAML section.
+
+Order of precedence, fixed: defaults, then the YAML file, then `--set`
+overrides; then validation. This module never imports TensorFlow, so a bad
+config fails in milliseconds, before the runtime starts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from paradl_tf.errors import ConfigError
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+ImportPath = Annotated[str, Field(pattern=r"^[\w.]+:\w+$")]
+
+
+class Section(BaseModel):
+    # Strict: "3" is not an int and yes/no are not strings; unknown keys are errors.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+# ---------------------------------------------------------------- devices
+class DevicesConfig(Section):
+    """Logical devices to create before TensorFlow starts."""
+
+    type: Literal["CPU", "GPU"] = "CPU"
+    count: PositiveInt = 1
+    """Logical devices per physical device (CPU: split the one CPU; GPU: split each GPU)."""
+    memory_limit_mb: PositiveInt | None = None
+    """GPU only: memory of each logical GPU; needed to split a GPU into more than one."""
+
+
+# ---------------------------------------------------------------- strategy
+CrossDeviceOps = Literal["auto", "nccl", "hierarchical_copy", "reduction_to_one_device"]
+
+
+class DefaultStrategyConfig(Section):
+    """No distribution: TensorFlow's default strategy, placement left to TensorFlow."""
+
+    kind: Literal["default"]
+
+
+class OneDeviceStrategyConfig(Section):
+    """Everything on one device (tf.distribute.OneDeviceStrategy)."""
+
+    kind: Literal["one_device"]
+    device: str | None = None
+    """Device name such as /cpu:0 or /gpu:1; default: the first logical device of devices.type."""
+
+
+class MirroredStrategyConfig(Section):
+    """Synchronous data parallel on the devices of this process (tf.distribute.MirroredStrategy)."""
+
+    kind: Literal["mirrored"]
+    devices: PositiveInt | list[str] | None = None
+    """How many logical devices (the first N), or their names; default: all of devices.type."""
+    cross_device_ops: CrossDeviceOps = "auto"
+    """All-reduce: auto (NCCL on GPUs, reduction to one device on CPUs), nccl, hierarchical_copy, reduction_to_one_device."""
+
+
+StrategyConfig = Annotated[
+    Union[DefaultStrategyConfig, OneDeviceStrategyConfig, MirroredStrategyConfig],
+    Field(discriminator="kind"),
+]
+
+
+# ---------------------------------------------------------------- model
+class MLPConfig(Section):
+    """Flatten, then Dense layers, then a Dense classifier."""
+
+    kind: Literal["mlp"]
+    hidden: list[PositiveInt] = [128, 64]
+    activation: str = "relu"
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+
+class CNNConfig(Section):
+    """Conv-ReLU-MaxPool blocks, then a Dense head."""
+
+    kind: Literal["cnn"]
+    filters: list[PositiveInt] = [32, 64]
+    kernel_size: PositiveInt = 3
+    dense: PositiveInt = 128
+
+
+class InceptionConfig(Section):
+    """A stem conv, then inception blocks: four independent branches (1x1; 1x1-3x3; 1x1-5x5; pool-1x1) concatenated."""
+
+    kind: Literal["inception"]
+    stem_filters: PositiveInt = 32
+    blocks: PositiveInt = 2
+    branch_filters: PositiveInt = 16
+
+
+class UserModelConfig(Section):
+    """A user's model builder, `package.module:function(input_shape, num_classes, keras, **args)` returning a Keras model."""
+
+    kind: Literal["user"]
+    fn: ImportPath
+    args: dict[str, Any] = {}
+
+
+ModelConfig = Annotated[
+    Union[MLPConfig, CNNConfig, InceptionConfig, UserModelConfig], Field(discriminator="kind")
+]
+
+
+# ---------------------------------------------------------------- data
+class DigitsConfig(Section):
+    """scikit-learn's bundled handwritten digits (1797 8x8 images, 10 classes): real data, no download."""
+
+    kind: Literal["digits"]
+    validation_split: Fraction = 0.2
+
+
+class SyntheticImagesConfig(Section):
+    """Random images with learnable class structure, deterministic from train.seed."""
+
+    kind: Literal["synthetic_images"]
+    image_shape: Annotated[list[PositiveInt], Field(min_length=3, max_length=3)] = [32, 32, 3]
+    num_classes: Annotated[int, Field(ge=2)] = 10
+    train_examples: PositiveInt = 2048
+    validation_examples: PositiveInt = 512
+
+
+class SyntheticTabularConfig(Section):
+    """Random feature vectors with learnable class structure, deterministic from train.seed."""
+
+    kind: Literal["synthetic_tabular"]
+    features: PositiveInt = 64
+    num_classes: Annotated[int, Field(ge=2)] = 10
+    train_examples: PositiveInt = 4096
+    validation_examples: PositiveInt = 1024
+
+
+class UserDataConfig(Section):
+    """A user's loader, `package.module:function(seed, **args)` returning ((x_train, y_train), (x_val, y_val)) arrays."""
+
+    kind: Literal["user"]
+    fn: ImportPath
+    args: dict[str, Any] = {}
+
+
+DataConfig = Annotated[
+    Union[DigitsConfig, SyntheticImagesConfig, SyntheticTabularConfig, UserDataConfig],
+    Field(discriminator="kind"),
+]
+
+
+# ---------------------------------------------------------------- train
+class TrainConfig(Section):
+    """How model.fit runs. Batch sizes are global: each replica gets global_batch_size / replicas."""
+
+    epochs: PositiveInt = 5
+    steps_per_epoch: PositiveInt | None = None
+    """Default: one pass over the training data."""
+    global_batch_size: PositiveInt = 64
+    optimizer: Literal["sgd", "adam", "rmsprop", "adagrad"] = "adam"
+    learning_rate: PositiveFloat = 1e-3
+    seed: int = 0
+    steps_per_execution: PositiveInt = 1
+    """Training steps per tf.function call; >1 cuts per-step Python overhead."""
+    deterministic: bool = False
+    """tf.config.experimental.enable_op_determinism(): bitwise-repeatable runs, slower."""
+    tensorboard: bool = False
+    """Write TensorBoard logs to <output_dir>/tensorboard."""
+    verbose: Literal[0, 1, 2] = 1
+    """Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch."""
+
+
+KerasChoice = Literal["auto", "keras3", "tf_keras"]
+
+
+class Config(Section):
+    """One training run."""
+
+    devices: DevicesConfig = DevicesConfig()
+    strategy: StrategyConfig = DefaultStrategyConfig(kind="default")
+    keras: KerasChoice = "auto"
+    """Which Keras runs: auto picks Keras 3 where the strategy supports it, tf_keras (Keras 2) where not."""
+    model: ModelConfig = MLPConfig(kind="mlp")
+    data: DataConfig = DigitsConfig(kind="digits")
+    train: TrainConfig = TrainConfig()
+    output_dir: str = "runs/default"
+
+    _source: str | None = PrivateAttr(default=None)
+    _provenance: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @property
+    def source(self) -> str | None:
+        """The YAML file this config came from, if any."""
+        return self._source
+
+    @property
+    def provenance(self) -> dict[str, str]:
+        """Dotted key -> 'default' | 'file' | '--set'."""
+        return dict(self._provenance)
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> "Config":
+        for check in _COMBINATION_CHECKS:
+            check(self)
+        return self
+
+
+def _check_memory_limit(cfg: Config) -> None:
+    if cfg.devices.memory_limit_mb is not None and cfg.devices.type == "CPU":
+        raise ValueError(
+            "devices.memory_limit_mb applies to GPUs only; remove it or set devices.type: GPU. "
+            f"Received: devices.memory_limit_mb={cfg.devices.memory_limit_mb}"
+        )
+
+
+def _check_nccl(cfg: Config) -> None:
+    s = cfg.strategy
+    if getattr(s, "cross_device_ops", None) == "nccl" and cfg.devices.type == "CPU":
+        raise ValueError(
+            "strategy.cross_device_ops: NCCL all-reduce needs GPUs, but devices.type is CPU; "
+            "use auto or reduction_to_one_device. Received: strategy.cross_device_ops='nccl'"
+        )
+
+
+def _check_mirrored_device_count(cfg: Config) -> None:
+    s = cfg.strategy
+    if s.kind == "mirrored" and isinstance(s.devices, int) and cfg.devices.type == "CPU":
+        if s.devices > cfg.devices.count:
+            raise ValueError(
+                f"strategy.devices asks for {s.devices} devices but only {cfg.devices.count} logical "
+                f"CPU(s) exist (devices.count). Received: strategy.devices={s.devices}"
+            )
+
+
+_COMBINATION_CHECKS = [_check_memory_limit, _check_nccl, _check_mirrored_device_count]
+
+
+# ================================================================ loading
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Defaults, then the YAML file at `path`, then `key.path=value` overrides; validated.
+
+    Raises ConfigError with a one-line message naming the file and key at fault.
+    """
+    where = f"{path}: " if path else ""
+    file_data = _read_yaml(path) if path else {}
+    data = _deep_copy(file_data)
+    override_keys = []
+    for item in overrides:
+        key, value = _parse_override(item, data)
+        _set_path(data, key, value)
+        override_keys.append(key)
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(where + _format_error(exc, data)) from None
+    cfg._source = str(path) if path else None
+    cfg._provenance = _provenance(cfg, file_data, override_keys)
+    return cfg
+
+
+def dump_config(cfg: Config) -> str:
+    """The resolved config as YAML, as a run writes it to <output_dir>/config.yaml."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def _read_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{p}: invalid YAML{line}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _parse_override(item: str, data: dict) -> tuple[str, Any]:
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set expects key.path=value. Received: --set {item!r}")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    # Typed by the schema: where a string is expected, keep the text as typed.
+    if not isinstance(value, str) and not isinstance(value, (dict, list)) and _expects_string(key, data):
+        value = text
+    return key, value
+
+
+def _set_path(data: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _deep_copy(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _deep_copy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deep_copy(v) for v in data]
+    return data
+
+
+# ---------------------------------------------------------------- schema walking
+def _section_class(annotation: Any, tag: Any) -> type[BaseModel] | None:
+    """The model class of a field's annotation; for a tagged union, the member whose kind is `tag`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for member in _union_members(annotation):
+        if isinstance(member, type) and issubclass(member, BaseModel):
+            kind = member.model_fields.get("kind")
+            if kind is not None and tag in typing.get_args(kind.annotation):
+                return member
+    return None
+
+
+def _union_members(annotation: Any) -> tuple:
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is Annotated:
+        return _union_members(args[0])
+    return args
+
+
+def _kinds(annotation: Any) -> list[str]:
+    out = []
+    for member in _union_members(annotation):
+        kind = getattr(member, "model_fields", {}).get("kind")
+        if kind is not None:
+            out.extend(typing.get_args(kind.annotation))
+    return out
+
+
+def _walk(parts: list[str], data: dict) -> tuple[type[BaseModel] | None, Any]:
+    """Follow a key path through the schema: (class holding the last key, annotation of the last key)."""
+    cls: type[BaseModel] | None = Config
+    node: Any = data
+    annotation = None
+    for i, part in enumerate(parts):
+        if cls is None or part not in cls.model_fields:
+            return None, None
+        annotation = cls.model_fields[part].annotation
+        if i == len(parts) - 1:
+            return cls, annotation
+        node = node.get(part, {}) if isinstance(node, dict) else {}
+        tag = node.get("kind") if isinstance(node, dict) else None
+        cls = _section_class(annotation, tag)
+    return cls, annotation
+
+
+def _expects_string(key: str, data: dict) -> bool:
+    _, annotation = _walk(key.split("."), data)
+    if annotation is None:
+        return False
+    members = _union_members(annotation) or (annotation,)
+    return all(
+        m is str or (typing.get_origin(m) is Literal and all(isinstance(a, str) for a in typing.get_args(m)))
+        for m in members
+        if m is not type(None)
+    )
+
+
+# ---------------------------------------------------------------- error messages
+_BOOL_HINT = "; YAML reads unquoted yes/no/on/off/true/false as booleans: quote the value, e.g. 'off'"
+
+
+def _format_error(exc: ValidationError, data: dict) -> str:
+    """One line for the first failing key: path, problem, received value, and a fix where one exists."""
+    errors = exc.errors()
+    first = errors[0]
+    if first["type"] == "value_error" and not first["loc"]:
+        return str(first["msg"]).removeprefix("Value error, ")
+    path = _data_path(first["loc"], data, keep_last=first["type"] in ("missing", "extra_forbidden"))
+    dotted = ".".join(str(p) for p in path)
+    kind = first["type"]
+    value = first.get("input")
+    if kind == "extra_forbidden":
+        return _unknown_key_message(first["loc"], path, data)
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        section = dotted
+        _, annotation = _walk([str(p) for p in path], data)
+        choices = ", ".join(_kinds(annotation))
+        if kind == "union_tag_not_found":
+            return f"{section}.kind is missing; choose one of: {choices}"
+        tag = value.get("kind") if isinstance(value, dict) else value
+        hint = _BOOL_HINT if isinstance(tag, bool) else ""
+        return f"{section}.kind: unknown {section} kind {tag!r}; choose one of: {choices}{hint}"
+    if kind == "missing":
+        return f"{dotted}: required key is missing"
+    messages = [e["msg"] for e in errors if _data_path(e["loc"], data, False) == path]
+    problem = " or ".join(dict.fromkeys(_lower_first(m) for m in messages)).replace(" or input should be", " or")
+    hint = _BOOL_HINT if isinstance(value, bool) and kind in ("string_type", "literal_error") else ""
+    return f"{dotted}: {problem}. Received: {dotted}={value!r} ({type(value).__name__}){hint}"
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
+
+
+def _data_path(loc: tuple, data: Any, keep_last: bool) -> list:
+    """The part of a pydantic error location that names keys the user wrote (drops union branch tags)."""
+    path, node = [], data
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            path.append(part)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            path.append(part)
+            node = node[part]
+        elif keep_last and i == len(loc) - 1:
+            path.append(part)
+    return path
+
+
+def _unknown_key_message(loc: tuple, path: list, data: dict) -> str:
+    key = str(path[-1])
+    parent = [str(p) for p in path[:-1]]
+    if parent:
+        cls, annotation = _walk(parent, data)
+        node = data
+        for p in parent:
+            node = node.get(p, {}) if isinstance(node, dict) else {}
+        section = _section_class(annotation, node.get("kind") if isinstance(node, dict) else None)
+        valid = list(section.model_fields) if section else []
+    else:
+        valid = list(Config.model_fields)
+    dotted = ".".join(parent + [key])
+    close = difflib.get_close_matches(key, valid, n=1)
+    suggestion = f"; did you mean {close[0]!r}?" if close else ""
+    where = ".".join(parent) or "the top level"
+    return f"{dotted}: unknown key {key!r} in {where}{suggestion} Valid keys: {', '.join(valid)}"
+
+
+def _provenance(cfg: Config, file_data: dict, override_keys: list[str]) -> dict[str, str]:
+    out = {}
+    for key in _leaf_keys(cfg.model_dump(mode="json")):
+        if any(key == o or key.startswith(o + ".") for o in override_keys):
+            out[key] = "--set"
+        elif _has_path(file_data, key.split(".")):
+            out[key] = "file"
+        else:
+            out[key] = "default"
+    return out
+
+
+def _leaf_keys(data: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in data.items():
+        dotted = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            keys.extend(_leaf_keys(v, dotted + "."))
+        else:
+            keys.append(dotted)
+    return keys
+
+
+def _has_path(data: Any, parts: list[str]) -> bool:
+    for p in parts:
+        if not isinstance(data, dict) or p not in data:
+            return False
+        data = data[p]
+    return True

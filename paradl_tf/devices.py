@@ -1,0 +1,71 @@
+"""Logical devices: split one CPU (or each GPU) so multi-device code runs on a laptop."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from paradl_tf.config import DevicesConfig
+from paradl_tf.errors import DeviceSetupError
+
+_TOO_LATE = (
+    "cannot create {n} logical {kind} devices: the TensorFlow runtime is already initialized "
+    "with {have}. Call paradl_tf.setup_virtual_devices() before anything touches TensorFlow "
+    "devices or tensors; in a notebook, restart the kernel and call it first."
+)
+
+
+def setup_virtual_devices(n: int, device_type: str = "CPU", memory_limit_mb: int | None = None) -> list[str]:
+    """Split each physical `device_type` device into `n` logical devices; returns the logical device names.
+
+    Must run before TensorFlow initializes its runtime. Calling it again with the
+    layout already in place is a no-op.
+    """
+    device_type = device_type.upper()
+    if n < 1:
+        raise DeviceSetupError(f"the number of logical devices must be at least 1. Received: n={n}")
+    physical = tf.config.list_physical_devices(device_type)
+    if not physical:
+        raise DeviceSetupError(
+            f"devices.type is {device_type} but TensorFlow sees no {device_type}; "
+            f"use devices.type: CPU or run where a {device_type} is visible"
+        )
+    if device_type == "GPU" and n > 1 and memory_limit_mb is None:
+        raise DeviceSetupError(
+            f"splitting a GPU into {n} logical devices needs devices.memory_limit_mb (memory per logical GPU)"
+        )
+    wanted = [tf.config.LogicalDeviceConfiguration(memory_limit=memory_limit_mb) for _ in range(n)]
+    if n == 1 and memory_limit_mb is None:
+        wanted = None  # one logical device per physical one: TensorFlow's own default
+    for device in physical:
+        if _same_layout(tf.config.get_logical_device_configuration(device), wanted):
+            continue
+        try:
+            tf.config.set_logical_device_configuration(device, wanted)
+        except RuntimeError:
+            have = tf.config.list_logical_devices(device_type)
+            if wanted is None and len(have) == len(physical):
+                continue
+            if wanted is not None and len(have) == n * len(physical) and memory_limit_mb is None:
+                continue
+            raise DeviceSetupError(
+                _TOO_LATE.format(n=n, kind=device_type, have=f"{len(have)} logical {device_type} device(s)")
+            ) from None
+    return logical_device_names(device_type)
+
+
+def setup_devices(cfg: DevicesConfig) -> list[str]:
+    """setup_virtual_devices from the config's `devices` section."""
+    return setup_virtual_devices(cfg.count, cfg.type, cfg.memory_limit_mb)
+
+
+def logical_device_names(device_type: str = "CPU") -> list[str]:
+    """Short names of the logical devices of one type, e.g. ['/device:CPU:0', '/device:CPU:1']."""
+    return [f"/device:{device_type.upper()}:{i}" for i in range(len(tf.config.list_logical_devices(device_type)))]
+
+
+def _same_layout(current, wanted) -> bool:
+    if not current and wanted is None:
+        return True
+    if current is None or wanted is None or len(current) != len(wanted):
+        return False
+    return all(c.memory_limit == w.memory_limit for c, w in zip(current, wanted))

@@ -1,0 +1,13 @@
+"""Errors the toolkit raises for bad input. The CLI prints them as `error: ...` and exits 2."""
+
+
+class ParadlError(Exception):
+    """Bad input or an environment that cannot run what was asked; the message is one line with the fix."""
+
+
+class ConfigError(ParadlError, ValueError):
+    """A config file, key or value is wrong."""
+
+
+class DeviceSetupError(ParadlError, RuntimeError):
+    """Logical devices cannot be created as asked."""

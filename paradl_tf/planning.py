@@ -1,0 +1,85 @@
+"""`plan`: what a config will run, without training: config with provenance, devices, strategy, variables."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from paradl_tf.config import Config
+from paradl_tf.training import Job, prepare
+
+
+def plan(cfg: Config) -> dict[str, Any]:
+    """Build the strategy and the model (no training) and describe them."""
+    job = prepare(cfg)
+    variables = [_describe_variable(v, job) for v in job.model.variables]
+    return {
+        "config": cfg.model_dump(mode="json"),
+        "provenance": cfg.provenance,
+        "source": cfg.source,
+        "logical_devices": [d.name for d in tf.config.list_logical_devices()],
+        "strategy": cfg.strategy.kind,
+        "strategy_class": type(job.strategy).__name__,
+        "keras": job.keras_name,
+        "replicas": job.replicas,
+        "devices": job.devices,
+        "global_batch_size": cfg.train.global_batch_size,
+        "per_replica_batch_size": job.per_replica_batch_size,
+        "variables": variables,
+        "parameter_bytes": sum(v["bytes"] for v in variables),
+    }
+
+
+def variable_devices(variable, strategy: tf.distribute.Strategy) -> list[str]:
+    """Devices holding a variable's values: one per replica for a mirrored variable."""
+    value = getattr(variable, "value", variable)  # Keras 3 wraps the tf.Variable
+    if callable(value):  # tf_keras: `value` is a method of tf.Variable
+        value = variable
+    return [t.device for t in strategy.experimental_local_results(value)]
+
+
+def _describe_variable(variable, job: Job) -> dict[str, Any]:
+    shape = tuple(int(d) for d in variable.shape)
+    dtype = tf.as_dtype(variable.dtype)
+    return {
+        "name": getattr(variable, "path", variable.name),
+        "shape": list(shape),
+        "dtype": dtype.name,
+        "bytes": int(np.prod(shape, dtype=np.int64)) * dtype.size,
+        "devices": variable_devices(variable, job.strategy),
+    }
+
+
+def format_plan(p: dict[str, Any], as_json: bool = False) -> str:
+    """The plan as text (or JSON)."""
+    if as_json:
+        return json.dumps(p, indent=2)
+    lines = [f"config: {p['source'] or '(defaults)'}"]
+    width = max(len(k) for k in p["provenance"])
+    flat = _flatten(p["config"])
+    for key, origin in p["provenance"].items():
+        lines.append(f"  {key:<{width}}  {json.dumps(flat.get(key))}  [{origin}]")
+    lines.append("logical devices: " + ", ".join(p["logical_devices"]))
+    lines.append(f"strategy: {p['strategy']} ({p['strategy_class']}), {p['replicas']} replica(s) on {', '.join(p['devices'])}")
+    lines.append(f"keras: {p['keras']}")
+    lines.append(f"batch: global {p['global_batch_size']}, per replica {p['per_replica_batch_size']}")
+    rows = [(v["name"], "x".join(map(str, v["shape"])) or "scalar", str(v["bytes"]), ", ".join(v["devices"])) for v in p["variables"]]
+    rows.insert(0, ("variable", "shape", "bytes", "device(s)"))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        lines.append(f"  {r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}")
+    lines.append(f"parameter bytes: {p['parameter_bytes']}")
+    return "\n".join(lines)
+
+
+def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in data.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

@@ -1,0 +1,134 @@
+"""A training run: config -> devices -> strategy -> Keras -> data -> model -> model.fit -> results.json."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import tensorflow as tf
+
+from paradl_tf.config import Config, dump_config
+from paradl_tf.data import Datasets, build_dataset
+from paradl_tf.devices import setup_devices
+from paradl_tf.keras_version import import_keras, resolve_keras
+from paradl_tf.models import build_model, compile_model
+from paradl_tf.strategies import build_strategy, check_global_batch
+
+
+@dataclass
+class Job:
+    """Everything a run needs, built and compiled but not trained."""
+
+    cfg: Config
+    strategy: tf.distribute.Strategy
+    keras_name: str
+    keras: ModuleType
+    datasets: Datasets
+    model: Any
+    per_replica_batch_size: int
+
+    @property
+    def replicas(self) -> int:
+        return self.strategy.num_replicas_in_sync
+
+    @property
+    def devices(self) -> list[str]:
+        return list(self.strategy.extended.worker_devices)
+
+
+def prepare(cfg: Config) -> Job:
+    """Set up devices, build the strategy, pick Keras, build the data and the compiled model."""
+    setup_devices(cfg.devices)
+    strategy = build_strategy(cfg)
+    per_replica = check_global_batch(cfg.train.global_batch_size, strategy)
+    keras_name = resolve_keras(
+        cfg.keras, cfg.strategy.kind, strategy.num_replicas_in_sync, cfg.train.steps_per_execution
+    )
+    keras = import_keras(keras_name)
+    keras.utils.set_random_seed(cfg.train.seed)
+    if cfg.train.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    datasets = build_dataset(cfg)
+    with strategy.scope():
+        model = build_model(cfg.model, datasets.input_shape, datasets.num_classes, keras)
+        compile_model(model, cfg.train, keras)
+    return Job(cfg, strategy, keras_name, keras, datasets, model, per_replica)
+
+
+def train(cfg: Config) -> dict[str, Any]:
+    """Train with model.fit as `cfg` says; writes config.yaml and results.json to cfg.output_dir and returns the results."""
+    start = time.perf_counter()
+    job = prepare(cfg)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(dump_config(cfg))
+    timer = _epoch_timer(job.keras)
+    callbacks = [timer]
+    if cfg.train.tensorboard:
+        callbacks.append(job.keras.callbacks.TensorBoard(log_dir=str(out / "tensorboard")))
+    fit_start = time.perf_counter()
+    history = job.model.fit(
+        job.datasets.train,
+        validation_data=job.datasets.validation,
+        epochs=cfg.train.epochs,
+        steps_per_epoch=cfg.train.steps_per_epoch,
+        shuffle=False,  # the pipeline shuffles, seeded
+        callbacks=callbacks,
+        verbose=cfg.train.verbose,
+    )
+    fit_seconds = time.perf_counter() - fit_start
+    results = _results(job, history.history, timer.epoch_seconds, fit_seconds, time.perf_counter() - start)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def _results(job: Job, history: dict, epoch_seconds: list[float], fit_seconds: float, wall: float) -> dict:
+    cfg = job.cfg
+    steps = job.datasets.steps_per_epoch
+    examples_per_epoch = steps * cfg.train.global_batch_size
+    steady = epoch_seconds[1:] or epoch_seconds  # the first epoch pays for tracing
+    return {
+        "strategy": cfg.strategy.kind,
+        "strategy_class": type(job.strategy).__name__,
+        "keras": job.keras_name,
+        "keras_version": job.keras.__version__,
+        "tensorflow_version": tf.__version__,
+        "replicas": job.replicas,
+        "devices": job.devices,
+        "global_batch_size": cfg.train.global_batch_size,
+        "per_replica_batch_size": job.per_replica_batch_size,
+        "epochs": cfg.train.epochs,
+        "steps_per_epoch": steps,
+        "history": {k: [float(v) for v in vs] for k, vs in history.items()},
+        "val_accuracy": float(history["val_accuracy"][-1]),
+        "examples_per_sec": examples_per_epoch * len(steady) / sum(steady),
+        "epoch_train_seconds": epoch_seconds,
+        "fit_seconds": fit_seconds,
+        "wall_seconds": wall,
+        "output_dir": cfg.output_dir,
+    }
+
+
+def _epoch_timer(keras: ModuleType):
+    """A callback that times the training part of each epoch (first step to last step, validation excluded)."""
+
+    class EpochTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.epoch_seconds: list[float] = []
+            self._begin = self._last = 0.0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._begin = self._last = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            self._last = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.epoch_seconds.append(self._last - self._begin)
+
+    return EpochTimer()
