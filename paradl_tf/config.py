@@ -309,11 +309,20 @@ def _set_path(data: dict, key: str, value: Any) -> None:
     for i, part in enumerate(parts[:-1]):
         child = node.get(part)
         if child is None:
-            child = node[part] = {}
+            child = node[part] = _default_section(parts[: i + 1])
         if not isinstance(child, dict):
             raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a section")
         node = child
     node[parts[-1]] = value
+
+
+def _default_section(parts: list[str]) -> dict:
+    """A section that an override creates starts from the default's kind, so `--set model.hidden=[8]` keeps mlp."""
+    if len(parts) == 1 and parts[0] in Config.model_fields:
+        default = Config.model_fields[parts[0]].default
+        if isinstance(default, BaseModel) and "kind" in type(default).model_fields:
+            return {"kind": default.kind}
+    return {}
 
 
 def _deep_copy(data: Any) -> Any:
@@ -447,8 +456,8 @@ def _unknown_key_message(loc: tuple, path: list, data: dict) -> str:
     else:
         valid = list(Config.model_fields)
     dotted = ".".join(parent + [key])
-    close = difflib.get_close_matches(key, valid, n=1)
-    suggestion = f"; did you mean {close[0]!r}?" if close else ""
+    close = difflib.get_close_matches(key, valid, n=1) or [v for v in valid if key in v][:1]
+    suggestion = f"; did you mean {close[0]!r}?" if close else "."
     where = ".".join(parent) or "the top level"
     return f"{dotted}: unknown key {key!r} in {where}{suggestion} Valid keys: {', '.join(valid)}"
 

@@ -59,7 +59,22 @@ def _one_device(strategy_cfg, devices_cfg: DevicesConfig) -> tf.distribute.Strat
 def _mirrored(strategy_cfg, devices_cfg: DevicesConfig) -> tf.distribute.Strategy:
     devices = _select_devices(strategy_cfg.devices, devices_cfg)
     _check_exists(devices, devices_cfg)
+    _new_collective_key_base(tf.distribute.MirroredStrategy)
     return tf.distribute.MirroredStrategy(devices, cross_device_ops=_cross_device_ops(strategy_cfg.cross_device_ops))
+
+
+def _new_collective_key_base(strategy_class: type) -> None:
+    """Give the next strategy its own collective group keys.
+
+    Every MirroredStrategy numbers its collective groups from 1, so a second one over
+    another device set in the same process (a notebook comparing 2 and 4 replicas) joins
+    group 1 with the wrong size and aborts: "Device ... is joining a group with size4, but
+    that group has size 2 (group_key=1)". TensorFlow's own tests offset the class's key
+    base before each strategy (tensorflow/python/distribute/strategy_combinations.py);
+    there is no public API for it, so do the same where the attribute exists.
+    """
+    if hasattr(strategy_class, "_collective_key_base"):
+        strategy_class._collective_key_base += 100_000
 
 
 def _cross_device_ops(name: str) -> tf.distribute.CrossDeviceOps | None:

@@ -1,0 +1,30 @@
+"""Examples of user code a config can name by import path (`kind: user`, `fn: paradl_tf.examples:...`)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def two_moons(seed: int, examples: int = 2000, noise: float = 0.15, validation_split: float = 0.2):
+    """A user data loader: returns ((x_train, y_train), (x_val, y_val)); scikit-learn's two interleaved moons."""
+    from sklearn.datasets import make_moons
+
+    x, y = make_moons(n_samples=examples, noise=noise, random_state=seed)
+    n = int(examples * (1 - validation_split))
+    return (x[:n].astype("float32"), y[:n]), (x[n:].astype("float32"), y[n:])
+
+
+def residual_mlp(input_shape, num_classes: int, keras, width: int = 64, blocks: int = 2):
+    """A user model builder: gets the data's input shape, class count and the Keras module to use."""
+    inputs = keras.Input(shape=input_shape, name="inputs")
+    x = keras.layers.Dense(width, activation="relu", name="embed")(keras.layers.Flatten(name="flatten")(inputs))
+    for i in range(blocks):
+        h = keras.layers.Dense(width, activation="relu", name=f"block{i}_dense")(x)
+        x = keras.layers.Add(name=f"block{i}_add")([x, h])
+    outputs = keras.layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name="residual_mlp")
+
+
+def seeded_noise(seed: int, shape=(4, 4)) -> np.ndarray:
+    """Deterministic noise, used by tests to check that user args reach the function."""
+    return np.random.default_rng(seed).normal(size=shape)

@@ -1,0 +1,33 @@
+"""Four logical CPUs, made once before TensorFlow starts, as every in-process test expects."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = Path(__file__).resolve().parents[1]
+VIRTUAL_CPUS = 4
+
+
+def pytest_configure(config):
+    import paradl_tf
+
+    paradl_tf.setup_virtual_devices(VIRTUAL_CPUS)
+
+
+@pytest.fixture
+def cli(tmp_path):
+    """Run `paradl-tf ARGS` in a subprocess; returns the CompletedProcess."""
+    import subprocess
+
+    def run(*args, timeout=240, env=None):
+        return subprocess.run(
+            [sys.executable, "-m", "paradl_tf.cli", *args],
+            cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+            env={**os.environ, **(env or {})},
+        )
+
+    return run
