@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 
 def two_moons(seed: int, examples: int = 2000, noise: float = 0.15, validation_split: float = 0.2):
     """A user data loader: returns ((x_train, y_train), (x_val, y_val)); scikit-learn's two interleaved moons."""
@@ -24,7 +22,3 @@ def residual_mlp(input_shape, num_classes: int, keras, width: int = 64, blocks: 
     outputs = keras.layers.Dense(num_classes, name="logits")(x)
     return keras.Model(inputs, outputs, name="residual_mlp")
 
-
-def seeded_noise(seed: int, shape=(4, 4)) -> np.ndarray:
-    """Deterministic noise, used by tests to check that user args reach the function."""
-    return np.random.default_rng(seed).normal(size=shape)
