@@ -104,3 +104,25 @@ def test_batch_larger_than_data_is_an_error():
                              "train.global_batch_size=64"])
     with pytest.raises(ConfigError, match=r"train\.global_batch_size is larger than the 40 training examples"):
         build_dataset(cfg)
+
+
+def test_replicas_see_exactly_the_examples_one_device_sees():
+    from paradl_tf import build_strategy
+
+    cfg = load_config(None, ["devices.count=4", "strategy.kind=mirrored", "train.global_batch_size=64", "train.seed=7"])
+    strategy = build_strategy(cfg)
+    single = build_dataset(cfg)
+    dist = build_dataset(cfg, strategy=strategy)
+    assert isinstance(single.train, tf.data.Dataset) and isinstance(dist.train, tf.distribute.DistributedDataset)
+    for (x, _), (xd, _) in zip(single.train.take(3), dist.train):
+        parts = strategy.experimental_local_results(xd)
+        assert [int(p.shape[0]) for p in parts] == [16] * 4
+        rows = lambda t: sorted(map(tuple, t.numpy().reshape(len(t), -1).round(4).tolist()))  # noqa: E731
+        assert rows(tf.concat(parts, 0)) == rows(x)
+
+
+def test_pipelines_run_without_autotuning():
+    # tf.data's autotuning thread can stall an iterator's destructor for seconds (see data._pipeline).
+    ds = build_dataset(load_config())
+    assert ds.train.options().autotune.enabled is False
+    assert ds.validation.options().autotune.enabled is False
