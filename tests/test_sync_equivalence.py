@@ -36,3 +36,19 @@ def test_mirrored_matches_one_device(replicas, keras):
     for a, b in zip(single, mirrored):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
     assert mirrored_loss == pytest.approx(single_loss, rel=1e-5)
+
+
+def test_keras3_still_crashes_on_steps_per_execution_with_replicas():
+    """Canary for keras-team/keras#19246: when this starts passing, lift the rule in keras_version.py."""
+    import tensorflow as tf
+
+    cfg = load_config(None, ["devices.count=4", "strategy.kind=mirrored", "strategy.devices=2", "keras=tf_keras",
+                             "train.steps_per_execution=2", "train.steps_per_epoch=4"])
+    job = prepare(cfg)  # tf_keras data and strategy; now the same under Keras 3, bypassing resolve_keras
+    import keras
+
+    with job.strategy.scope():
+        net = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
+        net.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True), steps_per_execution=2)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="You must feed a value for placeholder tensor"):
+        net.fit(job.datasets.train, epochs=1, steps_per_epoch=4, verbose=0)
