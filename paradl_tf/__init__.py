@@ -20,6 +20,8 @@ _EXPORTS = {
     "build_model": "models", "compile_model": "models",
     "prepare": "training", "train": "training",
     "plan": "planning", "format_plan": "planning", "variable_devices": "planning",
+    "format_placement": "planning",
+    "training_step_ops": "model_parallel", "variable_bytes_by_device": "model_parallel",
 }
 
 __all__ = sorted(_EXPORTS)

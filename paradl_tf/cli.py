@@ -4,6 +4,12 @@
     paradl-tf train --config=configs/sync_mirrored.yaml --set train.epochs=3 --set strategy.devices=2
     paradl-tf train --config=configs/one_device.yaml                     # the single-device baseline
     paradl-tf plan --config=configs/sync_mirrored.yaml [--json]          # devices, replicas, variables; no training
+    paradl-tf train --config=configs/async_ps.yaml                       # parameter servers: 2 workers, 1 ps, local
+    paradl-tf train --config=configs/sync_multiworker.yaml               # MultiWorkerMirroredStrategy: 2 processes
+    paradl-tf tf-config --config=configs/sync_multiworker.yaml --hosts=10.0.0.1,10.0.0.2   # TF_CONFIG per task
+    paradl-tf export --config=configs/sync_multiworker.yaml --format=tfjob --image=IMAGE  # Kubeflow TFJob (or slurm)
+    TF_CONFIG='{"cluster": ..., "task": {"type": "ps", "index": 0}}' paradl-tf serve   # one cluster task per host
+    paradl-tf bench [--quick] [--out=bench]                              # every method measured: results.json, RESULTS.md, plots
 
 Bad input prints `error: ...` to stderr and exits with status 2.
 """
@@ -21,36 +27,88 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("config", None, "YAML config file describing the run.")
 flags.DEFINE_multi_string("set", [], "Override a config key, e.g. --set train.epochs=3 (repeatable).")
 flags.DEFINE_bool("json", False, "plan: print JSON instead of text.")
+flags.DEFINE_string("job", None, "serve: the job of the task to run (worker or ps); default: TF_CONFIG's task.")
+flags.DEFINE_integer("task", None, "serve: the index of the task to run; default: TF_CONFIG's task.")
+flags.DEFINE_bool("quick", False, "bench: fewer repetitions, methods and points (under 3 minutes on 2 cores).")
+flags.DEFINE_string("out", "bench", "bench: directory for results.json, RESULTS.md and the plots.")
+flags.DEFINE_bool("virtual_gpus", False, "bench: on a GPU machine, split GPU 0 into logical GPUs for multi-device methods.")
+flags.DEFINE_list("hosts", [], "tf-config: the hosts of the cluster, one task each ('host' or 'host:port'), "
+                  "in order chief, workers, ps.")
+flags.DEFINE_enum("format", "tfjob", ["tfjob", "slurm"], "export: a Kubeflow TFJob manifest or an sbatch script.")
+flags.DEFINE_string("image", None, "export --format=tfjob: the container image with paradl-tf installed.")
+flags.DEFINE_string("command", "paradl-tf", "export: the command that runs paradl-tf on a node or in a pod.")
+flags.DEFINE_bool("tiny", False, "bench: tiny models and concurrent processes, for tests; the speeds mean nothing.")
 
-COMMANDS = ("train", "plan")
+COMMANDS = ("train", "plan", "serve", "tf-config", "export", "bench")
 
 
 def main(argv: list[str]) -> None:
     if len(argv) != 2 or argv[1] not in COMMANDS:
         given = " ".join(argv[1:]) or "nothing"
-        _fail(f"expected one command, {' or '.join(COMMANDS)}; got {given}. See paradl-tf --help")
+        choices = ", ".join(COMMANDS[:-1]) + " or " + COMMANDS[-1]
+        _fail(f"expected one command, {choices}; got {given}. See paradl-tf --help")
     try:
         _run(argv[1])
     except ParadlError as exc:
         _fail(str(exc))
+    except KeyboardInterrupt:
+        print("error: interrupted; every process this run started was stopped", file=sys.stderr)
+        sys.exit(130)
 
 
 def _run(command: str) -> None:
+    if command == "serve":  # one task of a cluster, from TF_CONFIG (or, on Slurm, from --config)
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        from paradl_tf.cluster import REQUIRED_JOBS, resolver_tf_config, serve
+
+        environ = os.environ
+        if FLAGS.config and "TF_CONFIG" not in os.environ:
+            from paradl_tf.config import load_config
+
+            cfg = load_config(FLAGS.config, FLAGS.set)
+            required = REQUIRED_JOBS.get(cfg.strategy.kind, ())
+            environ = {**os.environ, "TF_CONFIG": resolver_tf_config(cfg.cluster, required)}
+        serve(FLAGS.job, FLAGS.task, environ)
+        return
+    if command == "bench":  # no run config: the benchmark builds one per measurement
+        from paradl_tf.bench import run_bench
+
+        run_bench(quick=FLAGS.quick, out_dir=FLAGS.out, tiny=FLAGS.tiny, virtual_gpus=FLAGS.virtual_gpus)
+        return
     from paradl_tf.config import load_config
 
     cfg = load_config(FLAGS.config, FLAGS.set)  # validated before TensorFlow starts
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if command in ("tf-config", "export"):  # what a multi-host run needs, from the config alone
+        from paradl_tf import deploy
+
+        if command == "export":
+            print(deploy.export(cfg, FLAGS.format, FLAGS.config, FLAGS.image, FLAGS.command), end="")
+        else:
+            for task, text in deploy.tf_configs(cfg, FLAGS.hosts).items():
+                print(f"{task}\tTF_CONFIG='{text}'")
+        return
     if command == "plan":
         from paradl_tf.planning import format_plan, plan
 
         print(format_plan(plan(cfg), as_json=FLAGS.json))
     elif command == "train":
-        from paradl_tf.training import train
+        if cfg.strategy.kind == "parameter_server":  # the launcher side needs no TensorFlow
+            from paradl_tf.parameter_server import train
+        elif cfg.strategy.kind == "multi_worker_mirrored":
+            from paradl_tf.multi_worker import train
+        else:
+            from paradl_tf.training import train
 
         results = train(cfg)
+        where = f"{results['replicas']} replica(s)"
+        if "workers" in results and "ps" in results:  # parameter servers: asynchronous workers
+            where = f"{results['workers']} worker(s) and {results['ps']} ps"
+        elif "workers" in results:  # multi-worker mirrored
+            where += f" on {results['workers']} worker process(es)"
         print(
             f"val_accuracy {results['val_accuracy']:.4f}, {results['examples_per_sec']:.0f} examples/s "
-            f"on {results['replicas']} replica(s) with {results['keras']}"
+            f"on {where} with {results['keras']}"
         )
         print(f"results: {os.path.join(cfg.output_dir, 'results.json')}")
 

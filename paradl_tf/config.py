@@ -25,7 +25,7 @@ ImportPath = Annotated[str, Field(pattern=r"^[\w.]+:\w+$")]
 
 class Section(BaseModel):
     # Strict: "3" is not an int and yes/no are not strings; unknown keys are errors.
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, use_attribute_docstrings=True)
 
 
 # ---------------------------------------------------------------- devices
@@ -33,6 +33,7 @@ class DevicesConfig(Section):
     """Logical devices to create before TensorFlow starts."""
 
     type: Literal["CPU", "GPU"] = "CPU"
+    """Device type to split into logical devices and to run on."""
     count: PositiveInt = 1
     """Logical devices per physical device (CPU: split the one CPU; GPU: split each GPU)."""
     memory_limit_mb: PositiveInt | None = None
@@ -64,11 +65,134 @@ class MirroredStrategyConfig(Section):
     devices: PositiveInt | list[str] | None = None
     """How many logical devices (the first N), or their names; default: all of devices.type."""
     cross_device_ops: CrossDeviceOps = "auto"
-    """All-reduce: auto (NCCL on GPUs, reduction to one device on CPUs), nccl, hierarchical_copy, reduction_to_one_device."""
+    """All-reduce: auto (NCCL between GPUs, ring collectives on CPUs), nccl, hierarchical_copy, reduction_to_one_device."""
+
+
+class StageConfig(Section):
+    """One stage of an explicit placement: a device and the layers whose variables and computation it holds."""
+
+    device: str
+    """Device name such as /cpu:1 or /gpu:0."""
+    layers: Annotated[list[Union[str, int]], Field(min_length=1)]
+    """Layer names, indices (0 = the first layer after the input), or inclusive ranges 'first..last' of either.
+    A layer named in no stage runs on the stage of the first layer it reads (so Flatten, Dropout need no entry)."""
+
+
+class StagesPlacementConfig(Section):
+    """Explicit stages, in the order the data flows through them."""
+
+    kind: Literal["stages"]
+    stages: Annotated[list[StageConfig], Field(min_length=1)]
+    """The stages, in the order the data flows: each {device, layers}."""
+
+
+class AutoPlacementConfig(Section):
+    """Contiguous stages, one per device, balanced by parameter bytes or estimated FLOPs."""
+
+    kind: Literal["auto"]
+    devices: PositiveInt | list[str] | None = None
+    """How many logical devices (the first N of devices.type), or their names; default: all of devices.type."""
+    balance: Literal["params", "flops"] = "params"
+    """What the contiguous stages balance: parameter bytes or estimated FLOPs."""
+
+
+class BranchesPlacementConfig(Section):
+    """Parallel paths (the branches of an inception block) on their own devices; the trunk on one device."""
+
+    kind: Literal["branches"]
+    devices: PositiveInt | list[str] | None = None
+    """Branch j of every block goes on devices[j % N]: a count (the first N of devices.type) or names;
+    default: all of devices.type."""
+    trunk_device: str | None = None
+    """Where the layers outside the branches run (stem, concatenations, head); default: the first device."""
+
+
+PlacementConfig = Annotated[
+    Union[StagesPlacementConfig, AutoPlacementConfig, BranchesPlacementConfig], Field(discriminator="kind")
+]
+
+
+class PipelineConfig(Section):
+    """GPipe-style micro-batching: each global batch flows through the stages as M micro-batches."""
+
+    microbatches: PositiveInt = 1
+    """M; 1 means no pipelining. Gradients are summed over the micro-batches and applied once per batch."""
+
+
+class ModelParallelStrategyConfig(Section):
+    """Model parallel: layers, their variables and their computation pinned to devices with tf.device."""
+
+    kind: Literal["model_parallel"]
+    placement: PlacementConfig = AutoPlacementConfig(kind="auto")
+    """How layers are assigned to devices: kind auto, stages or branches."""
+    pipeline: PipelineConfig = PipelineConfig()
+    """Micro-batching of each global batch through the stages."""
+
+
+class NoPartitionerConfig(Section):
+    """Every variable whole, on one ps; variables go round-robin over the ps tasks in creation order."""
+
+    kind: Literal["none"]
+
+
+class MinSizePartitionerConfig(Section):
+    """tf.distribute.experimental.partitioners.MinSizePartitioner: as many shards as fit, each at least min_shard_bytes."""
+
+    kind: Literal["min_size"]
+    min_shard_bytes: PositiveInt = 256 << 10
+    """Smallest shard, in bytes."""
+    max_shards: PositiveInt | None = None
+    """Default: the number of ps tasks."""
+
+
+class MaxSizePartitionerConfig(Section):
+    """tf.distribute.experimental.partitioners.MaxSizePartitioner: as few shards as keep each under max_shard_bytes."""
+
+    kind: Literal["max_size"]
+    max_shard_bytes: PositiveInt
+    """Largest shard, in bytes."""
+    max_shards: PositiveInt | None = None
+    """Default: no limit."""
+
+
+class FixedShardsPartitionerConfig(Section):
+    """tf.distribute.experimental.partitioners.FixedShardsPartitioner: every variable split into `shards` along axis 0."""
+
+    kind: Literal["fixed"]
+    shards: PositiveInt
+    """Shards per variable."""
+
+
+VariablePartitionerConfig = Annotated[
+    Union[NoPartitionerConfig, MinSizePartitionerConfig, MaxSizePartitionerConfig, FixedShardsPartitionerConfig],
+    Field(discriminator="kind"),
+]
+
+
+class ParameterServerStrategyConfig(Section):
+    """Asynchronous data parallel (tf.distribute.experimental.ParameterServerStrategy with a ClusterCoordinator):
+    variables live on the ps tasks, the chief dispatches training steps to the workers. Tasks: the `cluster` section."""
+
+    kind: Literal["parameter_server"]
+    variable_partitioner: VariablePartitionerConfig = NoPartitionerConfig(kind="none")
+    """How variables are split into shards over the ps tasks (axis 0): none, min_size, max_size, fixed."""
+    steps_per_execution: PositiveInt | None = None
+    """Training steps in each function the chief dispatches to a worker; default: train.steps_per_execution.
+    More steps per dispatch cut RPC overhead; a worker lost mid-dispatch makes all of them run again elsewhere."""
+
+
+class MultiWorkerMirroredStrategyConfig(Section):
+    """Synchronous data parallel over processes and machines (tf.distribute.MultiWorkerMirroredStrategy): every
+    worker runs the same training, gradients all-reduced over all workers each step. Tasks: the `cluster` section."""
+
+    kind: Literal["multi_worker_mirrored"]
+    communication: Literal["auto", "ring", "nccl"] = "auto"
+    """Collective implementation: auto (TensorFlow picks), ring (gRPC ring all-reduce), nccl (GPUs only)."""
 
 
 StrategyConfig = Annotated[
-    Union[DefaultStrategyConfig, OneDeviceStrategyConfig, MirroredStrategyConfig],
+    Union[DefaultStrategyConfig, OneDeviceStrategyConfig, MirroredStrategyConfig, ModelParallelStrategyConfig,
+          ParameterServerStrategyConfig, MultiWorkerMirroredStrategyConfig],
     Field(discriminator="kind"),
 ]
 
@@ -79,8 +203,11 @@ class MLPConfig(Section):
 
     kind: Literal["mlp"]
     hidden: list[PositiveInt] = [128, 64]
+    """Units of each hidden Dense layer."""
     activation: str = "relu"
+    """Activation of the hidden layers (any Keras activation name)."""
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    """Dropout rate after each hidden layer; 0 for none."""
 
 
 class CNNConfig(Section):
@@ -88,8 +215,11 @@ class CNNConfig(Section):
 
     kind: Literal["cnn"]
     filters: list[PositiveInt] = [32, 64]
+    """Filters of each Conv-ReLU-MaxPool block."""
     kernel_size: PositiveInt = 3
+    """Convolution kernel size."""
     dense: PositiveInt = 128
+    """Units of the Dense layer before the classifier."""
 
 
 class InceptionConfig(Section):
@@ -97,8 +227,11 @@ class InceptionConfig(Section):
 
     kind: Literal["inception"]
     stem_filters: PositiveInt = 32
+    """Filters of the stem convolution."""
     blocks: PositiveInt = 2
+    """Inception blocks."""
     branch_filters: PositiveInt = 16
+    """Output filters of each branch (the 1x1 reductions have half)."""
 
 
 class UserModelConfig(Section):
@@ -106,7 +239,9 @@ class UserModelConfig(Section):
 
     kind: Literal["user"]
     fn: ImportPath
+    """The function, as package.module:function."""
     args: dict[str, Any] = {}
+    """Keyword arguments passed to the function."""
 
 
 ModelConfig = Annotated[
@@ -120,6 +255,7 @@ class DigitsConfig(Section):
 
     kind: Literal["digits"]
     validation_split: Fraction = 0.2
+    """Fraction of examples held out for validation (stratified, seeded)."""
 
 
 class SyntheticImagesConfig(Section):
@@ -127,9 +263,13 @@ class SyntheticImagesConfig(Section):
 
     kind: Literal["synthetic_images"]
     image_shape: Annotated[list[PositiveInt], Field(min_length=3, max_length=3)] = [32, 32, 3]
+    """Height, width, channels."""
     num_classes: Annotated[int, Field(ge=2)] = 10
+    """Number of classes."""
     train_examples: PositiveInt = 2048
+    """Training examples."""
     validation_examples: PositiveInt = 512
+    """Validation examples."""
 
 
 class SyntheticTabularConfig(Section):
@@ -137,9 +277,13 @@ class SyntheticTabularConfig(Section):
 
     kind: Literal["synthetic_tabular"]
     features: PositiveInt = 64
+    """Features per example."""
     num_classes: Annotated[int, Field(ge=2)] = 10
+    """Number of classes."""
     train_examples: PositiveInt = 4096
+    """Training examples."""
     validation_examples: PositiveInt = 1024
+    """Validation examples."""
 
 
 class UserDataConfig(Section):
@@ -147,7 +291,9 @@ class UserDataConfig(Section):
 
     kind: Literal["user"]
     fn: ImportPath
+    """The function, as package.module:function."""
     args: dict[str, Any] = {}
+    """Keyword arguments passed to the function."""
 
 
 DataConfig = Annotated[
@@ -161,12 +307,17 @@ class TrainConfig(Section):
     """How model.fit runs. Batch sizes are global: each replica gets global_batch_size / replicas."""
 
     epochs: PositiveInt = 5
+    """Passes of model.fit (epochs of steps_per_epoch steps)."""
     steps_per_epoch: PositiveInt | None = None
     """Default: one pass over the training data."""
     global_batch_size: PositiveInt = 64
+    """Examples per training step, over all replicas."""
     optimizer: Literal["sgd", "adam", "rmsprop", "adagrad"] = "adam"
+    """Keras optimizer."""
     learning_rate: PositiveFloat = 1e-3
+    """Optimizer learning rate."""
     seed: int = 0
+    """Seeds Python, NumPy, TensorFlow, the data split, synthetic data and shuffling."""
     steps_per_execution: PositiveInt = 1
     """Training steps per tf.function call; >1 cuts per-step Python overhead."""
     deterministic: bool = False
@@ -177,6 +328,55 @@ class TrainConfig(Section):
     """Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch."""
 
 
+# ---------------------------------------------------------------- cluster
+class ClusterConfig(Section):
+    """The tasks of a multi-process strategy (parameter_server) and how to start or find them."""
+
+    resolver: Literal["local", "tf_config", "slurm", "kubernetes"] = "local"
+    """local: the toolkit starts the cluster on this machine (127.0.0.1); tf_config: TF_CONFIG from the
+    environment (one process per host, tasks run `paradl-tf serve`); slurm, kubernetes: TensorFlow's resolvers."""
+    mode: Literal["process", "in_process"] = "process"
+    """local only: process = each task its own OS process; in_process = servers in this process (notebooks, tests)."""
+    workers: PositiveInt = 2
+    """local, slurm, kubernetes: worker tasks (tf_config: TF_CONFIG says)."""
+    ps: Annotated[int, Field(ge=0)] = 1
+    """local, slurm, kubernetes: parameter-server tasks (tf_config: TF_CONFIG says)."""
+    start_timeout_s: PositiveFloat = 60.0
+    """How long to wait for every task to accept connections before failing with the name of the one that did not."""
+    timeout_s: PositiveFloat | None = None
+    """local, process mode: stop the whole run, every process included, after this many seconds; default: no limit."""
+    private_network: Literal["auto", "required", "off"] = "auto"
+    """local: run the cluster in a private network namespace with only loopback (unshare). auto falls back to
+    the host network with a loud warning where that is impossible, required fails instead, off never isolates."""
+    restart_workers: Annotated[int, Field(ge=0)] = 3
+    """local, process mode: restart a worker process that dies, at most this many times per worker (0: never)."""
+    port: PositiveInt = 8888
+    """slurm: the first task port (port_base); kubernetes: the port every task serves on."""
+    kubernetes_labels: dict[str, str] = {}
+    """kubernetes: job name -> pod label selector, e.g. {worker: 'job-name=worker', ps: 'job-name=ps'}."""
+
+
+# ---------------------------------------------------------------- checkpoint
+class BackupAndRestoreConfig(Section):
+    """Keras BackupAndRestore: training state backed up so that a preempted run resumes where it was."""
+
+    save_freq: Literal["epoch"] | PositiveInt = "epoch"
+    """'epoch': at every epoch end; an integer N: every N training steps (resumes mid-epoch)."""
+
+
+class CheckpointConfig(Section):
+    """Where training state is backed up so that a rerun resumes (Keras BackupAndRestore)."""
+
+    dir: str | None = None
+    """Back up model and optimizer (every backup_and_restore.save_freq); a rerun of the same config resumes from
+    the last backup. Removed once a run finishes. Default: no backups."""
+    backup_and_restore: BackupAndRestoreConfig = BackupAndRestoreConfig()
+    """multi_worker_mirrored: how often Keras BackupAndRestore backs up into `dir`."""
+    export: bool = False
+    """multi_worker_mirrored: write the trained model to <output_dir>/model.keras (the chief only; the other
+    workers write theirs to temporary directories, as TensorFlow requires, and delete them)."""
+
+
 KerasChoice = Literal["auto", "keras3", "tf_keras"]
 
 
@@ -185,12 +385,18 @@ class Config(Section):
 
     devices: DevicesConfig = DevicesConfig()
     strategy: StrategyConfig = DefaultStrategyConfig(kind="default")
+    """How the work is spread over devices; the kind picks the tf.distribute strategy (or model parallel)."""
     keras: KerasChoice = "auto"
     """Which Keras runs: auto picks Keras 3 where the strategy supports it, tf_keras (Keras 2) where not."""
     model: ModelConfig = MLPConfig(kind="mlp")
+    """The Keras model; the kind picks the builder."""
     data: DataConfig = DigitsConfig(kind="digits")
+    """The training and validation data; the kind picks the loader."""
     train: TrainConfig = TrainConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
     output_dir: str = "runs/default"
+    """Where config.yaml, results.json (and TensorBoard logs, cluster logs) are written."""
 
     _source: str | None = PrivateAttr(default=None)
     _provenance: dict[str, str] = PrivateAttr(default_factory=dict)
@@ -239,7 +445,123 @@ def _check_mirrored_device_count(cfg: Config) -> None:
             )
 
 
-_COMBINATION_CHECKS = [_check_memory_limit, _check_nccl, _check_mirrored_device_count]
+def _check_microbatches(cfg: Config) -> None:
+    s = cfg.strategy
+    if s.kind == "model_parallel" and cfg.train.global_batch_size % s.pipeline.microbatches:
+        raise ValueError(
+            f"strategy.pipeline.microbatches must divide train.global_batch_size={cfg.train.global_batch_size} "
+            f"into equal micro-batches. Received: strategy.pipeline.microbatches={s.pipeline.microbatches}"
+        )
+
+
+def _check_placement_devices(cfg: Config) -> None:
+    """Model-parallel devices that cannot exist (CPUs beyond devices.count) or are listed twice."""
+    s = cfg.strategy
+    if s.kind != "model_parallel":
+        return
+    p = s.placement
+    cpus = cfg.devices.count if cfg.devices.type == "CPU" else 1
+    if p.kind == "stages":
+        named = [(f"strategy.placement.stages[{i}].device", stage.device) for i, stage in enumerate(p.stages)]
+    elif p.devices is None:
+        named = []
+    elif isinstance(p.devices, int):
+        if cfg.devices.type == "CPU" and p.devices > cpus:
+            raise ValueError(
+                f"strategy.placement.devices asks for {p.devices} devices but only {cpus} logical CPU(s) exist "
+                f"(devices.count). Received: strategy.placement.devices={p.devices}"
+            )
+        named = []
+    else:
+        named = [(f"strategy.placement.devices[{i}]", d) for i, d in enumerate(p.devices)]
+    seen: dict[tuple, str] = {}
+    for key, name in named:
+        _check_cpu_exists(key, name, cpus)
+        ident = _device_id(name)
+        if ident in seen:
+            raise ValueError(
+                f"{key}: device {name!r} is already used by {seen[ident]}; give each device one stage. "
+                f"Received: {key}={name!r}"
+            )
+        seen[ident] = key
+    if p.kind == "branches" and p.trunk_device:
+        _check_cpu_exists("strategy.placement.trunk_device", p.trunk_device, cpus)
+
+
+def _check_cpu_exists(key: str, name: str, cpus: int) -> None:
+    kind, index = _device_id(name)
+    if kind == "CPU" and index is not None and index >= cpus:
+        raise ValueError(
+            f"{key}: device {name!r} does not exist; devices.count makes {cpus} logical CPU(s), "
+            f"/device:CPU:0 to /device:CPU:{cpus - 1}. Received: {key}={name!r}"
+        )
+
+
+def _device_id(name: str) -> tuple[str, int | None]:
+    """('CPU', 1) for '/cpu:1', '/device:CPU:1' or '/job:localhost/replica:0/task:0/device:CPU:1'."""
+    last = name.strip().lower().rsplit("/", 1)[-1].removeprefix("device:")
+    kind, _, index = last.partition(":")
+    return kind.upper(), int(index) if index.isdigit() else None
+
+
+def _check_parameter_server(cfg: Config) -> None:
+    if cfg.strategy.kind != "parameter_server":
+        return
+    if cfg.train.steps_per_epoch is None:
+        raise ValueError(
+            "train.steps_per_epoch is required with strategy.kind: parameter_server: every worker reads an "
+            "endlessly repeated dataset, so an epoch is a number of steps. Received: train.steps_per_epoch=None"
+        )
+    if cfg.cluster.resolver != "tf_config" and cfg.cluster.ps < 1:
+        raise ValueError(
+            "cluster.ps must be at least 1 with strategy.kind: parameter_server: the variables live on the ps "
+            f"tasks. Received: cluster.ps={cfg.cluster.ps}"
+        )
+
+
+def _check_multi_worker(cfg: Config) -> None:
+    s = cfg.strategy
+    if s.kind != "multi_worker_mirrored":
+        ck = cfg.checkpoint
+        for key, value, default in (("checkpoint.export", ck.export, False),
+                                    ("checkpoint.backup_and_restore.save_freq", ck.backup_and_restore.save_freq, "epoch")):
+            if value != default:
+                raise ValueError(f"{key} applies to strategy.kind: multi_worker_mirrored only; remove it. "
+                                 f"Received: {key}={value!r}")
+        return
+    if s.communication == "nccl" and cfg.devices.type == "CPU":
+        raise ValueError(
+            "strategy.communication: NCCL collectives need GPUs, but devices.type is CPU; use auto or ring. "
+            "Received: strategy.communication='nccl'"
+        )
+    if cfg.devices.type == "CPU" and cfg.devices.count > 1:
+        # TensorFlow's MultiWorkerMirroredStrategy makes one replica of each worker's CPU and one per GPU
+        # (CollectiveAllReduceExtended._initialize_local_devices); logical CPUs are not replicas there.
+        raise ValueError(
+            "devices.count > 1 with devices.type: CPU does not add replicas under multi_worker_mirrored: "
+            "TensorFlow uses one CPU replica per worker (or every GPU of each worker); use devices.count: 1 and "
+            f"more cluster.workers, or GPUs. Received: devices.count={cfg.devices.count}"
+        )
+    if cfg.cluster.resolver == "local" and cfg.cluster.mode != "process":
+        raise ValueError(
+            "cluster.mode: in_process is not possible with multi_worker_mirrored: every worker runs the whole "
+            "training program in its own process. Received: cluster.mode='in_process'"
+        )
+
+
+def _check_keras_for_strategy(cfg: Config) -> None:
+    """An explicit keras: keras3 with a strategy Keras 3 cannot run fails here, before anything starts."""
+    from paradl_tf.keras_version import KERAS3_UNSUPPORTED
+
+    why = KERAS3_UNSUPPORTED.get(cfg.strategy.kind)
+    if cfg.keras == "keras3" and why:
+        raise ValueError(f"keras: keras3 cannot run this: {why}; use keras: auto or tf_keras. Received: keras='keras3'")
+
+
+_COMBINATION_CHECKS = [
+    _check_memory_limit, _check_nccl, _check_mirrored_device_count, _check_microbatches, _check_placement_devices,
+    _check_parameter_server, _check_multi_worker, _check_keras_for_strategy,
+]
 
 
 # ================================================================ loading
@@ -309,19 +631,21 @@ def _set_path(data: dict, key: str, value: Any) -> None:
     for i, part in enumerate(parts[:-1]):
         child = node.get(part)
         if child is None:
-            child = node[part] = _default_section(parts[: i + 1])
+            child = node[part] = _default_section(parts[: i + 1], data)
         if not isinstance(child, dict):
             raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a section")
         node = child
     node[parts[-1]] = value
 
 
-def _default_section(parts: list[str]) -> dict:
-    """A section that an override creates starts from the default's kind, so `--set model.hidden=[8]` keeps mlp."""
-    if len(parts) == 1 and parts[0] in Config.model_fields:
-        default = Config.model_fields[parts[0]].default
-        if isinstance(default, BaseModel) and "kind" in type(default).model_fields:
-            return {"kind": default.kind}
+def _default_section(parts: list[str], data: dict) -> dict:
+    """A section that an override creates starts from the default's kind, so `--set model.hidden=[8]` keeps mlp
+    (and `--set strategy.placement.devices=4` keeps the default placement kind, auto)."""
+    cls, _ = _walk(parts, data)
+    field = cls.model_fields.get(parts[-1]) if cls else None
+    default = field.default if field else None
+    if isinstance(default, BaseModel) and "kind" in type(default).model_fields:
+        return {"kind": default.kind}
     return {}
 
 

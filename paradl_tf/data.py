@@ -41,6 +41,8 @@ class Datasets:
     num_classes: int
     train_examples: int
     steps_per_epoch: int
+    validation_steps: int
+    """Batches of the largest replica's validation share (tf_keras needs it for distributed datasets)."""
 
 
 def load_splits(data_cfg, seed: int) -> Splits:
@@ -56,11 +58,14 @@ def load_splits(data_cfg, seed: int) -> Splits:
     raise ConfigError(f"data.kind: unknown data kind {data_cfg.kind!r}; choose one of: digits, synthetic_images, synthetic_tabular, user")
 
 
-def build_dataset(cfg: Config, splits: Splits | None = None, strategy: tf.distribute.Strategy | None = None) -> Datasets:
+def build_dataset(cfg: Config, splits: Splits | None = None, strategy: tf.distribute.Strategy | None = None,
+                  skip_steps: int = 0) -> Datasets:
     """Batched train and validation pipelines for `cfg.data`, with the global batch of `cfg.train`.
 
     With a multi-replica MirroredStrategy, each replica gets its own pipeline (see
-    `_per_replica`); otherwise plain tf.data.Datasets batched by the global batch.
+    `_per_replica`); with MultiWorkerMirroredStrategy each worker its share (`_per_worker`);
+    otherwise plain tf.data.Datasets batched by the global batch. `skip_steps`: training
+    steps already done (a resumed run), so that step k sees the batch it would have seen.
     """
     train_cfg = cfg.train
     splits = splits or load_splits(cfg.data, train_cfg.seed)
@@ -72,12 +77,18 @@ def build_dataset(cfg: Config, splits: Splits | None = None, strategy: tf.distri
             f"Received: train.global_batch_size={batch}"
         )
     steps = examples // batch
-    train = _pipeline(splits.x_train, splits.y_train, batch, steps, train_cfg.seed, train_cfg.steps_per_epoch is not None)
+    train = _pipeline(splits.x_train, splits.y_train, batch, steps, train_cfg.seed)
     validation = _pipeline(splits.x_val, splits.y_val, batch)
-    if isinstance(strategy, tf.distribute.MirroredStrategy) and strategy.num_replicas_in_sync > 1:
+    replicas = 1
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        train, validation = _per_worker(strategy, train, skip_steps), _per_worker(strategy, validation)
+        replicas = strategy.num_replicas_in_sync
+    elif isinstance(strategy, tf.distribute.MirroredStrategy) and strategy.num_replicas_in_sync > 1:
         train, validation = _per_replica(strategy, train), _per_replica(strategy, validation)
+        replicas = strategy.num_replicas_in_sync
     else:
         train, validation = train(None), validation(None)
+    largest_share = -(-len(splits.x_val) // replicas)
     return Datasets(
         train=train,
         validation=validation,
@@ -85,15 +96,17 @@ def build_dataset(cfg: Config, splits: Splits | None = None, strategy: tf.distri
         num_classes=splits.num_classes,
         train_examples=examples,
         steps_per_epoch=train_cfg.steps_per_epoch or steps,
+        validation_steps=-(-largest_share // (batch // replicas)),
     )
 
 
-def _pipeline(x, y, global_batch: int, steps: int | None = None, seed: int | None = None, repeat: bool = False):
+def _pipeline(x, y, global_batch: int, steps: int | None = None, seed: int | None = None):
     """`fn(input_context) -> tf.data.Dataset`: one pipeline, or one replica's share when given a context.
 
-    Training: shuffled (seeded, anew each epoch), cut to whole global batches so every
-    replica gets equal batches, and a replica's share is every N-th example of each
-    global batch, so N replicas see exactly the examples one device sees per step.
+    Training (`steps` given): shuffled (seeded, anew each pass), cut to `steps` whole global
+    batches so every replica gets equal batches, and repeated: one pass is one epoch, and
+    model.fit keeps one iterator for the whole run. A replica's share is every N-th example
+    of each global batch, so N replicas see exactly the examples one device sees per step.
     """
 
     def fn(ctx: tf.distribute.InputContext | None) -> tf.data.Dataset:
@@ -105,7 +118,7 @@ def _pipeline(x, y, global_batch: int, steps: int | None = None, seed: int | Non
             ds = ds.shard(ctx.num_input_pipelines, ctx.input_pipeline_id)
             batch = ctx.get_per_replica_batch_size(global_batch)
         ds = ds.batch(batch, drop_remainder=steps is not None)
-        if repeat:
+        if steps is not None:
             ds = ds.repeat()
         # In-memory arrays need no tuning. tf.data's autotuning thread can miss its
         # cancellation and hold an iterator's destructor for up to its optimization
@@ -127,6 +140,23 @@ def _per_replica(strategy: tf.distribute.Strategy, fn):
         experimental_fetch_to_device=False,
     )
     return strategy.distribute_datasets_from_function(fn, options)
+
+
+def _per_worker(strategy: tf.distribute.Strategy, fn, skip_steps: int = 0):
+    """Each worker builds its own pipeline and keeps every N-th example (N = workers) of each
+    global batch: an explicit shard by worker, as AutoShardPolicy.DATA would do, without
+    reading (and dropping) the other workers' examples through the whole pipeline. With
+    in-memory arrays there are no files for the FILE policy to split, so AUTO would fall back
+    to DATA anyway. Each worker's replicas take its per-replica batches in turn, so the
+    replicas of all workers together see, every step, the global batch one device sees."""
+
+    def per_worker(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+        ds = fn(ctx)
+        local_replicas = ctx.num_replicas_in_sync // ctx.num_input_pipelines
+        return ds.skip(skip_steps * local_replicas) if skip_steps else ds
+
+    options = tf.distribute.InputOptions(experimental_fetch_to_device=False)
+    return strategy.distribute_datasets_from_function(per_worker, options)
 
 
 def _digits(cfg: DigitsConfig, seed: int) -> Splits:

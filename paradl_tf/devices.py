@@ -5,7 +5,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from paradl_tf.config import DevicesConfig
-from paradl_tf.errors import DeviceSetupError
+from paradl_tf.errors import ConfigError, DeviceSetupError
 
 _TOO_LATE = (
     "cannot create {n} logical {kind} devices: the TensorFlow runtime is already initialized "
@@ -34,19 +34,18 @@ def setup_virtual_devices(n: int, device_type: str = "CPU", memory_limit_mb: int
             f"splitting a GPU into {n} logical devices needs devices.memory_limit_mb (memory per logical GPU)"
         )
     wanted = [tf.config.LogicalDeviceConfiguration(memory_limit=memory_limit_mb) for _ in range(n)]
-    if n == 1 and memory_limit_mb is None:
-        wanted = None  # one logical device per physical one: TensorFlow's own default
     for device in physical:
-        if _same_layout(tf.config.get_logical_device_configuration(device), wanted):
+        current = tf.config.get_logical_device_configuration(device)
+        if current is None and n == 1 and memory_limit_mb is None:
+            continue  # one logical device per physical one: TensorFlow's own default
+        if _same_layout(current, wanted):
             continue
         try:
             tf.config.set_logical_device_configuration(device, wanted)
         except RuntimeError:
             have = tf.config.list_logical_devices(device_type)
-            if wanted is None and len(have) == len(physical):
-                continue
-            if wanted is not None and len(have) == n * len(physical) and memory_limit_mb is None:
-                continue
+            if current is None and len(have) == n * len(physical) and memory_limit_mb is None:
+                continue  # started with this layout, made by someone else
             raise DeviceSetupError(
                 _TOO_LATE.format(n=n, kind=device_type, have=f"{len(have)} logical {device_type} device(s)")
             ) from None
@@ -63,9 +62,44 @@ def logical_device_names(device_type: str = "CPU") -> list[str]:
     return [f"/device:{device_type.upper()}:{i}" for i in range(len(tf.config.list_logical_devices(device_type)))]
 
 
+def select_devices(wanted: int | list[str] | None, device_type: str, key: str) -> list[str]:
+    """Short names of existing logical devices: all of `device_type` (None), the first N, or the named ones.
+
+    `key` names the config key in errors ("strategy.devices asks for 8 CPU devices but 4 exist").
+    """
+    available = logical_device_names(device_type)
+    if wanted is None:
+        return available
+    if isinstance(wanted, int):
+        if wanted > len(available):
+            raise ConfigError(
+                f"{key} asks for {wanted} {device_type} devices but {len(available)} exist. Received: {key}={wanted}"
+            )
+        return available[:wanted]
+    return [existing_device(name, f"{key}[{i}]") for i, name in enumerate(wanted)]
+
+
+def existing_device(name: str, key: str) -> str:
+    """The short name (/device:CPU:1) of an existing logical device, or a ConfigError that lists them."""
+    known = logical_device_names("CPU") + logical_device_names("GPU")
+    try:
+        canonical = canonical_device(name)
+    except ValueError:
+        canonical = None
+    if canonical not in known:
+        raise ConfigError(
+            f"{key}: device {name!r} does not exist; logical devices: {', '.join(known)}. Received: {key}={name!r}"
+        )
+    return canonical
+
+
+def canonical_device(name: str) -> str:
+    """'/device:CPU:1' for '/cpu:1', 'CPU:1' or '/job:localhost/replica:0/task:0/device:CPU:1'."""
+    spec = tf.DeviceSpec.from_string(name)
+    return f"/device:{(spec.device_type or 'CPU').upper()}:{spec.device_index or 0}"
+
+
 def _same_layout(current, wanted) -> bool:
-    if not current and wanted is None:
-        return True
-    if current is None or wanted is None or len(current) != len(wanted):
+    if current is None or len(current) != len(wanted):
         return False
     return all(c.memory_limit == w.memory_limit for c, w in zip(current, wanted))

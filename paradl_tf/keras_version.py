@@ -12,6 +12,15 @@ KERAS3_UNSUPPORTED: dict[str, str | None] = {
     "default": None,
     "one_device": None,
     "mirrored": None,
+    "model_parallel": None,  # tf.device-pinned layers, one replica: works with Keras 3 and tf_keras
+    "parameter_server": (
+        "Keras 3 does not support ParameterServerStrategy; the Keras team's answer is to use tf.keras 2 "
+        "(the tf_keras package) for it (keras-team/keras#18624)"
+    ),
+    "multi_worker_mirrored": (
+        "Keras 3's model.fit fails under MultiWorkerMirroredStrategy (keras-team/keras#20585); "
+        "tf_keras (Keras 2) runs it"
+    ),
 }
 
 # Keras 3 builds steps_per_execution > 1 as a tf.cond inside a tf.while_loop around strategy.run;

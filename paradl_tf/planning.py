@@ -14,6 +14,10 @@ from paradl_tf.training import Job, prepare
 
 def plan(cfg: Config) -> dict[str, Any]:
     """Build the strategy and the model (no training) and describe them."""
+    if cfg.strategy.kind == "parameter_server":  # placement computed without starting the cluster
+        from paradl_tf.parameter_server import plan as plan_parameter_server
+
+        return plan_parameter_server(cfg)
     job = prepare(cfg)
     variables = [_describe_variable(v, job) for v in job.model.variables]
     return {
@@ -30,6 +34,7 @@ def plan(cfg: Config) -> dict[str, Any]:
         "per_replica_batch_size": job.per_replica_batch_size,
         "variables": variables,
         "parameter_bytes": sum(v["bytes"] for v in variables),
+        **({"placement": job.placement} if job.placement else {}),
     }
 
 
@@ -72,7 +77,39 @@ def format_plan(p: dict[str, Any], as_json: bool = False) -> str:
     for r in rows:
         lines.append(f"  {r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}")
     lines.append(f"parameter bytes: {p['parameter_bytes']}")
+    if p.get("cluster"):
+        from paradl_tf.parameter_server import format_cluster_plan
+
+        lines.extend(format_cluster_plan(p))
+    if p.get("placement"):
+        lines.extend(format_placement(p["placement"]))
     return "\n".join(lines)
+
+
+def format_placement(placement: dict[str, Any]) -> list[str]:
+    """Model parallel: one row per stage, then the balance and the pipeline's idle fraction."""
+    stages = placement["stages"]
+    by = f" (balanced by {placement['balance_by']})" if "balance_by" in placement else ""
+    lines = [f"placement: {placement['kind']}{by}, {len(stages)} stage(s)"]
+    rows = [("stage", "device", "params", "param bytes", "sends bytes/example", "layers")]
+    rows += [
+        (str(s["stage"]), s["device"], str(s["params"]), str(s["parameter_bytes"]),
+         str(s["sends_bytes_per_example"]), ", ".join(s["layers"]))
+        for s in stages
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for r in rows:
+        lines.append(
+            f"  {r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:>{widths[3]}}  "
+            f"{r[4]:>{widths[4]}}  {r[5]}"
+        )
+    lines.append(f"balance (largest stage / mean, parameter bytes): {placement['balance']:.3f}")
+    m, idle = placement["microbatches"], placement["idle_fraction"]
+    if idle is None:
+        lines.append(f"pipeline: {m} micro-batch(es); branches run side by side, no stage chain")
+    else:
+        lines.append(f"pipeline: {m} micro-batch(es) over {len(stages)} stages, idle fraction (S-1)/(M+S-1) = {idle:.3f}")
+    return lines
 
 
 def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:

@@ -7,7 +7,7 @@ from typing import Callable
 import tensorflow as tf
 
 from paradl_tf.config import Config, DevicesConfig
-from paradl_tf.devices import logical_device_names
+from paradl_tf.devices import select_devices
 from paradl_tf.errors import ConfigError
 
 StrategyBuilder = Callable[..., tf.distribute.Strategy]
@@ -24,11 +24,15 @@ def register_strategy(kind: str) -> Callable[[StrategyBuilder], StrategyBuilder]
     return wrap
 
 
-def build_strategy(cfg: Config) -> tf.distribute.Strategy:
-    """The tf.distribute.Strategy that `cfg.strategy` describes, over the logical devices of `cfg.devices`."""
+def build_strategy(cfg: Config, cluster_resolver=None) -> tf.distribute.Strategy:
+    """The tf.distribute.Strategy that `cfg.strategy` describes, over the logical devices of `cfg.devices`.
+
+    Multi-process strategies (parameter_server) also take the TensorFlow ClusterResolver of their cluster."""
     kind = cfg.strategy.kind
     if kind not in _BUILDERS:
         raise ConfigError(f"strategy.kind: unknown strategy kind {kind!r}; choose one of: {', '.join(_BUILDERS)}")
+    if cluster_resolver is not None:
+        return _BUILDERS[kind](cfg.strategy, cfg.devices, cluster_resolver=cluster_resolver)
     return _BUILDERS[kind](cfg.strategy, cfg.devices)
 
 
@@ -50,17 +54,64 @@ def _default(strategy_cfg, devices_cfg: DevicesConfig) -> tf.distribute.Strategy
 
 @register_strategy("one_device")
 def _one_device(strategy_cfg, devices_cfg: DevicesConfig) -> tf.distribute.Strategy:
-    device = strategy_cfg.device or _select_devices(None, devices_cfg)[0]
-    _check_exists([device], devices_cfg)
+    device = select_devices([strategy_cfg.device] if strategy_cfg.device else None, devices_cfg.type, "strategy.device")[0]
     return tf.distribute.OneDeviceStrategy(device)
 
 
 @register_strategy("mirrored")
 def _mirrored(strategy_cfg, devices_cfg: DevicesConfig) -> tf.distribute.Strategy:
-    devices = _select_devices(strategy_cfg.devices, devices_cfg)
-    _check_exists(devices, devices_cfg)
+    devices = select_devices(strategy_cfg.devices, devices_cfg.type, "strategy.devices")
     _new_collective_key_base(tf.distribute.MirroredStrategy)
     return tf.distribute.MirroredStrategy(devices, cross_device_ops=_cross_device_ops(strategy_cfg.cross_device_ops))
+
+
+@register_strategy("model_parallel")
+def _model_parallel(strategy_cfg, devices_cfg: DevicesConfig) -> tf.distribute.Strategy:
+    # One replica: the model itself is split, each layer pinned with tf.device (paradl_tf.model_parallel).
+    return tf.distribute.get_strategy()
+
+
+@register_strategy("parameter_server")
+def _parameter_server(strategy_cfg, devices_cfg: DevicesConfig, cluster_resolver=None) -> tf.distribute.Strategy:
+    if cluster_resolver is None:
+        raise ConfigError(
+            "strategy.kind: parameter_server needs its cluster: train with paradl_tf.train(cfg), which starts or "
+            "finds it from the `cluster` section, or pass build_strategy(cfg, cluster_resolver=...)"
+        )
+    num_ps = len(cluster_resolver.cluster_spec().as_dict().get("ps", []))
+    partitioner = variable_partitioner(strategy_cfg.variable_partitioner, num_ps)
+    return tf.distribute.experimental.ParameterServerStrategy(cluster_resolver, variable_partitioner=partitioner)
+
+
+@register_strategy("multi_worker_mirrored")
+def _multi_worker_mirrored(strategy_cfg, devices_cfg: DevicesConfig, cluster_resolver=None) -> tf.distribute.Strategy:
+    if cluster_resolver is None:
+        raise ConfigError(
+            "strategy.kind: multi_worker_mirrored needs its cluster: train with paradl_tf.train(cfg), which starts "
+            "or finds it from the `cluster` section, or pass build_strategy(cfg, cluster_resolver=...)"
+        )
+    implementation = {
+        "auto": tf.distribute.experimental.CommunicationImplementation.AUTO,
+        "ring": tf.distribute.experimental.CommunicationImplementation.RING,
+        "nccl": tf.distribute.experimental.CommunicationImplementation.NCCL,
+    }[strategy_cfg.communication]
+    options = tf.distribute.experimental.CommunicationOptions(implementation=implementation)
+    return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=cluster_resolver, communication_options=options)
+
+
+def variable_partitioner(partitioner_cfg, num_ps: int):
+    """TensorFlow's variable partitioner for `strategy.variable_partitioner` (None: no sharding)."""
+    partitioners = tf.distribute.experimental.partitioners
+    kind = partitioner_cfg.kind
+    if kind == "none":
+        return None
+    if kind == "min_size":
+        return partitioners.MinSizePartitioner(partitioner_cfg.min_shard_bytes, partitioner_cfg.max_shards or num_ps)
+    if kind == "max_size":
+        return partitioners.MaxSizePartitioner(partitioner_cfg.max_shard_bytes, partitioner_cfg.max_shards)
+    if kind == "fixed":
+        return partitioners.FixedShardsPartitioner(partitioner_cfg.shards)
+    raise ConfigError(f"strategy.variable_partitioner.kind: unknown {kind!r}; choose one of: none, min_size, max_size, fixed")
 
 
 def _new_collective_key_base(strategy_class: type) -> None:
@@ -79,7 +130,7 @@ def _new_collective_key_base(strategy_class: type) -> None:
 
 def _cross_device_ops(name: str) -> tf.distribute.CrossDeviceOps | None:
     if name == "auto":
-        return None  # TensorFlow picks: NCCL between GPUs, reduction to one device on CPUs
+        return None  # TensorFlow picks: NCCL between GPUs, ring collectives between CPUs
     if name == "nccl":
         return tf.distribute.NcclAllReduce()
     if name == "hierarchical_copy":
@@ -87,30 +138,3 @@ def _cross_device_ops(name: str) -> tf.distribute.CrossDeviceOps | None:
     if name == "reduction_to_one_device":
         return tf.distribute.ReductionToOneDevice()
     raise ConfigError(f"strategy.cross_device_ops: unknown {name!r}")
-
-
-def _select_devices(wanted: int | list[str] | None, devices_cfg: DevicesConfig) -> list[str]:
-    available = logical_device_names(devices_cfg.type)
-    if wanted is None:
-        return available
-    if isinstance(wanted, int):
-        if wanted > len(available):
-            raise ConfigError(
-                f"strategy.devices asks for {wanted} {devices_cfg.type} devices but {len(available)} exist. "
-                f"Received: strategy.devices={wanted}"
-            )
-        return available[:wanted]
-    return list(wanted)
-
-
-def _check_exists(devices: list[str], devices_cfg: DevicesConfig) -> None:
-    known = {d.name.lower() for d in tf.config.list_logical_devices()}
-    known |= {n.lower() for n in logical_device_names("CPU") + logical_device_names("GPU")}
-    for device in devices:
-        spec = tf.DeviceSpec.from_string(device)
-        short = f"/device:{(spec.device_type or '').upper()}:{spec.device_index}".lower()
-        if short not in known and device.lower() not in known:
-            raise ConfigError(
-                f"strategy: device {device!r} does not exist; logical devices: "
-                f"{', '.join(logical_device_names(devices_cfg.type))}"
-            )

@@ -15,6 +15,7 @@ from paradl_tf.config import Config, dump_config
 from paradl_tf.data import Datasets, build_dataset
 from paradl_tf.devices import setup_devices
 from paradl_tf.keras_version import import_keras, resolve_keras
+from paradl_tf.model_parallel import compile_placed_model
 from paradl_tf.models import build_model, compile_model
 from paradl_tf.strategies import build_strategy, check_global_batch
 
@@ -30,6 +31,8 @@ class Job:
     datasets: Datasets
     model: Any
     per_replica_batch_size: int
+    placement: dict | None = None
+    """Model parallel: the stage table (device, layers, parameter bytes per stage)."""
 
     @property
     def replicas(self) -> int:
@@ -37,6 +40,12 @@ class Job:
 
     @property
     def devices(self) -> list[str]:
+        if self.placement:
+            return [stage["device"] for stage in self.placement["stages"]]
+        if not tf.distribute.has_strategy() and self.cfg.strategy.kind == "default":
+            # The default strategy names no devices: TensorFlow places ops, on the first GPU if any.
+            gpus = tf.config.list_logical_devices("GPU")
+            return [(gpus or tf.config.list_logical_devices("CPU"))[0].name]
         return list(self.strategy.extended.worker_devices)
 
 
@@ -52,15 +61,27 @@ def prepare(cfg: Config) -> Job:
     keras.utils.set_random_seed(cfg.train.seed)
     if cfg.train.deterministic:
         tf.config.experimental.enable_op_determinism()
-    datasets = build_dataset(cfg)
+    datasets = build_dataset(cfg, strategy=strategy)
     with strategy.scope():
         model = build_model(cfg.model, datasets.input_shape, datasets.num_classes, keras)
-        compile_model(model, cfg.train, keras)
-    return Job(cfg, strategy, keras_name, keras, datasets, model, per_replica)
+        placement = None
+        if cfg.strategy.kind == "model_parallel":  # clone the layers onto their stages' devices
+            model, placement = compile_placed_model(model, cfg, keras)
+        else:
+            compile_model(model, cfg.train, keras)
+    return Job(cfg, strategy, keras_name, keras, datasets, model, per_replica, placement)
 
 
 def train(cfg: Config) -> dict[str, Any]:
     """Train with model.fit as `cfg` says; writes config.yaml and results.json to cfg.output_dir and returns the results."""
+    if cfg.strategy.kind == "parameter_server":  # a cluster to start or find first: paradl_tf.parameter_server
+        from paradl_tf.parameter_server import train as train_parameter_server
+
+        return train_parameter_server(cfg)
+    if cfg.strategy.kind == "multi_worker_mirrored":  # every worker runs the training: paradl_tf.multi_worker
+        from paradl_tf.multi_worker import train as train_multi_worker
+
+        return train_multi_worker(cfg)
     start = time.perf_counter()
     job = prepare(cfg)
     out = Path(cfg.output_dir)
@@ -75,7 +96,10 @@ def train(cfg: Config) -> dict[str, Any]:
         job.datasets.train,
         validation_data=job.datasets.validation,
         epochs=cfg.train.epochs,
-        steps_per_epoch=cfg.train.steps_per_epoch,
+        steps_per_epoch=job.datasets.steps_per_epoch,  # the training pipeline repeats
+        # tf_keras needs the count for a distributed dataset; Keras 3 counts, and would keep
+        # one exhausted validation iterator across epochs if given it.
+        validation_steps=job.datasets.validation_steps if job.keras_name == "tf_keras" else None,
         shuffle=False,  # the pipeline shuffles, seeded
         callbacks=callbacks,
         verbose=cfg.train.verbose,
@@ -110,6 +134,7 @@ def _results(job: Job, history: dict, epoch_seconds: list[float], fit_seconds: f
         "fit_seconds": fit_seconds,
         "wall_seconds": wall,
         "output_dir": cfg.output_dir,
+        **({"placement": job.placement} if job.placement else {}),
     }
 
 

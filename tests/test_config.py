@@ -120,7 +120,7 @@ def test_cli_config_error_is_one_line_exit_2(cli, tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["train", "--config=configs/nope.yaml"], "error: config file not found: configs/nope.yaml"),
     (["train", "--config=configs/sync_mirrored.yaml", "--set", "train.epochs=zero"], "error: configs/sync_mirrored.yaml: train.epochs: input should be a valid integer"),
-    (["fly"], "error: expected one command, train or plan; got fly"),
+    (["fly"], "error: expected one command, train, plan, serve, tf-config, export or bench; got fly"),
     (["train", "--no_such_flag"], "error: Unknown command line flag 'no_such_flag'"),
 ])
 def test_cli_errors_exit_2_without_traceback(cli, args, message):
@@ -128,3 +128,18 @@ def test_cli_errors_exit_2_without_traceback(cli, args, message):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith(message)
     assert "Traceback" not in proc.stderr
+
+
+def test_readme_config_reference_is_current():
+    from paradl_tf.reference import BEGIN, END, config_reference
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme[readme.index(BEGIN) + len(BEGIN):readme.index(END)].strip()
+    assert block == config_reference(), "run: python -m paradl_tf.reference --update README.md"
+
+
+def test_every_config_key_has_a_meaning():
+    from paradl_tf.reference import config_reference
+
+    undocumented = [row for row in config_reference().splitlines()[2:] if row.endswith("|  |")]
+    assert not undocumented, undocumented

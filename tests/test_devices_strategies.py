@@ -22,6 +22,11 @@ def test_changing_the_layout_after_start_says_how_to_fix_it():
         paradl_tf.setup_virtual_devices(2)
 
 
+def test_asking_for_one_device_after_four_started_is_an_error():
+    with pytest.raises(DeviceSetupError, match=r"cannot create 1 logical CPU devices"):
+        paradl_tf.setup_virtual_devices(1)
+
+
 def test_no_gpu_is_a_clear_error():
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("a GPU is present")
@@ -59,7 +64,7 @@ def test_mirrored_uses_the_named_devices():
 
 def test_unknown_device_name_is_an_error():
     cfg = load_config(None, ["devices.count=4", "strategy.kind=mirrored", "strategy.devices=[/cpu:0, /cpu:9]"])
-    with pytest.raises(ConfigError, match=r"strategy: device '/cpu:9' does not exist; logical devices: /device:CPU:0"):
+    with pytest.raises(ConfigError, match=r"strategy\.devices\[1\]: device '/cpu:9' does not exist; logical devices: /device:CPU:0"):
         build_strategy(cfg)
 
 

@@ -79,3 +79,11 @@ def test_steps_per_execution_with_replicas_runs_on_tf_keras(tmp_path):
     results = paradl_tf.train(cfg)
     assert results["keras"] == "tf_keras" and results["replicas"] == 2
     assert results["steps_per_epoch"] == 4
+
+
+def test_default_strategy_trains_and_names_its_device(tmp_path):
+    cfg = paradl_tf.load_config("configs/default_strategy.yaml", [
+        f"output_dir={tmp_path}", "devices.count=4", "train.epochs=1", "train.verbose=0", "train.steps_per_epoch=3"])
+    results = paradl_tf.train(cfg)
+    assert results["strategy"] == "default" and results["replicas"] == 1
+    assert results["devices"] == ["/device:CPU:0"]

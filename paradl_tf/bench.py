@@ -1,0 +1,880 @@
+"""Benchmarks: every method measured side by side against one device and against hand-written tf.distribute.
+
+    paradl-tf bench --quick              # fewer repetitions and points: under 3 minutes on 2 cores
+    paradl-tf bench --out=bench          # the full run: under 30 minutes on 2 cores
+    make bench
+
+    from paradl_tf.bench import run_bench
+    results = run_bench(quick=True, out_dir="bench")   # the same, from Python
+
+Writes <out>/results.json (machine, every figure as min/median/max), <out>/RESULTS.md (the
+tables, with ratios) and <out>/*.png (throughput per method, scaling curves, pipeline curve).
+
+How: every measurement is one fresh process (`python -m paradl_tf.bench_worker`), because
+logical devices must be set before TensorFlow starts and a process keeps one layout. The
+toolkit side builds everything with paradl_tf.prepare(cfg) and runs train()'s model.fit call
+(parameter servers: paradl_tf.train, which starts the local cluster); the hand-written side
+runs paradl_tf.bench_reference (plain tf.distribute + Keras, the same data, model, optimizer).
+Processes run one at a time, interleaved (A B C A B C ...), so slow drift of the machine hits
+every method alike; each process trains one warm-up epoch (tracing) and then timed epochs.
+A figure is the min/median/max over processes, or, where only one process ran (quick mode),
+over its timed epochs. A method that cannot run here is reported "not available", with why.
+
+Adding a method is one entry in METHODS; a workload, one entry in WORKLOADS.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+import os
+import platform
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import psutil
+
+from paradl_tf.bench_worker import MARK
+
+# ================================================================ workloads
+Widen = Callable[[dict, int], dict]
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A reference model and its data; `width` is swept by `widen(model, width)`."""
+
+    name: str
+    title: str
+    model: dict
+    data: dict
+    steps: int
+    """Steps per epoch at the default batch and width (full mode); scaled so every epoch does similar work."""
+    width: int
+    """The default width (MLP: first hidden layer; CNN: filters of the last conv; inception: branch filters)."""
+    widen: Widen
+    batch: int = 64
+    sweep_data: dict | None = None
+    """Data for the batch sweep (enough examples for the largest batch); default: `data`."""
+
+
+def _mlp_width(model: dict, w: int) -> dict:
+    return {**model, "hidden": [w, max(w // 2, 1)]}
+
+
+def _cnn_width(model: dict, w: int) -> dict:
+    return {**model, "filters": [max(w // 2, 1), w]}
+
+
+def _inception_width(model: dict, w: int) -> dict:
+    return {**model, "branch_filters": w}
+
+
+_TABULAR_64 = {"kind": "synthetic_tabular", "features": 64, "num_classes": 10, "train_examples": 4096,
+               "validation_examples": 128}
+_IMAGES_32 = {"kind": "synthetic_images", "image_shape": [32, 32, 3], "num_classes": 10, "train_examples": 4096,
+              "validation_examples": 128}
+
+WORKLOADS: dict[str, Workload] = {w.name: w for w in [
+    Workload("mlp", "digits MLP (8x8 images, hidden 128-64)", {"kind": "mlp", "hidden": [128, 64]},
+             {"kind": "digits", "validation_split": 0.1}, steps=200, width=128, widen=_mlp_width,
+             sweep_data=_TABULAR_64),
+    Workload("cnn", "small CNN (32x32x3 synthetic images, filters 32-64)",
+             {"kind": "cnn", "filters": [32, 64], "kernel_size": 3, "dense": 128}, _IMAGES_32, steps=30, width=64,
+             widen=_cnn_width),
+    Workload("inception", "inception-style (32x32x3 synthetic images, 2 blocks of 4 branches)",
+             {"kind": "inception", "stem_filters": 32, "blocks": 2, "branch_filters": 16}, _IMAGES_32, steps=12,
+             width=16, widen=_inception_width),
+]}
+
+# Small enough for a test to run the whole pipeline in about a minute.
+TINY_WORKLOADS: dict[str, Workload] = {w.name: w for w in [
+    Workload("mlp", "tiny MLP (digits, hidden 16-8)", {"kind": "mlp", "hidden": [16, 8]},
+             {"kind": "digits", "validation_split": 0.1}, steps=10, width=16, widen=_mlp_width, batch=32,
+             sweep_data={**_TABULAR_64, "train_examples": 256, "validation_examples": 32}),
+]}
+
+
+# ================================================================ methods
+@dataclass(frozen=True)
+class Method:
+    """One way to train: the toolkit's `strategy` section, the devices it needs, its hand-written reference."""
+
+    name: str
+    title: str
+    group: str
+    """baseline, sync (synchronous data parallel), async (parameter servers), model (model parallel), pipeline."""
+    strategy: dict
+    devices: int = 1
+    """Logical devices (CPU) or GPUs this method needs in one process."""
+    reference: str | None = None
+    """Key of paradl_tf.bench_reference.REFERENCES; None: no hand-written reference yet (ratio n/a)."""
+    workloads: tuple[str, ...] = ("mlp", "cnn")
+    cluster: dict | None = None
+    curve: tuple[str, int] | None = None
+    """(curve name, x): a point of a curve plotted against x, e.g. ("pipeline", microbatches)."""
+    todo: str | None = None
+    """Set while the toolkit lacks this method: the runner reports it as not available, with this reason."""
+
+
+def _mirrored(n: int) -> Method:
+    return Method(f"mirrored_{n}", f"MirroredStrategy, {n} device(s)", "sync", {"kind": "mirrored", "devices": n},
+                  devices=n, reference="mirrored")
+
+
+def _model_parallel(n: int) -> Method:
+    return Method(f"model_parallel_{n}", f"model parallel, {n} stages (auto, params)", "model",
+                  {"kind": "model_parallel", "placement": {"kind": "auto", "devices": n}}, devices=n,
+                  curve=("pipeline", 1) if n == 2 else None)
+
+
+def _pipeline(m: int) -> Method:
+    return Method(f"pipeline_{m}", f"pipeline, 2 stages, {m} micro-batches", "pipeline",
+                  {"kind": "model_parallel", "placement": {"kind": "auto", "devices": 2},
+                   "pipeline": {"microbatches": m}}, devices=2, workloads=("cnn",), curve=("pipeline", m))
+
+
+METHODS: list[Method] = [
+    Method("no_strategy", "one device, no strategy", "baseline", {"kind": "default"}, reference="one_device",
+           workloads=("mlp", "cnn", "inception")),
+    _mirrored(1), _mirrored(2), _mirrored(4),
+    Method("multi_worker_mirrored_2", "MultiWorkerMirroredStrategy, 2 local processes", "sync",
+           {"kind": "multi_worker_mirrored"}, cluster={"resolver": "local", "mode": "process", "workers": 2},
+           todo="TODO: paradl_tf has no multi_worker_mirrored strategy yet"),  # set strategy + cluster, drop todo
+    Method("parameter_server", "parameter servers: 2 workers, 1 ps (local processes)", "async",
+           {"kind": "parameter_server"}, reference="parameter_server",
+           cluster={"resolver": "local", "mode": "process", "workers": 2, "ps": 1, "private_network": "auto"}),
+    _model_parallel(2), _model_parallel(4),
+    _pipeline(2), _pipeline(4), _pipeline(8),
+    Method("branches_4", "model parallel, inception branches on 4 devices", "model",
+           {"kind": "model_parallel", "placement": {"kind": "branches", "devices": 4}}, devices=4,
+           workloads=("inception",)),
+]
+METHOD_BY_NAME = {m.name: m for m in METHODS}
+BASELINE = "no_strategy"
+
+
+# ================================================================ modes
+@dataclass(frozen=True)
+class Mode:
+    """How much to measure: which workloads and methods, how many processes, epochs and sweep points."""
+
+    name: str
+    workloads: dict[str, Workload]
+    methods: dict[str, tuple[str, ...]]
+    """workload -> methods measured in the main table (others are listed as skipped in this mode)."""
+    reps: int
+    sweep_reps: int
+    epochs: int
+    """Per process: one warm-up epoch, then epochs - 1 timed."""
+    steps_scale: float
+    batches: tuple[int, ...]
+    width_factors: tuple[float, ...]
+    """Swept widths, as multiples of each workload's default width."""
+    sweep_workloads: tuple[str, ...]
+    matmul_sizes: tuple[int, ...]
+    budget_s: float
+    """Wall-clock budget: past it, the specs not yet run are reported as skipped."""
+    timeout_s: float
+    jobs: int = 1
+    """Processes at a time. More than 1 only for tests: concurrent processes make the timings meaningless."""
+    note: str = ""
+
+
+_ALL = tuple(m.name for m in METHODS)
+MODES: dict[str, Mode] = {
+    "full": Mode(
+        "full", WORKLOADS, {w: _ALL for w in WORKLOADS}, reps=5, sweep_reps=3, epochs=4, steps_scale=1.0,
+        batches=(64, 256, 1024, 2048), width_factors=(1, 2, 4), sweep_workloads=("mlp", "cnn"),
+        matmul_sizes=(1024, 2048, 4096), budget_s=28.5 * 60, timeout_s=300,
+        note="5 processes per figure (3 per sweep point), each 1 warm-up epoch + 3 timed epochs"),
+    "quick": Mode(
+        "quick", WORKLOADS, {"mlp": ("no_strategy", "mirrored_2", "mirrored_4", "model_parallel_2"),
+                             "cnn": ("no_strategy", "mirrored_2", "pipeline_4")},
+        reps=1, sweep_reps=1, epochs=3, steps_scale=0.5, batches=(64, 512), width_factors=(1, 4),
+        sweep_workloads=("mlp",), matmul_sizes=(2048, 4096), budget_s=165, timeout_s=120,
+        note="QUICK MODE: 1 process per figure, min/median/max over its 2 timed epochs; fewer methods "
+             "and sweep points. Run without --quick for the real figures (5 processes per figure)"),
+    "tiny": Mode(
+        "tiny", TINY_WORKLOADS, {"mlp": ("no_strategy", "mirrored_2", "model_parallel_2")}, reps=1, sweep_reps=1,
+        epochs=2, steps_scale=1.0, batches=(32, 64), width_factors=(0.5, 1), sweep_workloads=("mlp",),
+        matmul_sizes=(256,), budget_s=150, timeout_s=150, jobs=2,
+        note="TINY MODE (tests): tiny models, processes run 2 at a time; the speeds mean nothing"),
+}
+
+TARGETS = {
+    "toolkit_over_reference": 0.98,
+    "vs_one_device": {("mirrored_2", "cnn"): 0.9, ("mirrored_4", "cnn"): 0.9, ("mirrored_2", "mlp"): 0.6,
+                      ("mirrored_4", "mlp"): 0.6, ("parameter_server", "cnn"): 0.8,
+                      ("multi_worker_mirrored_2", "cnn"): 0.8},
+}
+# Measured with plain TensorFlow on a 2-core CPU before any toolkit code (issue 7): the figures to beat.
+PLAIN_TF_BEFORE = {("mirrored_4", "mlp"): "0.33x", ("mirrored_4", "cnn"): "1.00x",
+                   ("multi_worker_mirrored_2", "mlp"): "0.12x", ("multi_worker_mirrored_2", "cnn"): "0.63x",
+                   ("parameter_server", "mlp"): "0.18-0.38x", ("parameter_server", "cnn"): "0.74-0.85x"}
+
+
+# ================================================================ model cost, from the config alone
+def model_cost(model: dict, input_shape: Sequence[int], classes: int) -> dict[str, int]:
+    """Parameters and forward FLOPs per example (2 per multiply-add) of a paradl_tf model config.
+
+    Counts the matmuls and convolutions, which dominate; activations and pooling are left out.
+    A training step costs about 3x the forward pass (forward, gradients of inputs and of weights)."""
+    kind = model["kind"]
+    if kind == "mlp":
+        sizes = [int(_prod(input_shape)), *model.get("hidden", [128, 64]), classes]
+        params = sum(a * b + b for a, b in zip(sizes, sizes[1:]))
+        return {"params": params, "forward_flops": sum(2 * a * b for a, b in zip(sizes, sizes[1:]))}
+    h, w, c = input_shape
+    layers: list[tuple[int, int, int, int]] = []  # (kernel, c_in, c_out, output positions)
+    if kind == "cnn":
+        k = model.get("kernel_size", 3)
+        for filters in model.get("filters", [32, 64]):
+            layers.append((k, c, filters, h * w))
+            c = filters
+            if h >= 2 and w >= 2:
+                h, w = h // 2, w // 2
+        layers += [(1, h * w * c, model.get("dense", 128), 1), (1, model.get("dense", 128), classes, 1)]
+    elif kind == "inception":
+        f, stem = model.get("branch_filters", 16), model.get("stem_filters", 32)
+        r, hw = f // 2 or 1, h * w
+        layers.append((3, c, stem, hw))
+        c = stem
+        for _ in range(model.get("blocks", 2)):
+            layers += [(1, c, f, hw), (1, c, r, hw), (3, r, f, hw), (1, c, r, hw), (5, r, f, hw), (1, c, f, hw)]
+            c = 4 * f
+        layers.append((1, c, classes, 1))
+    else:
+        raise ValueError(f"no cost model for model kind {kind!r}")
+    params = sum(k * k * ci * co + co for k, ci, co, _ in layers)
+    return {"params": params, "forward_flops": sum(2 * k * k * ci * co * n for k, ci, co, n in layers)}
+
+
+def _prod(values) -> int:
+    out = 1
+    for v in values:
+        out *= int(v)
+    return out
+
+
+def input_shape(data: dict) -> tuple[list[int], int]:
+    """(example shape, classes) of a paradl_tf data config."""
+    if data["kind"] == "digits":
+        return [8, 8, 1], 10
+    if data["kind"] == "synthetic_images":
+        return list(data.get("image_shape", [32, 32, 3])), data.get("num_classes", 10)
+    if data["kind"] == "synthetic_tabular":
+        return [data.get("features", 64)], data.get("num_classes", 10)
+    raise ValueError(f"no shape for data kind {data['kind']!r}")
+
+
+# ================================================================ specs: one process each
+@dataclass
+class Spec:
+    """One measurement to repeat: a worker spec plus where its figure goes."""
+
+    key: tuple
+    """(section, workload, method, impl, x): section main, batch or width."""
+    worker: dict
+    reps: int
+    results: list[dict] = field(default_factory=list)
+
+
+def build_config(workload: Workload, method: Method, devices: dict, batch: int, width: int, steps: int,
+                 epochs: int, data: dict | None = None) -> dict:
+    """The paradl_tf config (as a dict) of one measurement."""
+    cfg = {
+        "devices": devices,
+        "strategy": copy.deepcopy(method.strategy),
+        "model": workload.widen(copy.deepcopy(workload.model), width),
+        "data": copy.deepcopy(data or workload.data),
+        "train": {"epochs": epochs, "steps_per_epoch": steps, "global_batch_size": batch, "optimizer": "adam",
+                  "learning_rate": 1e-3, "seed": 0, "steps_per_execution": 1, "verbose": 0},
+    }
+    if method.cluster:
+        cfg["cluster"] = copy.deepcopy(method.cluster)
+    return cfg
+
+
+GPU_STEPS_SCALE = 10  # a GPU runs these small models' steps about this much faster than 2 CPU cores
+
+
+def steps_for(workload: Workload, mode: Mode, batch: int, width: int, device_type: str = "CPU") -> int:
+    """Steps per epoch so that each epoch does about the work of the default batch and width."""
+    shape, classes = input_shape(workload.data)
+    base = model_cost(workload.widen(workload.model, workload.width), shape, classes)["forward_flops"]
+    here = model_cost(workload.widen(workload.model, width), shape, classes)["forward_flops"]
+    work = (workload.batch * base) / (batch * here)
+    scale = mode.steps_scale * (GPU_STEPS_SCALE if device_type == "GPU" else 1)
+    return max(3, round(workload.steps * scale * min(work, 1.0)))
+
+
+def devices_for(method: Method, machine: dict, virtual_gpus: bool, gpu_memory_mb: int) -> dict:
+    """The `devices` section: logical CPUs on a CPU machine; the real GPUs (split only if asked) on a GPU one."""
+    if machine["device_type"] == "CPU":
+        return {"type": "CPU", "count": method.devices}
+    if virtual_gpus and method.devices > 1:
+        return {"type": "GPU", "count": method.devices, "memory_limit_mb": gpu_memory_mb}
+    return {"type": "GPU", "count": 1}
+
+
+def unavailable(method: Method, workload: Workload, machine: dict, virtual_gpus: bool) -> str | None:
+    """Why `method` cannot run here (None: it can): a TODO entry, a method the toolkit rejects, too few GPUs."""
+    if method.todo:
+        return method.todo
+    if machine["device_type"] == "GPU" and not virtual_gpus and method.devices > len(machine["gpus"]):
+        return f"needs {method.devices} GPUs, this machine has {len(machine['gpus'])} (run with virtual GPUs to split one)"
+    cfg = build_config(workload, method, {"type": "CPU", "count": method.devices}, workload.batch, workload.width,
+                       3, 2)
+    return config_error(cfg)
+
+
+def config_error(cfg: dict) -> str | None:
+    """The toolkit's own one-line error for a config dict, or None if it validates (no TensorFlow needed)."""
+    import yaml
+
+    from paradl_tf.config import load_config
+    from paradl_tf.errors import ParadlError
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump(cfg, f)
+    try:
+        load_config(f.name)
+        return None
+    except ParadlError as exc:
+        return f"the toolkit rejects it: {exc}"
+    finally:
+        os.unlink(f.name)
+
+
+def resolved_keras(cfg: dict) -> str:
+    """The Keras the toolkit picks for this config (keras: auto); the hand-written reference uses the same one."""
+    from paradl_tf.keras_version import resolve_keras
+
+    strategy = cfg["strategy"]
+    replicas = strategy.get("devices", 1) if strategy["kind"] == "mirrored" else 1
+    return resolve_keras("auto", strategy["kind"], replicas, cfg["train"]["steps_per_execution"])
+
+
+def _train_spec(key: tuple, cfg: dict, method: Method, reps: int) -> Spec:
+    impl = key[3]
+    worker = {"kind": "train", "impl": impl, "config": cfg, "keras": resolved_keras(cfg), "reference": method.reference}
+    return Spec(key, worker, reps)
+
+
+def main_specs(mode: Mode, machine: dict, virtual_gpus: bool, gpu_memory_mb: int) -> tuple[list[Spec], list[dict]]:
+    """The main table's specs, and a row for each method that will not run here (not available / skipped)."""
+    specs, missing = [], []
+    for wname, workload in mode.workloads.items():
+        for method in METHODS:
+            if wname not in method.workloads:
+                continue
+            why, status = unavailable(method, workload, machine, virtual_gpus), "not available"
+            if why is None and method.name not in mode.methods.get(wname, ()):
+                why, status = f"skipped in {mode.name} mode", "skipped"
+            if why:
+                missing.append({"section": "main", "workload": wname, "method": method.name, "impl": None,
+                                "status": status, "why": why})
+                continue
+            devices = devices_for(method, machine, virtual_gpus, gpu_memory_mb)
+            steps = steps_for(workload, mode, workload.batch, workload.width, machine["device_type"])
+            cfg = build_config(workload, method, devices, workload.batch, workload.width, steps, mode.epochs)
+            impls = ["toolkit"] + (["reference"] if method.reference else [])
+            specs += [_train_spec(("main", wname, method.name, impl, None), cfg, method, mode.reps) for impl in impls]
+    return specs, missing
+
+
+def sweep_specs(mode: Mode, machine: dict, best: dict[str, str], virtual_gpus: bool,
+                gpu_memory_mb: int) -> list[Spec]:
+    """Batch and width sweeps for one device (hand-written, no strategy) and the best strategy of each workload.
+
+    A point that equals the main table's configuration is not run again: it is taken from there."""
+    specs = []
+    for wname in mode.sweep_workloads:
+        workload = mode.workloads[wname]
+        runs = [(METHOD_BY_NAME[BASELINE], "reference")]
+        if best.get(wname) and best[wname] != BASELINE:
+            runs.append((METHOD_BY_NAME[best[wname]], "toolkit"))
+        for method, impl in runs:
+            devices = devices_for(method, machine, virtual_gpus, gpu_memory_mb)
+            for batch in mode.batches:
+                if batch == workload.batch or batch % method.devices:
+                    continue
+                steps = steps_for(workload, mode, batch, workload.width, machine["device_type"])
+                data = workload.sweep_data or workload.data
+                cfg = build_config(workload, method, devices, batch, workload.width, steps, mode.epochs, data)
+                specs.append(_train_spec(("batch", wname, method.name, impl, batch), cfg, method, mode.sweep_reps))
+            for width in widths(workload, mode):
+                if width == workload.width:
+                    continue
+                steps = steps_for(workload, mode, workload.batch, width, machine["device_type"])
+                cfg = build_config(workload, method, devices, workload.batch, width, steps, mode.epochs)
+                specs.append(_train_spec(("width", wname, method.name, impl, width), cfg, method, mode.sweep_reps))
+    return specs
+
+
+def widths(workload: Workload, mode: Mode) -> list[int]:
+    return [max(1, round(workload.width * f)) for f in mode.width_factors]
+
+
+def matmul_spec(mode: Mode, reps: int, device_type: str = "auto") -> Spec:
+    return Spec(("peak", None, "matmul", None, None),
+                {"kind": "matmul", "sizes": list(mode.matmul_sizes), "device_type": device_type,
+                 "seconds_per_size": 1.0 if mode.name == "full" else 0.5}, reps)
+
+
+# ================================================================ running processes
+def run_worker(worker: dict, log_path: Path, timeout_s: float) -> dict:
+    """Run one bench_worker process; its result dict (ok False with the reason on any failure). Never leaves it running."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    run_dir = tempfile.mkdtemp(prefix="paradl_bench_")
+    spec = {**worker, "run_dir": run_dir, "spawned_at": time.time()}
+    argv = [sys.executable, "-m", "paradl_tf.bench_worker", "--spec=" + json.dumps(spec)]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": _package_root()}
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True, env=env,
+                                start_new_session=True, preexec_fn=_die_with_parent)
+        _RUNNING.add(proc)
+        try:
+            stdout, _ = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            _kill(proc)
+            return {"ok": False, "error": f"timed out after {timeout_s:.0f} s and was killed; log: {log_path}"}
+        finally:
+            _kill(proc)
+            _RUNNING.discard(proc)
+            _remove(run_dir)
+    wall = time.perf_counter() - start
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(MARK):
+            return {**json.loads(line[len(MARK):]), "process_wall_seconds": wall}
+    return {"ok": False, "error": f"the worker exited with status {proc.returncode} without a result; log: {log_path}",
+            "process_wall_seconds": wall}
+
+
+_RUNNING: set[subprocess.Popen] = set()  # worker processes now running (several only in tiny mode)
+
+
+def _prctl():
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux
+        return None
+
+
+_PRCTL = _prctl()  # looked up here: the child after fork only makes the call
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the benchmark process dies, however it dies (PR_SET_PDEATHSIG)."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGKILL)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    """Kill the worker and everything it started (its session, then any descendant that left it)."""
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        children = []
+    try:  # the whole session, even after the worker exited: anything it left behind is still in it
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        if proc.poll() is None:
+            proc.kill()
+    for child in children:
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _remove(path: str) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _package_root() -> str:
+    root = str(Path(__file__).resolve().parents[1])
+    return os.pathsep.join([root, os.environ["PYTHONPATH"]]) if os.environ.get("PYTHONPATH") else root
+
+
+def run_interleaved(specs: list[Spec], out: Path, mode: Mode, deadline: float, log: Callable[[str], None]) -> None:
+    """Round r runs repetition r of every spec, in order (A B C A B C ...); past `deadline` the rest are skipped."""
+    rounds = max((s.reps for s in specs), default=0)
+    for r in range(rounds):
+        batch = [s for s in specs if s.reps > r]
+        if mode.jobs > 1:
+            with ThreadPoolExecutor(mode.jobs) as pool:
+                try:
+                    list(pool.map(lambda s: _run_one(s, r, out, mode, deadline, log), batch))
+                except BaseException:  # Ctrl-C or SIGTERM in this thread: stop the workers the others wait for
+                    for proc in list(_RUNNING):
+                        _kill(proc)
+                    pool.shutdown(cancel_futures=True)
+                    raise
+        else:
+            for spec in batch:
+                _run_one(spec, r, out, mode, deadline, log)
+
+
+_WALLS: list[float] = []  # wall seconds of the processes run so far: what the next one will likely take
+
+
+def _run_one(spec: Spec, r: int, out: Path, mode: Mode, deadline: float, log: Callable[[str], None]) -> None:
+    name = "_".join(str(k) for k in spec.key if k is not None)
+    expected = statistics.median(_WALLS) if _WALLS else 0.0
+    if time.monotonic() + expected > deadline:
+        spec.results.append({"ok": False, "skipped": True,
+                             "error": f"skipped: it would end past the {mode.name} mode's budget of {mode.budget_s:.0f} s"})
+        log(f"  skipped {name} #{r + 1}: time budget")
+        return
+    t = time.perf_counter()
+    result = run_worker(spec.worker, out / "logs" / f"{_safe(name)}_{r}.log", mode.timeout_s)
+    _WALLS.append(time.perf_counter() - t)
+    spec.results.append(result)
+    status = "ok" if result.get("ok") else f"FAILED: {result.get('error')}"
+    log(f"  [{time.perf_counter() - t:5.1f} s] {name} #{r + 1}: {_brief(result) if result.get('ok') else status}")
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def _brief(result: dict) -> str:
+    if "matmul_flops_per_sec" in result:
+        return f"peak {max(result['matmul_flops_per_sec']) / 1e9:.1f} GFLOP/s"
+    per_proc = _process_figures(result)
+    return f"{per_proc['examples_per_sec']:.0f} examples/s, {per_proc['step_seconds'] * 1e3:.2f} ms/step"
+
+
+# ================================================================ figures
+def stat(values: Sequence[float]) -> dict[str, Any] | None:
+    """min / median / max (and n, the samples) of the values; None when there are none."""
+    values = [float(v) for v in values if v is not None]
+    if not values:
+        return None
+    return {"min": min(values), "median": statistics.median(values), "max": max(values), "n": len(values),
+            "samples": values}
+
+
+def _process_figures(result: dict) -> dict[str, float]:
+    """Steady-state throughput of one process: the timed epochs (all but the first)."""
+    timed = result["epoch_seconds"][1:] or result["epoch_seconds"]
+    steps, batch = result["steps_per_epoch"], result["global_batch_size"]
+    return {"examples_per_sec": steps * batch * len(timed) / sum(timed), "step_seconds": sum(timed) / (steps * len(timed))}
+
+
+def _samples(results: list[dict]) -> tuple[list[float], list[float], list[int], str]:
+    """Throughput and step-time samples and their keys: one per process (key: its round), or, when only one
+    process ran, one per timed epoch (key: the epoch)."""
+    ok = [(i, r) for i, r in enumerate(results) if r.get("ok")]
+    if len(ok) >= 2:
+        figures = [_process_figures(r) for _, r in ok]
+        return ([f["examples_per_sec"] for f in figures], [f["step_seconds"] for f in figures], [i for i, _ in ok],
+                "processes")
+    if not ok:
+        return [], [], [], "none"
+    r = ok[0][1]
+    timed = r["epoch_seconds"][1:] or r["epoch_seconds"]
+    steps, batch = r["steps_per_epoch"], r["global_batch_size"]
+    return ([steps * batch / t for t in timed], [t / steps for t in timed], list(range(len(timed))),
+            "epochs of one process")
+
+
+def summarize_train(spec: Spec, peak: float | None, flops_per_example: int) -> dict[str, Any]:
+    section, workload, method, impl, x = spec.key
+    ok = [r for r in spec.results if r.get("ok")]
+    errors = sorted({r["error"] for r in spec.results if not r.get("ok")})
+    row: dict[str, Any] = {"section": section, "workload": workload, "method": method, "impl": impl, "x": x,
+                           "processes": len(spec.results), "processes_ok": len(ok)}
+    if not ok:
+        skipped = all(r.get("skipped") for r in spec.results)
+        return {**row, "status": "skipped" if skipped else "failed", "why": "; ".join(errors)}
+    throughput, step, keys, over = _samples(spec.results)
+    train_flops = 3 * flops_per_example
+    row.update(
+        status="ok" if not errors else "partly failed",
+        samples_over=over,
+        sample_keys=keys,
+        examples_per_sec=stat(throughput),
+        step_seconds=stat(step),
+        train_flops_per_example=train_flops,
+        flops_per_sec=stat([t * train_flops for t in throughput]),
+        fraction_of_peak=stat([t * train_flops / peak for t in throughput]) if peak else None,
+        startup={k: stat([r.get(k) for r in ok]) for k in
+                 ("process_start_seconds", "import_seconds", "build_seconds", "first_epoch_seconds",
+                  "cluster_start_seconds", "process_wall_seconds")},
+        peak_rss_bytes=stat([r["peak_rss_bytes"] for r in ok]),
+        children_peak_rss_bytes=stat([r.get("children_peak_rss_bytes") for r in ok]),
+        keras=ok[0].get("keras"),
+        replicas=ok[0].get("replicas"),
+        global_batch_size=ok[0]["global_batch_size"],
+        steps_per_epoch=ok[0]["steps_per_epoch"],
+        config=spec.worker["config"],
+    )
+    if errors:
+        row["why"] = "; ".join(errors)
+    if ok[0].get("parameter_bytes_per_device"):
+        row["parameter_bytes_per_device"] = ok[0]["parameter_bytes_per_device"]
+    if ok[0].get("params") is not None:
+        row["params_counted_by_keras"] = ok[0]["params"]
+    return row
+
+
+def paired_ratio(a: dict | None, b: dict | None) -> dict | None:
+    """a / b sample by sample: process against process of the same round (or epoch against epoch of the same
+    index when each side is one process), as min/median/max."""
+    if not (a and b and a.get("examples_per_sec") and b.get("examples_per_sec")):
+        return None
+    xs = dict(zip(a.get("sample_keys") or range(a["examples_per_sec"]["n"]), a["examples_per_sec"]["samples"]))
+    ys = dict(zip(b.get("sample_keys") or range(b["examples_per_sec"]["n"]), b["examples_per_sec"]["samples"]))
+    if a.get("samples_over") != b.get("samples_over"):  # one side lost processes: compare medians only
+        return stat([a["examples_per_sec"]["median"] / b["examples_per_sec"]["median"]])
+    return stat([xs[k] / ys[k] for k in xs if k in ys])
+
+
+def ratios(rows: list[dict]) -> list[dict]:
+    """Per workload and method: toolkit / hand-written, and toolkit / one device (hand-written, no strategy)."""
+    index = {(r["workload"], r["method"], r["impl"]): r for r in rows if r["section"] == "main" and r.get("impl")}
+    out = []
+    for (workload, method, impl), row in index.items():
+        if impl != "toolkit":
+            continue
+        baseline = index.get((workload, BASELINE, "reference"))
+        target = TARGETS["vs_one_device"].get((method, workload))
+        out.append({
+            "workload": workload, "method": method,
+            "toolkit_over_reference": paired_ratio(row, index.get((workload, method, "reference"))),
+            "toolkit_over_reference_target": TARGETS["toolkit_over_reference"],
+            "vs_one_device": paired_ratio(row, baseline),
+            "vs_one_device_target": target,
+            "plain_tf_before": PLAIN_TF_BEFORE.get((method, workload)),
+        })
+    return out
+
+
+def best_strategy(rows: list[dict], workload: str) -> str | None:
+    """The toolkit method other than the baseline with the highest median throughput on `workload`."""
+    candidates = [r for r in rows if r["section"] == "main" and r["workload"] == workload and r["impl"] == "toolkit"
+                  and r["method"] != BASELINE and r.get("examples_per_sec")]
+    return max(candidates, key=lambda r: r["examples_per_sec"]["median"])["method"] if candidates else None
+
+
+# ================================================================ the run
+def run_bench(quick: bool = False, out_dir: str | Path = "bench", *, tiny: bool = False, reps: int | None = None,
+              virtual_gpus: bool = False, gpu_memory_mb: int = 2048, log: Callable[[str], None] = print) -> dict:
+    """Measure every available method and write results.json, RESULTS.md and the plots to `out_dir`.
+
+    quick: fewer processes, methods and points (under 3 minutes on 2 cores); tiny: tiny models, for tests.
+    reps: processes per figure (default: the mode's). virtual_gpus: on a GPU machine, split GPU 0 into
+    logical GPUs of gpu_memory_mb each for the multi-device methods (default: the real GPUs only)."""
+    mode = MODES["tiny" if tiny else "quick" if quick else "full"]
+    if reps:
+        mode = _with_reps(mode, reps)
+    with _sigterm_interrupts():
+        return _run_bench(mode, Path(out_dir), virtual_gpus, gpu_memory_mb, log)
+
+
+def _run_bench(mode: Mode, out: Path, virtual_gpus: bool, gpu_memory_mb: int, log: Callable[[str], None]) -> dict:
+    from paradl_tf import bench_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    started, t0 = datetime.datetime.now(datetime.timezone.utc), time.perf_counter()
+    deadline = time.monotonic() + mode.budget_s
+    _WALLS.clear()
+    log(f"paradl-tf bench ({mode.name}): {mode.note}")
+    log("machine: the float32 matmul peak (this process also finds the devices)")
+    probe = matmul_spec(mode, 1)
+    _run_one(probe, 0, out, mode, deadline, log)
+    machine = describe_machine(probe.results[0], virtual_gpus)
+
+    specs, missing = main_specs(mode, machine, virtual_gpus, gpu_memory_mb)
+    peak_spec = matmul_spec(mode, mode.reps - 1, machine["device_type"])
+    log(f"main table: {len(specs)} measurements x {mode.reps} process(es), interleaved")
+    run_interleaved(specs + ([peak_spec] if peak_spec.reps else []), out, mode, deadline, log)
+    peak = summarize_peak(Spec(peak_spec.key, peak_spec.worker, mode.reps, probe.results + peak_spec.results))
+    peak_flops = peak["flops_per_sec"]["median"] if peak else None
+    rows = [summarize_train(s, peak_flops, _flops(s)) for s in specs]
+
+    best = {w: best_strategy(rows, w) for w in mode.sweep_workloads}
+    sweeps = sweep_specs(mode, machine, best, virtual_gpus, gpu_memory_mb)
+    log(f"sweeps (batch, width) for one device and the best strategy {best}: {len(sweeps)} measurements")
+    run_interleaved(sweeps, out, mode, deadline, log)
+    rows += [summarize_train(s, peak_flops, _flops(s)) for s in sweeps]
+
+    results = assemble(mode, started, machine, peak, rows, missing, best, time.perf_counter() - t0)
+    results["files"] = bench_report.write_all(results, out)
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    log(bench_report.console_table(results))
+    log(f"wrote {out / 'results.json'}, {out / 'RESULTS.md'} and {len(results['files']) - 1} plots "
+        f"in {results['wall_seconds']:.0f} s")
+    return results
+
+
+def assemble(mode: Mode, started: datetime.datetime, machine: dict, peak: dict | None, rows: list[dict],
+             missing: list[dict], best: dict, wall: float) -> dict[str, Any]:
+    """The results dict that results.json holds."""
+    return {
+        "schema": 1,
+        "created": started.isoformat(timespec="seconds"),
+        "mode": mode.name,
+        "repetitions": {"main": mode.reps, "sweeps": mode.sweep_reps, "epochs_per_process": mode.epochs,
+                        "timed_epochs_per_process": mode.epochs - 1, "concurrent_processes": mode.jobs,
+                        "note": mode.note},
+        "machine": machine,
+        "peak": peak,
+        "workloads": _workload_table(mode),
+        "methods": {m.name: {"title": m.title, "group": m.group, "devices": m.devices, "reference": m.reference,
+                             "todo": m.todo} for m in METHODS},
+        "rows": rows + missing,
+        "ratios": ratios(rows),
+        "best_strategy": best,
+        "sweeps": _sweep_curves(rows, best, mode),
+        "pipeline": _pipeline_curve(rows),
+        "targets": {"toolkit_over_reference": TARGETS["toolkit_over_reference"],
+                    "vs_one_device": [{"method": m, "workload": w, "target": t}
+                                      for (m, w), t in TARGETS["vs_one_device"].items()]},
+        "wall_seconds": wall,
+    }
+
+
+def _with_reps(mode: Mode, reps: int) -> Mode:
+    from dataclasses import replace
+
+    return replace(mode, reps=reps, sweep_reps=min(mode.sweep_reps, reps))
+
+
+class _sigterm_interrupts:
+    """SIGTERM raises KeyboardInterrupt while the benchmark runs, so the running worker is killed on the way out."""
+
+    def __enter__(self):
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._raise)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+        return False
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _flops(spec: Spec) -> int:
+    cfg = spec.worker["config"]
+    shape, classes = input_shape(cfg["data"])
+    return model_cost(cfg["model"], shape, classes)["forward_flops"]
+
+
+def describe_machine(probe: dict, virtual_gpus: bool) -> dict[str, Any]:
+    """Cores, memory, CPU model, TensorFlow and Keras versions, and the device kind the benchmark measures."""
+    gpus = probe.get("gpus", []) if probe.get("ok") else []
+    device_type = "GPU" if gpus else "CPU"
+    if device_type == "CPU":
+        layout = "logical CPUs: the one CPU split into N logical devices (tf.config.set_logical_device_configuration)"
+    else:
+        layout = "GPU 0 split into logical GPUs" if virtual_gpus else "the physical GPUs, no virtual devices"
+    return {
+        "cpu_model": _cpu_model(),
+        "cpu_cores_logical": os.cpu_count(),
+        "cpu_cores_physical": psutil.cpu_count(logical=False),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "memory_bytes": psutil.virtual_memory().total,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "tensorflow_version": probe.get("tensorflow_version"),
+        "keras_version": probe.get("keras_version"),
+        "tf_keras_version": probe.get("tf_keras_version"),
+        "device_type": device_type,
+        "device_kind": (", ".join(gpus) if gpus else _cpu_model()) or device_type,
+        "gpus": gpus,
+        "multi_device_layout": layout,
+        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def summarize_peak(spec: Spec) -> dict | None:
+    ok = [r for r in spec.results if r.get("ok")]
+    if not ok:
+        return None
+    if len(ok) >= 2:
+        samples, over = [max(r["matmul_flops_per_sec"]) for r in ok], "processes (best call of each)"
+    else:
+        samples, over = ok[0]["matmul_flops_per_sec"], "calls in one process"
+    return {"flops_per_sec": stat(samples), "samples_over": over, "matmul_size": ok[0]["matmul_size"],
+            "device": ok[0]["device"], "how": "tf.linalg.matmul of two n x n float32 matrices, 2 n^3 FLOPs per call"}
+
+
+def _workload_table(mode: Mode) -> dict[str, Any]:
+    out = {}
+    for name, w in mode.workloads.items():
+        shape, classes = input_shape(w.data)
+        cost = model_cost(w.widen(w.model, w.width), shape, classes)
+        out[name] = {"title": w.title, "model": w.widen(w.model, w.width), "data": w.data,
+                     "global_batch_size": w.batch, "input_shape": shape, "classes": classes, **cost,
+                     "train_flops_per_example": 3 * cost["forward_flops"]}
+    return out
+
+
+def _sweep_curves(rows: list[dict], best: dict[str, str | None], mode: Mode) -> dict[str, list[dict]]:
+    """Per sweep (batch, width): a point per (workload, method, x), the main table's point included."""
+    curves: dict[str, list[dict]] = {"batch": [], "width": []}
+    main = {(r["workload"], r["method"], r["impl"]): r for r in rows if r["section"] == "main" and r.get("impl")}
+    for wname in mode.sweep_workloads:
+        w = mode.workloads[wname]
+        for method, impl in [(BASELINE, "reference"), (best.get(wname), "toolkit")]:
+            if not method:
+                continue
+            for section, default in (("batch", w.batch), ("width", w.width)):
+                points = [r for r in rows if r["section"] == section and r["workload"] == wname
+                          and r["method"] == method and r["impl"] == impl]
+                if (wname, method, impl) in main:
+                    points.append({**main[(wname, method, impl)], "x": default})
+                for p in sorted(points, key=lambda p: p["x"]):
+                    curves[section].append({"workload": wname, "method": method, "impl": impl, "x": p["x"],
+                                            "status": p["status"], "examples_per_sec": p.get("examples_per_sec"),
+                                            "flops_per_example": p.get("train_flops_per_example")})
+    return curves
+
+
+def _pipeline_curve(rows: list[dict]) -> list[dict]:
+    out = []
+    for r in rows:
+        method = METHOD_BY_NAME.get(r["method"])
+        if r["section"] == "main" and method and method.curve and method.curve[0] == "pipeline":
+            out.append({"workload": r["workload"], "method": r["method"], "microbatches": method.curve[1],
+                        "status": r["status"], "examples_per_sec": r.get("examples_per_sec")})
+    return sorted(out, key=lambda p: (p["workload"], p["microbatches"]))

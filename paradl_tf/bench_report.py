@@ -1,0 +1,405 @@
+"""The benchmark's report: RESULTS.md (tables with ratios), the console table, and PNG plots (matplotlib, Agg).
+
+Everything here reads the results dict that paradl_tf.bench.run_bench builds (and writes as results.json),
+so a report can be redrawn from a saved run:
+
+    python -m paradl_tf.bench_report bench/results.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+MIB = 1 << 20
+
+
+# ================================================================ formatting
+def fmt(s: dict | None, scale: float = 1.0, digits: int = 0, spread: bool = True) -> str:
+    """'median (min-max)' of a figure, scaled; '-' when there is none."""
+    if not s:
+        return "-"
+    m = f"{s['median'] * scale:,.{digits}f}"
+    if not spread or s["n"] < 2:
+        return m
+    return f"{m} ({s['min'] * scale:,.{digits}f}-{s['max'] * scale:,.{digits}f})"
+
+
+def fmt_ratio(s: dict | None, target: float | None = None) -> str:
+    if not s:
+        return "n/a"
+    text = f"{s['median']:.2f}x" + (f" ({s['min']:.2f}-{s['max']:.2f})" if s["n"] >= 2 else "")
+    if target is not None:
+        text += " ok" if s["median"] >= target else " BELOW"
+    return text
+
+
+def _rows(results: dict, section: str = "main") -> list[dict]:
+    return [r for r in results["rows"] if r["section"] == section]
+
+
+def _index(results: dict) -> dict[tuple, dict]:
+    return {(r["workload"], r["method"], r["impl"]): r for r in _rows(results)}
+
+
+def _method_order(results: dict) -> list[str]:
+    return list(results["methods"])
+
+
+# ================================================================ RESULTS.md
+def markdown(results: dict, plots: list[str] = ()) -> str:
+    images = "\n".join(f"![{name.removesuffix('.png')}]({name})" for name in plots)
+    parts = [_header(results), _throughput_tables(results), images, _startup_table(results), _model_parallel_table(results),
+             _pipeline_table(results), _sweep_tables(results), _reading(results)]
+    return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def _header(results: dict) -> str:
+    m, peak = results["machine"], results["peak"]
+    reps = results["repetitions"]
+    lines = [
+        "# paradl_tf benchmark results",
+        "",
+        f"Mode: **{results['mode']}**, {results['created']}, {results['wall_seconds']:.0f} s. {reps['note']}.",
+        "",
+        "| machine | |",
+        "|---|---|",
+        f"| device kind | {m['device_kind']} ({m['device_type']}) |",
+        f"| cores | {m['cpu_cores_logical']} logical, {m['cpu_cores_physical']} physical, {m['cpus_usable']} usable |",
+        f"| memory | {m['memory_bytes'] / (1 << 30):.1f} GiB |",
+        f"| TensorFlow / Keras / tf_keras | {m['tensorflow_version']} / {m['keras_version']} / {m['tf_keras_version']} |",
+        f"| multi-device layout | {m['multi_device_layout']} |",
+        f"| load average at start | {', '.join(f'{x:.2f}' for x in m['load_average_at_start'] or [])} |",
+        f"| float32 matmul peak | {fmt(peak and peak['flops_per_sec'], 1e-9, 1)} GFLOP/s"
+        + (f" (n={peak['matmul_size']}, {peak['device']}, over {peak['samples_over']})" if peak else "") + " |",
+    ]
+    return "\n".join(lines)
+
+
+def _throughput_tables(results: dict) -> str:
+    index, ratio = _index(results), {(r["workload"], r["method"]): r for r in results["ratios"]}
+    out = ["## Throughput, steady state (examples/s: median (min-max))",
+           "",
+           "toolkit = `paradl_tf.prepare(cfg)` then the `model.fit` call of `paradl_tf.train` without validation "
+           "(parameter servers: `paradl_tf.train`, which starts the local cluster); hand-written = "
+           "`paradl_tf/bench_reference.py` (plain tf.distribute + Keras: same data, pipeline, model, optimizer and "
+           "Keras). Steady state: the first epoch of each process (tracing) is not timed. `tk/hw` = toolkit / "
+           f"hand-written (target >= {results['targets']['toolkit_over_reference']}); `vs 1 dev` = toolkit / "
+           "hand-written one device with no strategy; `plain TF before` = the issue's figures measured with plain "
+           "TensorFlow on a 2-core CPU before any toolkit code; `% peak` = achieved training FLOP/s (3 x forward "
+           "FLOPs per example x examples/s) over the float32 matmul peak. Ratios are taken round by round (each "
+           "process against the one run in the same round), then min/median/max."]
+    skipped = [r for r in _rows(results) if r.get("impl") is None and r["status"] == "skipped"]
+    if skipped:
+        names = ", ".join(f"{r['workload']}/{r['method']}" for r in skipped)
+        out += ["", f"Not run in {results['mode']} mode: {names}."]
+    for wname, w in results["workloads"].items():
+        if not any(tk or hw for _, tk, hw, _ in _plotted_methods(results, wname)):
+            continue
+        out += ["", f"### {w['title']}", "",
+                f"{w['params']:,} parameters, {w['forward_flops'] / 1e6:,.2f} MFLOP forward per example, "
+                f"global batch {w['global_batch_size']}.", "",
+                "| method | keras | toolkit examples/s | step ms | hand-written examples/s | tk/hw | vs 1 dev "
+                "| target vs 1 dev | plain TF before | % peak |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
+        for method in _method_order(results):
+            tk, hw = index.get((wname, method, "toolkit")), index.get((wname, method, "reference"))
+            missing = next((r for r in _rows(results) if r["workload"] == wname and r["method"] == method
+                            and r.get("impl") is None), None)
+            title = results["methods"][method]["title"]
+            if missing and missing["status"] == "skipped":
+                continue
+            if missing:
+                target = results_target(results, wname, method)
+                out.append(f"| {title} | | {missing['status']}: {missing['why']} | | | | | "
+                           f"{f'>= {target}x' if target else ''} | {_plain_tf(wname, method)} | |")
+                continue
+            if not tk and not hw:
+                continue
+            r = ratio.get((wname, method), {})
+            tk_text = fmt(tk.get("examples_per_sec")) if tk and tk.get("examples_per_sec") else _status(tk)
+            hw_text = (fmt(hw.get("examples_per_sec")) if hw and hw.get("examples_per_sec") else _status(hw)) \
+                if hw else "no reference yet"
+            target = r.get("vs_one_device_target")
+            out.append(
+                f"| {title} | {(tk or hw).get('keras') or '-'} | {tk_text} "
+                f"| {fmt((tk or {}).get('step_seconds'), 1e3, 2, spread=False)} | {hw_text} "
+                f"| {fmt_ratio(r.get('toolkit_over_reference'), r.get('toolkit_over_reference_target'))} "
+                f"| {fmt_ratio(r.get('vs_one_device'), target)} | {f'>= {target}x' if target else ''} "
+                f"| {r.get('plain_tf_before') or ''} | {fmt((tk or {}).get('fraction_of_peak'), 100, 1, spread=False)} |")
+    return "\n".join(out)
+
+
+def results_target(results: dict, workload: str, method: str) -> float | None:
+    return next((t["target"] for t in results["targets"]["vs_one_device"]
+                 if t["workload"] == workload and t["method"] == method), None)
+
+
+def _plain_tf(workload: str, method: str) -> str:
+    from paradl_tf.bench import PLAIN_TF_BEFORE
+
+    return PLAIN_TF_BEFORE.get((method, workload), "")
+
+
+def _status(row: dict | None) -> str:
+    if not row:
+        return "-"
+    return f"{row['status']}: {row.get('why', '')}".replace("|", "/")
+
+
+def _startup_table(results: dict) -> str:
+    out = ["## Start-up cost and memory (seconds, median over processes)", "",
+           "process = interpreter start; import = TensorFlow + Keras; build = strategy, data, model, compile "
+           "(toolkit: `wall_seconds - fit_seconds` of its results); first epoch = tracing + one epoch; cluster = "
+           "local cluster start before the chief's clock (driver process, tasks up and reachable); wall = the "
+           "whole process, teardown included. RSS = peak resident memory of the measuring process (children: "
+           "the largest process it waited for, e.g. the cluster driver).", "",
+           "| workload | method | impl | process | import | build | first epoch | cluster | wall | peak RSS MiB "
+           "| children RSS MiB |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in _rows(results):
+        if not r.get("startup"):
+            continue
+        s = r["startup"]
+        cells = [fmt(s.get(k), digits=2, spread=False) for k in
+                 ("process_start_seconds", "import_seconds", "build_seconds", "first_epoch_seconds",
+                  "cluster_start_seconds", "process_wall_seconds")]
+        out.append(f"| {r['workload']} | {r['method']} | {r['impl']} | " + " | ".join(cells)
+                   + f" | {fmt(r['peak_rss_bytes'], 1 / MIB, spread=False)} "
+                   f"| {fmt(r['children_peak_rss_bytes'], 1 / MIB, spread=False)} |")
+    return "\n".join(out)
+
+
+def _model_parallel_table(results: dict) -> str:
+    rows = [r for r in _rows(results) if r.get("parameter_bytes_per_device")]
+    if not rows:
+        return ""
+    out = ["## Model parallel: parameter bytes per device", "", "| workload | method | bytes per device |", "|---|---|---|"]
+    for r in rows:
+        per = ", ".join(f"{d.rsplit('/', 1)[-1]}: {b:,}" for d, b in r["parameter_bytes_per_device"].items())
+        out.append(f"| {r['workload']} | {r['method']} | {per} |")
+    return "\n".join(out)
+
+
+def _pipeline_table(results: dict) -> str:
+    points = results["pipeline"]
+    if not points:
+        return ""
+    out = ["## Pipeline: micro-batches (2 stages; 1 = model parallel without pipelining)", "",
+           "| workload | micro-batches | examples/s | status |", "|---|---|---|---|"]
+    for p in points:
+        out.append(f"| {p['workload']} | {p['microbatches']} | {fmt(p['examples_per_sec'])} | {p['status']} |")
+    return "\n".join(out)
+
+
+def _sweep_tables(results: dict) -> str:
+    out = []
+    for section, label in (("batch", "global batch size"), ("width", "model width")):
+        points = results["sweeps"][section]
+        if not points:
+            continue
+        out += [f"## Scaling with {label} (examples/s)", "",
+                f"one device = hand-written, no strategy; best = the toolkit method with the highest median on the "
+                f"main table ({', '.join(f'{w}: {m}' for w, m in results['best_strategy'].items())}).", "",
+                f"| workload | method | {label} | examples/s | train MFLOP/example | status |", "|---|---|---|---|---|---|"]
+        for p in points:
+            flops = p.get("flops_per_example")
+            out.append(f"| {p['workload']} | {p['method']} ({p['impl']}) | {p['x']} | {fmt(p['examples_per_sec'])} "
+                       f"| {flops / 1e6:,.3f} | {p['status']} |" if flops else
+                       f"| {p['workload']} | {p['method']} ({p['impl']}) | {p['x']} | - | - | {p['status']} |")
+        out.append("")
+    return "\n".join(out).rstrip()
+
+
+def _reading(results: dict) -> str:
+    if results["machine"]["device_type"] != "CPU":
+        return ""
+    return ("## Reading these figures on a CPU\n\n"
+            "The logical CPUs of one machine share the same cores and the same thread pools, so no strategy can "
+            "beat one device here: the multi-device figures measure how little each method loses (synchronisation, "
+            "all-reduce, per-replica overhead), not speed-up. The toolkit-over-hand-written ratio is the toolkit's "
+            "own overhead and should be ~1.00 whatever the machine.")
+
+
+# ================================================================ console
+def console_table(results: dict) -> str:
+    index, ratio = _index(results), {(r["workload"], r["method"]): r for r in results["ratios"]}
+    lines = [f"{'workload':10} {'method':26} {'toolkit ex/s':>24} {'hand-written ex/s':>24} {'tk/hw':>7} "
+             f"{'vs 1dev':>7} {'%peak':>6}"]
+    for wname in results["workloads"]:
+        for method in _method_order(results):
+            tk, hw = index.get((wname, method, "toolkit")), index.get((wname, method, "reference"))
+            missing = next((r for r in _rows(results) if r["workload"] == wname and r["method"] == method
+                            and r.get("impl") is None), None)
+            if missing and missing["status"] == "skipped":
+                continue
+            if missing:
+                lines.append(f"{wname:10} {method:26} {missing['status']}: {missing['why'][:90]}")
+                continue
+            if not tk and not hw:
+                continue
+            r = ratio.get((wname, method), {})
+            tk_text = fmt(tk.get("examples_per_sec")) if tk and tk.get("examples_per_sec") else (tk or {}).get("status", "-")
+            hw_text = fmt(hw.get("examples_per_sec")) if hw and hw.get("examples_per_sec") else (hw or {}).get("status", "n/a")
+            lines.append(f"{wname:10} {method:26} {tk_text:>24} {hw_text:>24} "
+                         f"{_short(r.get('toolkit_over_reference')):>7} {_short(r.get('vs_one_device')):>7} "
+                         f"{fmt((tk or {}).get('fraction_of_peak'), 100, 1, spread=False):>6}")
+            for row in (tk, hw):
+                if row and row["status"] != "ok":
+                    lines.append(f"{'':37} {row['impl']} {row['status']}: {row.get('why', '')[:110]}")
+    skipped = [f"{r['workload']}/{r['method']}" for r in _rows(results) if r.get("impl") is None
+               and r["status"] == "skipped"]
+    if skipped:
+        lines.append(f"not run in {results['mode']} mode: {', '.join(skipped)}")
+    peak = results["peak"]
+    lines.append(f"float32 matmul peak: {fmt(peak and peak['flops_per_sec'], 1e-9, 1)} GFLOP/s; "
+                 f"{results['repetitions']['note']}")
+    return "\n".join(lines)
+
+
+def _short(s: dict | None) -> str:
+    return f"{s['median']:.2f}" if s else "n/a"
+
+
+# ================================================================ plots
+def write_plots(results: dict, out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    for name, draw in (("throughput_per_method.png", _plot_methods), ("scaling_batch.png", _plot_sweep("batch")),
+                       ("scaling_width.png", _plot_sweep("width")), ("pipeline_microbatches.png", _plot_pipeline)):
+        fig = draw(results, plt)
+        if fig is None:
+            continue
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        files.append(name)
+    return files
+
+
+def _errorbar(s: dict | None) -> tuple[float, list[float]]:
+    if not s:
+        return 0.0, [0.0, 0.0]
+    return s["median"], [s["median"] - s["min"], s["max"] - s["median"]]
+
+
+def _plotted_methods(results: dict, wname: str) -> list[tuple[str, dict | None, dict | None, dict | None]]:
+    """(method, toolkit row, hand-written row, missing row) for the methods measured or not available here;
+    methods this mode skipped are left out."""
+    index, out = _index(results), []
+    for method in _method_order(results):
+        tk, hw = index.get((wname, method, "toolkit")), index.get((wname, method, "reference"))
+        missing = next((r for r in _rows(results) if r["workload"] == wname and r["method"] == method
+                        and r.get("impl") is None and r["status"] == "not available"), None)
+        if tk or hw or missing:
+            out.append((method, tk, hw, missing))
+    return out
+
+
+def _plot_methods(results: dict, plt):
+    workloads = [w for w in results["workloads"] if any(tk or hw for _, tk, hw, _ in _plotted_methods(results, w))]
+    if not workloads:
+        return None
+    heights = [len(_plotted_methods(results, w)) for w in workloads]
+    fig, axes = plt.subplots(len(workloads), 1, figsize=(9, 1.0 + 0.55 * sum(heights) + 0.6 * len(workloads)),
+                             squeeze=False, gridspec_kw={"height_ratios": heights})
+    ratio = {(r["workload"], r["method"]): r for r in results["ratios"]}
+    for ax, wname in zip(axes[:, 0], workloads):
+        rows = _plotted_methods(results, wname)
+        for y, (method, tk, hw, missing) in enumerate(rows):
+            for row, dy, color, label in ((tk, -0.2, "tab:blue", "toolkit"), (hw, 0.2, "tab:gray", "hand-written")):
+                if row and row.get("examples_per_sec"):
+                    m, err = _errorbar(row["examples_per_sec"])
+                    ax.barh(y + dy, m, height=0.38, xerr=[[err[0]], [err[1]]], color=color, capsize=3,
+                            label=label if label not in ax.get_legend_handles_labels()[1] else None)
+            vs = ratio.get((wname, method), {}).get("vs_one_device")
+            if vs and method != "no_strategy":
+                ax.text(tk["examples_per_sec"]["max"], y - 0.2, f"  {vs['median']:.2f}x one device", va="center",
+                        fontsize=7)
+            if missing or not any(r and r.get("examples_per_sec") for r in (tk, hw)):
+                ax.text(0, y, f"  {(missing or tk or hw)['status']}", va="center", fontsize=8, color="tab:red")
+        ax.set_yticks(range(len(rows)), [results["methods"][m]["title"] for m, *_ in rows], fontsize=8)
+        ax.set_ylim(len(rows) - 0.5, -0.5)
+        ax.margins(x=0.25)
+        ax.set_xlabel("examples/s (median, bars: min-max)", fontsize=8)
+        ax.set_title(results["workloads"][wname]["title"], fontsize=10)
+        ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def _plot_sweep(section: str):
+    def draw(results: dict, plt):
+        points = [p for p in results["sweeps"][section] if p.get("examples_per_sec")]
+        if not points:
+            return None
+        workloads = list(dict.fromkeys(p["workload"] for p in points))
+        fig, axes = plt.subplots(1, len(workloads), figsize=(5.5 * len(workloads), 4), squeeze=False)
+        for ax, wname in zip(axes[0], workloads):
+            xs_all = set()
+            for method, impl in dict.fromkeys((p["method"], p["impl"]) for p in points if p["workload"] == wname):
+                curve = [p for p in points if p["workload"] == wname and p["method"] == method and p["impl"] == impl]
+                xs = [p["x"] for p in curve]
+                xs_all.update(xs)
+                ms, errs = zip(*(_errorbar(p["examples_per_sec"]) for p in curve))
+                label = "one device (hand-written)" if impl == "reference" else f"{method} (toolkit)"
+                ax.errorbar(xs, ms, yerr=list(zip(*errs)), marker="o", capsize=3, label=label)
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(sorted(xs_all), [str(x) for x in sorted(xs_all)])
+            ax.minorticks_off()
+            ax.set_xlabel("global batch size" if section == "batch" else "model width")
+            ax.set_ylabel("examples/s (median, bars: min-max)")
+            ax.set_title(results["workloads"][wname]["title"], fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        return fig
+
+    return draw
+
+
+def _plot_pipeline(results: dict, plt):
+    points = [p for p in results["pipeline"] if p.get("examples_per_sec")]
+    if not points:
+        return None
+    index = _index(results)
+    workloads = list(dict.fromkeys(p["workload"] for p in points))
+    fig, axes = plt.subplots(1, len(workloads), figsize=(5 * len(workloads), 4), squeeze=False)
+    for ax, wname in zip(axes[0], workloads):
+        curve = [p for p in points if p["workload"] == wname]
+        xs = [p["microbatches"] for p in curve]
+        ms, errs = zip(*(_errorbar(p["examples_per_sec"]) for p in curve))
+        ax.errorbar(xs, ms, yerr=list(zip(*errs)), marker="o", capsize=3, label="model parallel, 2 stages (toolkit)")
+        top = max(p["examples_per_sec"]["max"] for p in curve)
+        base = index.get((wname, "no_strategy", "reference"))
+        if base and base.get("examples_per_sec"):
+            ax.axhline(base["examples_per_sec"]["median"], ls="--", color="tab:gray", label="one device (hand-written)")
+            top = max(top, base["examples_per_sec"]["median"])
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, [str(x) for x in xs])
+        ax.minorticks_off()
+        ax.set_ylim(0, top * 1.25)
+        ax.set_xlabel("micro-batches per global batch (1: no pipeline)")
+        ax.set_ylabel("examples/s (median, bars: min-max)")
+        ax.set_title(results["workloads"][wname]["title"], fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return fig
+
+
+# ================================================================ all of it
+def write_all(results: dict, out: Path) -> list[str]:
+    """RESULTS.md and the plots into `out`; returns the file names written."""
+    plots = write_plots(results, out)
+    (out / "RESULTS.md").write_text(markdown(results, plots))
+    return ["RESULTS.md", *plots]
+
+
+if __name__ == "__main__":
+    path = Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results.json")
+    data: dict[str, Any] = json.loads(path.read_text())
+    print(", ".join(write_all(data, path.parent)))

@@ -1,0 +1,198 @@
+"""One benchmark measurement in a fresh process; prints one result line.
+
+    python -m paradl_tf.bench_worker --spec='{"kind": "train", "impl": "toolkit", "config": {...}, ...}'
+
+Fresh, because logical devices must be configured before TensorFlow starts and a process
+holds one device layout for its whole life. paradl_tf.bench starts one of these per
+measurement and reads the line that starts with MARK; everything else goes to the log.
+Kinds: `train` (impl `toolkit`: paradl_tf.train on the config; impl `reference`: the
+hand-written script of paradl_tf.bench_reference) and `matmul` (the float32 matmul peak).
+"""
+
+from __future__ import annotations
+
+import time
+
+_T0 = time.time()  # noqa: E402 - before any heavy import: measures interpreter start-up
+
+import importlib  # noqa: E402
+import importlib.metadata  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import resource  # noqa: E402
+import sys  # noqa: E402
+import traceback  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+MARK = "PARADL_BENCH_RESULT "
+
+
+def main(argv: list[str]) -> int:
+    args = [a for a in argv[1:] if a.startswith("--spec=")]
+    if len(args) != 1:
+        print("usage: python -m paradl_tf.bench_worker --spec=JSON", file=sys.stderr)
+        return 2
+    spec = json.loads(args[0].removeprefix("--spec="))
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    started = spec.get("spawned_at")
+    result: dict[str, Any] = {"process_start_seconds": _T0 - started if started else None}
+    try:
+        result.update(MEASURES[spec["kind"]](spec))
+        result["ok"] = True
+    except BaseException as exc:  # noqa: BLE001 - report any failure as data, never a number
+        traceback.print_exc()
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        result.update(ok=False, error=f"{type(exc).__name__}: {first}"[:300])
+    result.update(_memory(children=bool(spec.get("config", {}).get("cluster"))))
+    result["result_after_seconds"] = time.time() - started if started else None
+    print(MARK + json.dumps(result), flush=True)
+    sys.stderr.flush()
+    return 0
+
+
+def _memory(children: bool) -> dict[str, int | None]:
+    """Peak resident memory of this process and, for a local cluster, of the largest process of the cluster
+    (the largest descendant waited for). Without a cluster the children figure would only show helper
+    processes that TensorFlow forks, which Linux charges with the parent's memory at fork, so it is left out."""
+    scale = 1 if sys.platform == "darwin" else 1024  # Linux reports KiB
+    return {
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale,
+        "children_peak_rss_bytes": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale if children else None,
+    }
+
+
+# ================================================================ train: the toolkit or the hand-written reference
+def measure_train(spec: dict) -> dict[str, Any]:
+    t = time.perf_counter()
+    import tensorflow as tf  # noqa: F401
+
+    keras = importlib.import_module("keras" if spec["keras"] == "keras3" else "tf_keras")
+    out: dict[str, Any] = {"import_seconds": time.perf_counter() - t, "keras": spec["keras"]}
+    if spec["impl"] == "toolkit":
+        out.update(_toolkit(spec))
+    else:
+        from paradl_tf.bench_reference import REFERENCES
+
+        out.update(REFERENCES[spec["reference"]](spec["config"], keras))
+    epochs = out["epoch_seconds"]
+    out["first_epoch_seconds"] = epochs[0] if epochs else None
+    return out
+
+
+def _toolkit(spec: dict) -> dict[str, Any]:
+    """paradl_tf's public path: load_config on a YAML file, then prepare + fit, or train for a cluster."""
+    import yaml
+
+    from paradl_tf.config import load_config
+
+    run_dir = Path(spec["run_dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "bench_config.yaml"
+    path.write_text(yaml.safe_dump({**spec["config"], "output_dir": str(run_dir / "run")}, sort_keys=False))
+    cfg = load_config(path)
+    return _toolkit_train(cfg) if "cluster" in spec["config"] else _toolkit_prepare(cfg)
+
+
+def _toolkit_prepare(cfg) -> dict[str, Any]:
+    """paradl_tf.prepare builds what the toolkit controls (devices, strategy, Keras, data, model, compile); then the
+    same model.fit call as paradl_tf.train makes, without validation_data: only training steps are measured, and
+    Keras 3's validation under MirroredStrategy costs seconds per epoch that no figure here would show."""
+    from paradl_tf.bench_reference import epoch_timer
+    from paradl_tf.training import prepare
+
+    t = time.perf_counter()
+    job = prepare(cfg)
+    build_seconds = time.perf_counter() - t
+    timer = epoch_timer(job.keras)
+    job.model.fit(job.datasets.train, epochs=cfg.train.epochs, steps_per_epoch=cfg.train.steps_per_epoch,
+                  shuffle=False, callbacks=[timer], verbose=0)
+    out = {
+        "epoch_seconds": timer.epoch_seconds,
+        "steps_per_epoch": job.datasets.steps_per_epoch,
+        "global_batch_size": cfg.train.global_batch_size,
+        "build_seconds": build_seconds,
+        "replicas": job.replicas,
+        "keras": job.keras_name,
+        "params": int(job.model.count_params()),
+    }
+    if job.placement:
+        out["parameter_bytes_per_device"] = {s["device"]: s["parameter_bytes"] for s in job.placement["stages"]}
+    return out
+
+
+def _toolkit_train(cfg) -> dict[str, Any]:
+    """paradl_tf.train, the only public path of a multi-process strategy (it starts the local cluster)."""
+    from paradl_tf.training import train
+
+    t = time.perf_counter()
+    results = train(cfg)
+    call_seconds = time.perf_counter() - t
+    # A local cluster's results time the chief (chief_seconds) apart from the whole run (wall_seconds).
+    chief_seconds = results.get("chief_seconds", results["wall_seconds"])
+    return {
+        "epoch_seconds": results["epoch_train_seconds"],
+        "steps_per_epoch": results["steps_per_epoch"],
+        "global_batch_size": results["global_batch_size"],
+        "build_seconds": chief_seconds - results["fit_seconds"],
+        "replicas": results["replicas"],
+        "keras": results["keras"],
+        # The driver process and the task processes, up and reachable, before the chief's clock starts.
+        "cluster_start_seconds": call_seconds - chief_seconds,
+    }
+
+
+# ================================================================ matmul: the machine's float32 peak in TensorFlow
+def measure_matmul(spec: dict) -> dict[str, Any]:
+    t = time.perf_counter()
+    import tensorflow as tf
+
+    out: dict[str, Any] = {"import_seconds": time.perf_counter() - t, **_machine(tf)}
+    gpu = spec.get("device_type", "auto") in ("auto", "GPU") and tf.config.list_physical_devices("GPU")
+    device = "/GPU:0" if gpu else "/CPU:0"
+    best: dict[str, Any] = {}
+    for n in spec["sizes"]:
+        with tf.device(device):
+            a = tf.random.uniform((n, n), dtype=tf.float32)
+            b = tf.random.uniform((n, n), dtype=tf.float32)
+            step = tf.function(lambda a, b: tf.reduce_sum(tf.linalg.matmul(a, b)))  # the sum: n^2, next to 2 n^3
+            float(step(a, b))  # trace and warm up
+            rates = []
+            deadline = time.perf_counter() + spec.get("seconds_per_size", 2.0)
+            while len(rates) < spec.get("min_calls", 3) or time.perf_counter() < deadline:
+                t = time.perf_counter()
+                float(step(a, b))
+                rates.append(2.0 * n**3 / (time.perf_counter() - t))
+                if len(rates) >= 200:
+                    break
+        if not best or max(rates) > max(best["rates"]):
+            best = {"size": n, "rates": rates}
+    out.update(device=device, matmul_size=best["size"], matmul_flops_per_sec=best["rates"])
+    return out
+
+
+def _machine(tf) -> dict[str, Any]:
+    gpus = tf.config.list_physical_devices("GPU")
+    names = []
+    for gpu in gpus:
+        try:
+            names.append(tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name))
+        except Exception:  # noqa: BLE001 - details are optional
+            names.append(gpu.name)
+    versions = {"tensorflow_version": tf.__version__}
+    for name, package in (("keras_version", "keras"), ("tf_keras_version", "tf_keras")):
+        try:
+            versions[name] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"gpus": names, "physical_cpus_seen_by_tf": len(tf.config.list_physical_devices("CPU")), **versions}
+
+
+MEASURES = {"train": measure_train, "matmul": measure_matmul}
+
+
+if __name__ == "__main__":
+    code = main(sys.argv)
+    sys.stdout.flush()
+    # Skip TensorFlow's and the strategies' teardown: the measurement is over and printed.
+    os._exit(code)

@@ -1,0 +1,295 @@
+"""Synchronous data parallel across processes and machines: MultiWorkerMirroredStrategy through model.fit (tf_keras).
+
+    paradl-tf train --config=configs/sync_multiworker.yaml                     # 2 worker processes on 127.0.0.1
+    paradl-tf train --config=configs/sync_multiworker.yaml --set cluster.workers=3
+    TF_CONFIG='{"cluster": {"worker": [...]}, "task": {"type": "worker", "index": I}}' \
+        paradl-tf train --config=configs/sync_multiworker.yaml --set cluster.resolver=tf_config   # on every host
+
+Every worker runs the same training program; there is no coordinator. Worker 0 is the chief: it writes
+results.json and the exported model; the others back up and export to temporary directories, as TensorFlow
+requires. A local run (cluster.resolver: local) goes like this:
+  1. the calling process writes the resolved config and runs the driver in private user, network and PID
+     namespaces (paradl_tf.cluster.run_isolated, the launcher of the parameter-server path);
+  2. the driver starts one worker process per task, each with its TF_CONFIG, and watches them: a worker
+     that dies (SIGKILL, OOM) is fatal, because every step all-reduces over all workers; every process is
+     stopped at once and the error names the worker;
+  3. with checkpoint.dir set, rerunning the same command resumes from the last BackupAndRestore backup, and
+     the data pipeline skips the steps already trained, so the result equals an uninterrupted run.
+
+Before training, the workers compare a hash of their resolved configs through a collective: different models
+or batches are a one-line ConfigError, not a hang or a silent wrong result.
+
+Keras 3's fit fails under this strategy (keras-team/keras#20585), so this path runs on tf_keras.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Sequence
+
+from paradl_tf import cluster as cl
+from paradl_tf.config import Config, dump_config, load_config
+from paradl_tf.errors import ConfigError, ParadlError
+
+KIND = "multi_worker_mirrored"
+JOBS = cl.REQUIRED_JOBS[KIND]
+# The optimizer's step count in a tf_keras BackupAndRestore checkpoint (new optimizers; legacy ones: `iter`).
+BACKUP_ITERATIONS_KEYS = ("model/optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE",
+                          "model/optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE")
+
+
+# ================================================================ entry points
+def train(cfg: Config) -> dict[str, Any]:
+    """Train `cfg` (strategy.kind: multi_worker_mirrored): start the local workers, or be one task of a cluster.
+
+    Locally returns the chief's results; as one task (tf_config, slurm, kubernetes) returns this worker's results
+    (the chief's carry results.json; the others' are not written)."""
+    if cfg.cluster.resolver == "local":
+        from paradl_tf.parameter_server import launch
+
+        return launch(cfg, driver="paradl_tf.multi_worker")
+    resolver = cl.cluster_resolver(cfg.cluster, JOBS, use_gpus=cfg.devices.type == "GPU")
+    info = {"resolver": cfg.cluster.resolver, "mode": "remote", "private_network": cl.in_private_network(),
+            "tasks": cl.resolver_spec(resolver)}
+    return run_worker(cfg, resolver, info)
+
+
+def drive(cfg: Config, status_path: Path) -> None:
+    """The driver, inside the namespace: start one process per worker, wait until all finish; a lost one is fatal."""
+    if cl.in_private_network():
+        cl.loopback_up()
+    spec = cl.local_cluster_spec({"worker": cfg.cluster.workers})
+    run_dir = Path(cfg.output_dir) / "cluster"
+    for old in [*run_dir.glob("*.log"), *run_dir.glob("worker-*.status.json")]:
+        old.unlink()
+    config_path = Path(cfg.output_dir) / "config.yaml"
+
+    def argv_for(job: str, index: int) -> list[str]:
+        status = run_dir / f"{job}-{index}.status.json"
+        return [sys.executable, "-m", "paradl_tf.multi_worker", "worker", str(config_path), str(status)]
+
+    local = cl.LocalCluster(cl.make_tasks(spec, JOBS, argv_for, run_dir), max_restarts=0, restartable=(),
+                            exit_0_is_done=True)
+    try:
+        local.start()
+        local.watch()
+        cl_info = {"resolver": "local", "mode": "process", "private_network": cl.in_private_network(), "tasks": spec}
+        _write_json(run_dir / "cluster.json", {**cl_info, "pids": local.pids(), "logs": str(run_dir)})
+        while not local.done() and local.fatal is None:
+            time.sleep(0.1)
+        if local.fatal is not None:
+            raise _fatal_error(local, cfg, run_dir)
+    finally:
+        local.stop()
+
+
+def _fatal_error(local: cl.LocalCluster, cfg: Config, run_dir: Path) -> ParadlError:
+    """The root cause: a worker that died without a word (SIGKILL, OOM) comes first, since the others then fail
+    in their collectives; otherwise the first failed worker's own one-line error."""
+    time.sleep(0.5)  # let a worker that died at the same moment show up
+    failed = [t for t in local.tasks if t.process is not None and t.process.poll() not in (None, 0)]
+    silent = [t for t in failed if not (run_dir / f"{t.job}-{t.index}.status.json").exists()]
+    if silent:
+        t = silent[0]
+        resume = (f"rerun the same command to resume from the last backup in checkpoint.dir={cfg.checkpoint.dir}"
+                  if cfg.checkpoint.dir else "set checkpoint.dir so that a rerun resumes from the last backup")
+        return cl.ClusterError(
+            f"task {t.name} ({t.address}, pid {t.process.pid}) exited: {cl.describe_exit(t.process.returncode)}; "
+            "MultiWorkerMirroredStrategy cannot go on without it (every step all-reduces over all workers), so "
+            f"every worker was stopped: {resume} (logs: {run_dir})"
+        )
+    first = next((t for t in failed if local.fatal.startswith(f"task {t.name} ")), failed[0] if failed else None)
+    status = json.loads((run_dir / f"{first.job}-{first.index}.status.json").read_text()) if first else {}
+    if status.get("type") == "ConfigError":
+        return ConfigError(f"{first.name}: {status['error']}")
+    return cl.ClusterError(f"{first.name if first else 'a worker'} failed: {status.get('error') or local.fatal} "
+                           f"(logs: {run_dir})")
+
+
+def worker_main(config_path: str, status_path: str) -> None:
+    """One local worker (`python -m paradl_tf.multi_worker worker CONFIG STATUS`): train, then exit at once."""
+    if "PARADL_TF_PARENT_PID" in os.environ:
+        cl.die_with_parent(int(os.environ["PARADL_TF_PARENT_PID"]))
+    code, status = 0, {"ok": True}
+    try:
+        cfg = load_config(config_path)
+        spec = cl.parse_tf_config(os.environ.get("TF_CONFIG"), JOBS).cluster
+        info = {"resolver": "local", "mode": "process", "private_network": cl.in_private_network(), "tasks": spec}
+        resolver = cl.cluster_resolver(cfg.cluster.model_copy(update={"resolver": "tf_config"}), JOBS)
+        run_worker(cfg, resolver, info)
+    except ParadlError as exc:
+        code, status = 2, {"error": str(exc), "type": type(exc).__name__}
+        print(f"error: {exc}", file=sys.stderr)
+    except BaseException as exc:  # noqa: BLE001 - report anything, then exit without TensorFlow's teardown
+        traceback.print_exc()
+        code, status = 1, {"error": f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"}
+    _write_json(Path(status_path), status)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # TensorFlow's teardown of a collective cluster can block on the other workers
+
+
+# ================================================================ one worker
+def run_worker(cfg: Config, resolver, cluster_info: dict) -> dict[str, Any]:
+    """Train as one worker of the cluster; the chief writes results.json (and the exported model)."""
+    import tensorflow as tf
+
+    from paradl_tf.data import build_dataset
+    from paradl_tf.keras_version import import_keras, resolve_keras
+    from paradl_tf.models import build_model, compile_model
+    from paradl_tf.strategies import build_strategy, check_global_batch
+    from paradl_tf.training import Job, _epoch_timer, _results
+
+    start = time.perf_counter()
+    _configure_gpus(cfg.devices)
+    strategy = build_strategy(cfg, cluster_resolver=resolver)  # before anything starts TensorFlow's runtime
+    is_chief = strategy.extended.should_checkpoint
+    keras_name = resolve_keras(cfg.keras, KIND)
+    keras = import_keras(keras_name)
+    keras.utils.set_random_seed(cfg.train.seed)
+    if cfg.train.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    check_same_config(strategy, cfg, max(len(cluster_info["tasks"].get("worker", [])), 1))
+    per_replica = check_global_batch(cfg.train.global_batch_size, strategy)
+    done_steps = backed_up_steps(cfg.checkpoint.dir)
+    datasets = build_dataset(cfg, strategy=strategy, skip_steps=done_steps)
+    with strategy.scope():
+        model = build_model(cfg.model, datasets.input_shape, datasets.num_classes, keras)
+        compile_model(model, cfg.train, keras)
+    timer = _epoch_timer(keras)
+    callbacks = [timer]
+    if cfg.checkpoint.dir:  # non-chief workers back up to temporary directories (tf_keras does it)
+        callbacks.append(keras.callbacks.BackupAndRestore(
+            backup_dir=cfg.checkpoint.dir, save_freq=cfg.checkpoint.backup_and_restore.save_freq))
+    out = Path(cfg.output_dir)
+    if cfg.train.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(out / "tensorboard")))
+    fit_start = time.perf_counter()
+    history = model.fit(
+        datasets.train, validation_data=datasets.validation, epochs=cfg.train.epochs,
+        steps_per_epoch=datasets.steps_per_epoch, validation_steps=datasets.validation_steps, shuffle=False,
+        callbacks=callbacks, verbose=cfg.train.verbose if is_chief else 0,
+    )
+    fit_seconds = time.perf_counter() - fit_start
+    export_model(model, out / "model.keras", is_chief, cfg.checkpoint.export)
+    job = Job(cfg=cfg, strategy=strategy, keras_name=keras_name, keras=keras, datasets=datasets, model=model,
+              per_replica_batch_size=per_replica)
+    results = _results(job, history.history, timer.epoch_seconds, fit_seconds, time.perf_counter() - start)
+    results.update(_mwm_results(cfg, model, strategy, datasets, cluster_info, done_steps, len(timer.epoch_seconds)))
+    if is_chief:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def _configure_gpus(devices_cfg) -> None:
+    """GPUs split into logical GPUs (each a replica). Nothing may list logical devices first: that starts the
+    runtime, and MultiWorkerMirroredStrategy must configure collective ops before it starts ("Collective ops must
+    be configured at program startup", tensorflow/tensorflow#34568; list_physical_devices does not start it)."""
+    import tensorflow as tf
+
+    if devices_cfg.type != "GPU" or (devices_cfg.count == 1 and devices_cfg.memory_limit_mb is None):
+        return
+    wanted = [tf.config.LogicalDeviceConfiguration(memory_limit=devices_cfg.memory_limit_mb)] * devices_cfg.count
+    for gpu in tf.config.list_physical_devices("GPU"):
+        tf.config.set_logical_device_configuration(gpu, wanted)
+
+
+def check_same_config(strategy, cfg: Config, workers: int) -> None:
+    """Every worker must run the same resolved config: compare a hash of it over all replicas (one collective)."""
+    import numpy as np
+    import tensorflow as tf
+
+    digest = int(hashlib.sha256(dump_config(cfg).encode()).hexdigest()[:7], 16)  # fits an int32
+    values = strategy.gather(strategy.run(lambda: tf.constant([digest], tf.int32)), axis=0)
+    hashes = np.asarray(values).tolist()
+    per_worker = max(len(hashes) // workers, 1)
+    if len(set(hashes)) > 1:
+        mine = hashes.index(digest) // per_worker
+        others = sorted({i // per_worker for i, h in enumerate(hashes) if h != digest})
+        raise ConfigError(
+            "the workers run different configs (a different model, batch, data or other key): every worker must "
+            "run the same resolved config, or the all-reduce mixes incompatible steps. Received: config hash "
+            f"{digest:07x} on worker {mine}, another on worker(s) {', '.join(map(str, others))}"
+        )
+
+
+def backed_up_steps(backup_dir: str | None) -> int:
+    """Training steps already done by the run whose backup is in `backup_dir` (0: none)."""
+    if not backup_dir:
+        return 0
+    import tensorflow as tf
+
+    latest = tf.train.latest_checkpoint(os.path.join(backup_dir, "chief"))
+    if latest is None:
+        return 0
+    names = {name for name, _ in tf.train.list_variables(latest)}
+    key = next((k for k in BACKUP_ITERATIONS_KEYS if k in names), None)
+    if key is None:
+        raise ConfigError(f"checkpoint.dir holds a backup without the optimizer's step count; remove it or use "
+                          f"another checkpoint.dir. Received: checkpoint.dir={backup_dir!r}")
+    return int(tf.train.load_variable(latest, key))
+
+
+def export_model(model, path: Path, is_chief: bool, enabled: bool) -> None:
+    """Every worker saves (saving may read distributed values); only the chief's copy is kept, at `path` (Keras
+    format, one .keras file); the others write to a temporary directory and delete it."""
+    if not enabled:
+        return
+    if is_chief:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        model.save(str(path))
+        return
+    scratch = tempfile.mkdtemp(prefix="paradl-export-")
+    try:
+        model.save(os.path.join(scratch, path.name))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _mwm_results(cfg: Config, model, strategy, datasets, cluster_info: dict, done_steps: int,
+                 epochs_run: int) -> dict[str, Any]:
+    workers = cluster_info["tasks"].get("worker", [])
+    requested = cfg.train.epochs * datasets.steps_per_epoch
+    iterations = int(model.optimizer.iterations.numpy())
+    local = list(strategy.extended.worker_devices)
+    return {
+        "devices": [re.sub(r"/task:\d+", f"/task:{i}", d) for i in range(len(workers)) for d in local],
+        "workers": len(workers),
+        "cluster": cluster_info,
+        "communication": cfg.strategy.communication,
+        "requested_steps": requested,
+        "resumed_from_step": done_steps,
+        "steps_this_run": iterations - done_steps,
+        "optimizer_iterations": iterations,
+        "epochs_this_run": epochs_run,
+        "exported_model": str(Path(cfg.output_dir) / "model.keras") if cfg.checkpoint.export else None,
+    }
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) == 4 and argv[1] == "worker":
+        worker_main(argv[2], argv[3])
+    from paradl_tf.parameter_server import main as driver_main
+
+    driver_main(argv, drive_fn=drive)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

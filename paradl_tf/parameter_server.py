@@ -1,0 +1,572 @@
+"""Asynchronous data parallel: ParameterServerStrategy driven by a ClusterCoordinator, through model.fit (tf_keras).
+
+    paradl-tf train --config=configs/async_ps.yaml                      # 2 workers + 1 ps on 127.0.0.1
+    paradl-tf train --config=configs/async_ps.yaml --set cluster.mode=in_process
+    paradl-tf plan --config=configs/async_ps.yaml                       # which ps holds each variable (and shard)
+
+A local run (cluster.resolver: local, mode: process) goes like this:
+  1. the calling process writes the resolved config and starts the driver in private user, network and PID
+     namespaces (`unshare`): only loopback exists there, and every process in them dies with the first;
+  2. the driver starts one `paradl-tf serve` process per worker and ps, each with its TF_CONFIG, waits until
+     every one accepts connections, then is the chief: TensorFlow's TFConfigClusterResolver gives the strategy
+     its cluster, the ClusterCoordinator dispatches training steps to the workers, the chief evaluates;
+  3. a worker that dies is restarted and rejoins (TensorFlow reschedules its lost steps); a ps that dies ends
+     the run with a one-line error, and with checkpoint.dir set a rerun resumes from the last epoch backup.
+
+Keras 3 has no parameter-server support (keras-team/keras#18624), so this path runs on tf_keras.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from paradl_tf import cluster as cl
+from paradl_tf.config import Config, dump_config, load_config
+from paradl_tf.errors import ConfigError, ParadlError
+
+JOBS = cl.REQUIRED_JOBS["parameter_server"]
+PS_LOSS_GRACE_S = 30.0  # after a ps dies, the run fails within this long even if TensorFlow hangs
+EVALUATION = (
+    "by the chief: after every epoch it copies the weights from the ps tasks into a local model and evaluates "
+    "that on the whole validation split (the workers only train)"
+)
+PROGRESS = (
+    "per epoch (verbose=2): TensorFlow refuses verbose=1 and batch-level Keras callbacks under ParameterServerStrategy"
+)
+WORKER_STEPS_NOTE = (
+    "steps run by each worker's current process (a killed process's count is lost with it); "
+    "optimizer_iterations counts every step applied to the variables"
+)
+
+
+# ================================================================ entry points
+def train(cfg: Config) -> dict[str, Any]:
+    """Train `cfg` (strategy.kind: parameter_server) on the cluster its `cluster` section names.
+
+    Writes config.yaml and results.json to cfg.output_dir and returns the results."""
+    c = cfg.cluster
+    if c.resolver == "local" and c.mode == "process":
+        return launch(cfg)
+    if c.resolver == "local":  # in_process: servers in this process, for notebooks and tests
+        if cl.in_private_network():
+            cl.loopback_up()
+        spec = cl.local_cluster_spec({"chief": 1, "worker": c.workers, "ps": c.ps})
+        cl.start_in_process_servers(spec, private_network=c.private_network)
+        resolver = cl.cluster_resolver(c, JOBS, spec)
+        info = {"resolver": "local", "mode": "in_process", "private_network": cl.in_private_network(), "tasks": spec}
+        return _clear_errors(coordinate, cfg, resolver, info)
+    resolver = cl.cluster_resolver(c, JOBS, use_gpus=cfg.devices.type == "GPU")
+    spec = cl.resolver_spec(resolver)
+    cl.check_jobs(spec, JOBS, source=f"cluster.resolver: {c.resolver}:")
+    _check_is_chief(resolver, c.resolver)
+    cl.wait_until_reachable(_remote_tasks(spec), c.start_timeout_s)
+    info = {"resolver": c.resolver, "mode": "remote", "private_network": cl.in_private_network(), "tasks": spec}
+    return _clear_errors(coordinate, cfg, resolver, info)
+
+
+def launch(cfg: Config, driver: str = "paradl_tf.parameter_server") -> dict[str, Any]:
+    """The local process cluster, from the calling process: run the driver isolated, return its results.
+
+    `driver`: the module whose main() starts the tasks (paradl_tf.multi_worker reuses this launcher).
+
+    No process it starts outlives it (see cluster.run_isolated). Errors in the driver come back as the same
+    one-line ConfigError or ClusterError."""
+    out = Path(cfg.output_dir)
+    run_dir = out / "cluster"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path, status_path, results_path = out / "config.yaml", run_dir / "status.json", out / "results.json"
+    config_path.write_text(dump_config(cfg))
+    for stale in (status_path, results_path, run_dir / "cluster.json"):
+        stale.unlink(missing_ok=True)
+    start = time.perf_counter()
+    argv = [sys.executable, "-m", driver, str(config_path), str(status_path)]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+           "PYTHONUNBUFFERED": "1"}  # per-epoch progress as it happens, also through a pipe
+    code = cl.run_isolated(argv, env=env, private_network=cfg.cluster.private_network, timeout_s=cfg.cluster.timeout_s)
+    status = json.loads(status_path.read_text()) if status_path.exists() else {}
+    if status.get("error"):
+        error = ConfigError if status.get("type") == "ConfigError" else cl.ClusterError
+        raise error(status["error"])
+    if code != 0 or not results_path.exists():
+        raise cl.ClusterError(f"the local cluster's driver failed ({cl.describe_exit(code)}) without saying why; "
+                              f"task logs are in {run_dir}")
+    results = json.loads(results_path.read_text())
+    # The chief timed itself; the run also started the processes and TensorFlow in each of them.
+    results["chief_seconds"], results["wall_seconds"] = results["wall_seconds"], time.perf_counter() - start
+    results_path.write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def main(argv: Sequence[str], drive_fn: Callable[[Config, Path], Any] | None = None) -> None:
+    """The driver (`python -m paradl_tf.parameter_server CONFIG STATUS`): start the tasks, be the chief, stop all.
+
+    `drive_fn` (default: drive) does the work; paradl_tf.multi_worker passes its own."""
+    config_path, status_path = argv[1], Path(argv[2])
+    cl.raise_on_interrupt()
+    code, status, error = 0, {"ok": True}, None
+    try:
+        (drive_fn or drive)(load_config(config_path), status_path)
+    except ParadlError as exc:
+        code, status, error = 2, {"error": str(exc), "type": type(exc).__name__}, exc
+    except KeyboardInterrupt as exc:
+        code, error = 130, exc
+        status = {"error": f"interrupted ({exc or 'SIGINT'}); every task of the local cluster was stopped"}
+    except BaseException as exc:  # noqa: BLE001 - report anything, then exit without TensorFlow's teardown
+        traceback.print_exc()
+        code, error = 1, exc
+        status = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+    _write_json(status_path, status)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Exit without TensorFlow's teardown: it would try to remove every function from the stopped tasks and log
+    # an error for each. (`error` keeps a failed run's TensorFlow objects alive until here for the same reason.)
+    os._exit(code)
+
+
+def drive(cfg: Config, status_path: Path) -> dict[str, Any]:
+    """Inside the namespace: start the worker and ps processes, coordinate training as the chief, stop them."""
+    c = cfg.cluster
+    if cl.in_private_network():
+        cl.loopback_up()
+    spec = cl.local_cluster_spec({"chief": 1, "worker": c.workers, "ps": c.ps})
+    run_dir = Path(cfg.output_dir) / "cluster"
+    for old_log in run_dir.glob("*.log"):
+        old_log.unlink()
+    tasks = cl.make_tasks(spec, ("ps", "worker"), _serve_argv, run_dir)
+    local = cl.LocalCluster(tasks, max_restarts=c.restart_workers, on_fatal=_watchdog(status_path, cfg))
+    try:
+        local.start()
+        local.wait_until_reachable(c.start_timeout_s)
+        local.watch()
+        info = {"resolver": "local", "mode": "process", "private_network": cl.in_private_network(), "tasks": spec}
+        _write_json(run_dir / "cluster.json", {**info, "pids": local.pids(), "logs": str(run_dir)})
+        os.environ["TF_CONFIG"] = cl.tf_config(spec, "chief", 0)  # the chief finds its cluster as on real hosts
+        resolver = cl.cluster_resolver(c.model_copy(update={"resolver": "tf_config"}), JOBS)
+        return coordinate(cfg, resolver, info, local)
+    except Exception:
+        if _settled_fatal(local):
+            raise cl.ClusterError(_fatal_message(local.fatal, cfg)) from None
+        raise
+    finally:
+        local.stop()
+
+
+# ================================================================ the chief
+def coordinate(cfg: Config, resolver, cluster_info: dict, local: cl.LocalCluster | None = None) -> dict[str, Any]:
+    """As the chief: build the strategy and the model, fit with a dataset function per worker, write results."""
+    import tensorflow as tf
+
+    from paradl_tf.data import build_dataset, load_splits
+    from paradl_tf.devices import setup_devices
+    from paradl_tf.keras_version import import_keras, resolve_keras
+    from paradl_tf.models import build_model, compile_model
+    from paradl_tf.strategies import build_strategy, check_global_batch
+    from paradl_tf.training import Job, _results
+
+    start = time.perf_counter()
+    keras_name = resolve_keras(cfg.keras, "parameter_server")
+    keras = import_keras(keras_name)
+    setup_devices(cfg.devices)
+    keras.utils.set_random_seed(cfg.train.seed)
+    strategy = build_strategy(cfg, cluster_resolver=resolver)
+    tf.distribute.experimental.coordinator.ClusterCoordinator(strategy)  # the one coordinator of this strategy
+    per_replica = check_global_batch(cfg.train.global_batch_size, strategy)
+    splits = load_splits(cfg.data, cfg.train.seed)
+    datasets = build_dataset(cfg, splits)  # shapes and steps for the results; the workers build their own
+    train_cfg = cfg.train.model_copy(update={"steps_per_execution": steps_per_execution(cfg)})
+    with strategy.scope():
+        model = build_model(cfg.model, datasets.input_shape, datasets.num_classes, keras)
+        compile_model(model, train_cfg, keras)
+        counter = _worker_step_counter(tf)
+    if counter is not None:
+        _count_steps(model, counter)
+    evaluation = _chief_evaluation(keras, cfg, splits, model, build_model)
+    callbacks = [evaluation]
+    out = Path(cfg.output_dir)
+    if cfg.checkpoint.dir:
+        callbacks.append(keras.callbacks.BackupAndRestore(backup_dir=cfg.checkpoint.dir))
+    if cfg.train.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(out / "tensorboard")))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(dump_config(cfg))
+    verbose = 2 if cfg.train.verbose == 1 else cfg.train.verbose
+    if verbose != cfg.train.verbose:
+        print(f"progress: {PROGRESS}", flush=True)
+    fit_start = time.perf_counter()
+    history = model.fit(
+        keras.utils.experimental.DatasetCreator(worker_dataset_fn(splits, cfg.train.global_batch_size, cfg.train.seed)),
+        epochs=cfg.train.epochs,
+        steps_per_epoch=cfg.train.steps_per_epoch,
+        callbacks=callbacks,
+        verbose=verbose,
+    )
+    fit_seconds = time.perf_counter() - fit_start
+    job = Job(cfg=cfg, strategy=strategy, keras_name=keras_name, keras=keras, datasets=datasets, model=model,
+              per_replica_batch_size=per_replica)
+    results = _results(job, history.history, evaluation.epoch_seconds, fit_seconds, time.perf_counter() - start)
+    results.update(_ps_results(cfg, model, history.history, counter, cluster_info, local))
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def steps_per_execution(cfg: Config) -> int:
+    """Steps in each function the chief dispatches: strategy.steps_per_execution, else train.steps_per_execution."""
+    return cfg.strategy.steps_per_execution or cfg.train.steps_per_execution
+
+
+def worker_dataset_fn(splits, global_batch_size: int, seed: int) -> Callable:
+    """The dataset function every worker runs (through DatasetCreator) to make its own endless pipeline:
+    every epoch a fresh permutation of the training split, batched to the global batch size."""
+    import tensorflow as tf
+
+    x, y = splits.x_train, splits.y_train
+    n = len(x)
+
+    def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
+        batch = input_context.get_per_replica_batch_size(global_batch_size)
+        features, labels = tf.constant(x), tf.constant(y)
+        # TensorFlow traces this once on the chief and runs it on every worker, so one fixed shuffle seed would
+        # feed every worker the same batches in the same order: mix in the worker's clock when it builds this.
+        # (A tensor seed for Dataset.shuffle fails once a global seed is set; index_shuffle is stateless.)
+        worker_seed = seed + tf.cast(tf.timestamp() * 1e6, tf.int64) % (2**31 - 1)
+
+        def example(k):
+            j = tf.random.experimental.index_shuffle(k % n, tf.stack([worker_seed, k // n]), n - 1)
+            return tf.gather(features, j), tf.gather(labels, j)
+
+        examples = tf.data.Dataset.counter().map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return examples.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+    return dataset_fn
+
+
+def _worker_step_counter(tf):
+    """A variable that lives on each worker, not on a ps (TensorFlow's experimental per-worker variable)."""
+    try:
+        return tf.Variable(0, dtype=tf.int64, trainable=False, name="paradl_worker_steps", per_worker_variable=True)
+    except (TypeError, ValueError):  # a TensorFlow without per-worker variables: no per-worker counts
+        return None
+
+
+def _count_steps(model, counter) -> None:
+    train_step = model.train_step
+
+    def counted_train_step(data):
+        counter.assign_add(1)
+        return train_step(data)
+
+    model.train_step = counted_train_step
+
+
+def _read_worker_steps(counter, n_workers: int) -> list[int | None]:
+    if counter is None:
+        return [None] * n_workers
+    try:
+        return [int(v) for v in counter.read_all()]
+    except Exception:  # noqa: BLE001 - a worker down at the end: read the others one by one
+        values = []
+        for remote in getattr(getattr(counter, "_per_worker_vars", None), "_values", ()):
+            try:
+                values.append(int(remote.get()))
+            except Exception:  # noqa: BLE001
+                values.append(None)
+        return values or [None] * n_workers
+
+
+def _chief_evaluation(keras, cfg: Config, splits, model, build_model):
+    """A per-epoch callback: time the epoch's training, then evaluate the chief's copy of the weights.
+
+    The copy is called directly: Keras's evaluate() inside fit would run under the strategy and be sent to the
+    workers. Adds val_loss and val_accuracy to the epoch's logs (and so to the history)."""
+    import numpy as np
+    import tensorflow as tf
+
+    local = build_model(cfg.model, splits.input_shape, splits.num_classes, keras)  # outside the strategy
+
+    class ChiefEvaluation(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.epoch_seconds: list[float] = []
+            self._begin = 0.0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._begin = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.epoch_seconds.append(time.perf_counter() - self._begin)
+            local.set_weights(_whole_weights(model.get_weights(), [w.shape for w in local.weights]))
+            losses, correct = [], 0
+            for start in range(0, len(splits.x_val), 1024):
+                x, y = splits.x_val[start:start + 1024], splits.y_val[start:start + 1024]
+                logits = local(x, training=False)
+                losses.append(float(tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))))
+                correct += int(np.sum(np.argmax(np.asarray(logits), axis=-1) == y))
+            if logs is not None:
+                logs["val_loss"] = sum(losses) / len(splits.x_val)  # the compiled loss: mean cross-entropy
+                logs["val_accuracy"] = correct / len(splits.x_val)
+
+    return ChiefEvaluation()
+
+
+def _whole_weights(ps_values: list, shapes: list) -> list:
+    """The ps model's weight values as whole arrays: a sharded variable's shards (consecutive, in order, split
+    along axis 0) are concatenated back to the shape of the local model's weight."""
+    import numpy as np
+
+    values, i = [], 0
+    for shape in shapes:
+        parts, rows = [np.asarray(ps_values[i])], np.asarray(ps_values[i]).shape[:1]
+        i += 1
+        total = rows[0] if rows else 0
+        while len(shape) and total < shape[0]:
+            parts.append(np.asarray(ps_values[i]))
+            total += parts[-1].shape[0]
+            i += 1
+        values.append(np.concatenate(parts) if len(parts) > 1 else parts[0])
+    return values
+
+
+def _ps_results(cfg: Config, model, history: dict, counter, cluster_info: dict, local) -> dict[str, Any]:
+    spec = cluster_info["tasks"]
+    workers = spec.get("worker", [])
+    requested = cfg.train.epochs * cfg.train.steps_per_epoch
+    epochs_run = len(history.get("loss", []))
+    iterations = int(model.optimizer.iterations.numpy())
+    steps = _read_worker_steps(counter, len(workers))
+    tasks = local.summary() if local else {}
+    info = {**cluster_info, "events": list(local.events) if local else []}
+    return {
+        "devices": [f"/job:worker/replica:0/task:{i}/device:CPU:0" for i in range(len(workers))],
+        "workers": len(workers),
+        "ps": len(spec.get("ps", [])),
+        "cluster": info,
+        "evaluation": EVALUATION,
+        "progress": PROGRESS,
+        "steps_per_execution": steps_per_execution(cfg),
+        "requested_steps": requested,
+        "resumed_from_epoch": cfg.train.epochs - epochs_run,
+        "steps_this_run": epochs_run * cfg.train.steps_per_epoch,
+        "optimizer_iterations": iterations,
+        "extra_steps": iterations - requested,
+        "worker_steps": {
+            f"worker:{i}": {
+                "address": address,
+                "executed_steps": steps[i] if i < len(steps) else None,
+                "restarts": tasks.get(f"worker:{i}", {}).get("restarts", 0),
+            }
+            for i, address in enumerate(workers)
+        },
+        "worker_steps_note": WORKER_STEPS_NOTE,
+        "variable_placement": [{"name": v.name, "devices": variable_devices(v)} for v in model.variables],
+    }
+
+
+def variable_devices(variable) -> list[str]:
+    """The ps device of each shard of a variable (one for an unsharded variable)."""
+    shards = getattr(variable, "variables", None)  # a ShardedVariable lists its shards
+    return [s.device for s in shards] if isinstance(shards, (list, tuple)) else [variable.device]
+
+
+# ================================================================ plan: where each variable lives
+def ps_placement(variables: Sequence[dict], num_ps: int, shards_for: Callable[[dict], int] | None = None) -> list[dict]:
+    """Where ParameterServerStrategy puts each variable, as TensorFlow does it: shards along axis 0 (as many as
+    `shards_for(variable)` says, at most the first dimension, sizes differing by at most one row, larger
+    first), every shard on the next ps in turn, round-robin over all variables in creation order.
+
+    `variables`: dicts with name, shape and itemsize (bytes per element), in creation order."""
+    placed, count = [], 0
+    for v in variables:
+        shape = list(v["shape"])
+        parts = shards_for(v) if shards_for and shape else 1
+        parts = min(parts, shape[0]) if parts > 1 else 1
+        base, extra = divmod(shape[0], parts) if parts > 1 else (0, 0)
+        sizes = [base + (1 if i < extra else 0) for i in range(parts)] if parts > 1 else [None]
+        shards, offset = [], 0
+        for size in sizes:
+            shard_shape = shape if size is None else [size, *shape[1:]]
+            elements = 1
+            for d in shard_shape:
+                elements *= d
+            shards.append({
+                "device": f"/job:ps/replica:0/task:{count % num_ps}/device:CPU:0",
+                "shape": shard_shape,
+                "offset": offset,
+                "bytes": elements * v["itemsize"],
+            })
+            offset += size or 0
+            count += 1
+        placed.append({"name": v["name"], "shape": shape, "shards": shards})
+    return placed
+
+
+def plan(cfg: Config) -> dict[str, Any]:
+    """The plan of a parameter_server config, without starting a cluster: the tasks, and which ps holds each
+    variable and shard (computed as ParameterServerStrategy places them; a test checks it on a real cluster)."""
+    import tensorflow as tf
+
+    from paradl_tf.data import build_dataset
+    from paradl_tf.devices import setup_devices
+    from paradl_tf.keras_version import import_keras, resolve_keras
+    from paradl_tf.models import build_model
+    from paradl_tf.strategies import variable_partitioner
+
+    keras_name = resolve_keras(cfg.keras, "parameter_server")
+    keras = import_keras(keras_name)
+    setup_devices(cfg.devices)
+    spec = planned_spec(cfg)
+    datasets = build_dataset(cfg)
+    created: list = []  # every variable in creation order, as the strategy would see them (Keras's own too)
+
+    def record(next_creator, **kwargs):
+        created.append(next_creator(**kwargs))
+        return created[-1]
+
+    with tf.variable_creator_scope(record):
+        model = build_model(cfg.model, datasets.input_shape, datasets.num_classes, keras)
+    partitioner = variable_partitioner(cfg.strategy.variable_partitioner, len(spec["ps"]))
+    described = [{"name": v.name, "shape": [int(d) for d in v.shape], "itemsize": tf.as_dtype(v.dtype).size,
+                  "dtype": tf.as_dtype(v.dtype)} for v in created]
+
+    def shards_for(v: dict) -> int:
+        return int(partitioner(tf.TensorShape(v["shape"]), v["dtype"])[0])
+
+    placed = dict(zip(map(id, created), ps_placement(described, len(spec["ps"]), shards_for if partitioner else None)))
+    variables = [
+        {"name": v.name, "shape": placed[id(v)]["shape"], "dtype": tf.as_dtype(v.dtype).name,
+         "bytes": sum(s["bytes"] for s in placed[id(v)]["shards"]),
+         "devices": [s["device"] for s in placed[id(v)]["shards"]], "shards": placed[id(v)]["shards"]}
+        for v in model.variables
+    ]
+    ps_bytes = {f"/job:ps/replica:0/task:{i}/device:CPU:0": 0 for i in range(len(spec["ps"]))}
+    for v in variables:
+        for shard in v["shards"]:
+            ps_bytes[shard["device"]] += shard["bytes"]
+    c = cfg.cluster
+    return {
+        "config": cfg.model_dump(mode="json"),
+        "provenance": cfg.provenance,
+        "source": cfg.source,
+        "logical_devices": [d.name for d in tf.config.list_logical_devices()],
+        "strategy": cfg.strategy.kind,
+        "strategy_class": tf.distribute.experimental.ParameterServerStrategy.__name__,
+        "keras": keras_name,
+        "replicas": 1,
+        "devices": [f"/job:worker/replica:0/task:{i}/device:CPU:0" for i in range(len(spec["worker"]))],
+        "global_batch_size": cfg.train.global_batch_size,
+        "per_replica_batch_size": cfg.train.global_batch_size,
+        "variables": variables,
+        "parameter_bytes": sum(v["bytes"] for v in variables),
+        "cluster": {"resolver": c.resolver, "mode": c.mode if c.resolver == "local" else "remote", "tasks": spec},
+        "ps_bytes": ps_bytes,
+        "steps_per_execution": steps_per_execution(cfg),
+        "evaluation": EVALUATION,
+    }
+
+
+def planned_spec(cfg: Config) -> cl.Spec:
+    """The cluster a run would use: TF_CONFIG's for tf_config; otherwise the counts of `cluster`, with addresses
+    where they are known ('127.0.0.1:<free port at start>' locally)."""
+    c = cfg.cluster
+    if c.resolver == "tf_config":
+        return cl.parse_tf_config(os.environ.get("TF_CONFIG"), JOBS).cluster
+    host = "127.0.0.1:<port>" if c.resolver == "local" else f"<{c.resolver} host>:<port>"
+    return {"chief": [host], "worker": [host] * c.workers, "ps": [host] * c.ps}
+
+
+def format_cluster_plan(p: dict[str, Any]) -> list[str]:
+    """Text lines for `paradl-tf plan`: the cluster, the shards of split variables, and the bytes per ps."""
+    c = p["cluster"]
+    lines = [f"cluster: resolver {c['resolver']}, {c['mode']}; "
+             + ", ".join(f"{job} x{len(addrs)}" for job, addrs in c["tasks"].items())]
+    for job, addresses in c["tasks"].items():
+        for i, address in enumerate(addresses):
+            lines.append(f"  {job}:{i}  {address}")
+    split = [v for v in p["variables"] if len(v["shards"]) > 1]
+    if split:
+        lines.append("shards (axis 0):")
+        for v in split:
+            for s in v["shards"]:
+                rows = f"rows {s['offset']}-{s['offset'] + s['shape'][0] - 1}"
+                lines.append(f"  {v['name']}  {rows}  {s['bytes']} bytes  {s['device']}")
+    lines.append("bytes per ps: " + ", ".join(f"{d}: {b}" for d, b in p["ps_bytes"].items()))
+    lines.append(f"steps per dispatch: {p['steps_per_execution']}; evaluation {p['evaluation']}")
+    return lines
+
+
+# ================================================================ helpers
+def _serve_argv(job: str, index: int) -> list[str]:
+    return [sys.executable, "-m", "paradl_tf.cli", "serve", f"--job={job}", f"--task={index}"]
+
+
+def _remote_tasks(spec: cl.Spec) -> dict[str, str]:
+    return {f"{job}:{i}": address for job in ("ps", "worker") for i, address in enumerate(spec.get(job, []))}
+
+
+def _check_is_chief(resolver, kind: str) -> None:
+    task_type, task_id = getattr(resolver, "task_type", None), getattr(resolver, "task_id", None)
+    if task_type not in (None, "chief"):
+        raise ConfigError(
+            f"this process is task {task_type}:{task_id} of the cluster (cluster.resolver: {kind}); under "
+            "ParameterServerStrategy workers and ps run `paradl-tf serve` and only the chief runs `paradl-tf train`"
+        )
+
+
+def _clear_errors(coordinate_fn: Callable, cfg: Config, *args) -> dict[str, Any]:
+    """Where no launcher watches the tasks: a task lost for good surfaces from TensorFlow as an RPC error;
+    make it one line that says what to do."""
+    import tensorflow as tf
+
+    try:
+        return coordinate_fn(cfg, *args)
+    except (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError) as exc:
+        first = (exc.message or type(exc).__name__).strip().splitlines()[0]
+        raise cl.ClusterError(_fatal_message(f"a task of the cluster stopped answering ({first})", cfg)) from None
+
+
+def _fatal_message(fatal: str, cfg: Config) -> str:
+    resume = (f"rerun the same command to resume from the last epoch backup in checkpoint.dir={cfg.checkpoint.dir}"
+              if cfg.checkpoint.dir else "set checkpoint.dir so that a rerun resumes from the last epoch")
+    return f"{fatal}; ParameterServerStrategy cannot go on without it (the variables live on the ps tasks): {resume}"
+
+
+def _settled_fatal(local: cl.LocalCluster, wait_s: float = 2.0) -> bool:
+    """After an error in fit: give the watcher a moment to notice a task that died at the same time."""
+    deadline = time.monotonic() + wait_s
+    while local.fatal is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return local.fatal is not None
+
+
+def _watchdog(status_path: Path, cfg: Config) -> Callable[[str], None]:
+    """On a fatal loss: if TensorFlow has not failed the run within PS_LOSS_GRACE_S, fail it from here."""
+
+    def on_fatal(message: str) -> None:
+        def expire():
+            _write_json(status_path, {"error": _fatal_message(message, cfg) + f" (no response from TensorFlow "
+                                      f"within {PS_LOSS_GRACE_S:g} s)", "type": "ClusterError"})
+            print(f"error: {message}", file=sys.stderr, flush=True)
+            os._exit(2)  # pid 1 of the namespace: its end kills every task
+
+        timer = threading.Timer(PS_LOSS_GRACE_S, expire)
+        timer.daemon = True
+        timer.start()
+
+    return on_fatal
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,127 @@
+"""The benchmark: its registry and arithmetic without TensorFlow, a worker killed on timeout, and the whole
+`paradl-tf bench` on tiny workloads: the output files and their keys, never the speeds."""
+
+import json
+import time
+
+import psutil
+import pytest
+
+from paradl_tf import bench
+from paradl_tf.bench_reference import REFERENCES
+
+CPU_MACHINE = {"device_type": "CPU", "gpus": []}
+FIGURE = {"min", "median", "max", "n", "samples"}
+
+
+# ---------------------------------------------------------------- registry and arithmetic, no TensorFlow
+@pytest.mark.parametrize("workload,params,flops", [
+    ("mlp", 17_226, 2 * (64 * 128 + 128 * 64 + 64 * 10)),
+    # conv 3x3x3->32 at 32x32, conv 3x3x32->64 at 16x16, dense 8*8*64->128, logits 128->10
+    ("cnn", 545_098, 2 * (27 * 32 * 1024 + 288 * 64 * 256 + 4096 * 128 + 128 * 10)),
+    ("inception", 15_018, 29_033_728),
+])
+def test_model_cost_counts_parameters_as_keras_does_and_matmul_flops(workload, params, flops):
+    w = bench.WORKLOADS[workload]
+    shape, classes = bench.input_shape(w.data)
+    cost = bench.model_cost(w.widen(w.model, w.width), shape, classes)
+    assert cost == {"params": params, "forward_flops": flops}  # params: model.count_params() of both sides
+
+
+def test_every_method_is_registered_once_with_an_existing_reference():
+    names = [m.name for m in bench.METHODS]
+    assert len(names) == len(set(names))
+    for m in bench.METHODS:
+        assert m.reference is None or m.reference in REFERENCES, m.name
+        assert set(m.workloads) <= set(bench.WORKLOADS), m.name
+
+
+def test_available_methods_validate_and_todo_methods_say_why():
+    for m in bench.METHODS:
+        for wname in m.workloads:
+            why = bench.unavailable(m, bench.WORKLOADS[wname], CPU_MACHINE, virtual_gpus=False)
+            if m.todo:
+                assert why == m.todo and why.startswith("TODO")
+            else:
+                assert why is None, (m.name, wname, why)
+
+
+def test_gpu_machine_uses_real_gpus_unless_virtual_ones_are_asked_for():
+    gpu1 = {"device_type": "GPU", "gpus": ["A100"]}
+    m4 = bench.METHOD_BY_NAME["mirrored_4"]
+    assert "needs 4 GPUs" in bench.unavailable(m4, bench.WORKLOADS["cnn"], gpu1, virtual_gpus=False)
+    assert bench.devices_for(m4, gpu1, virtual_gpus=False, gpu_memory_mb=1024) == {"type": "GPU", "count": 1}
+    assert bench.devices_for(m4, gpu1, virtual_gpus=True, gpu_memory_mb=1024) == {
+        "type": "GPU", "count": 4, "memory_limit_mb": 1024}
+    assert bench.devices_for(m4, CPU_MACHINE, False, 0) == {"type": "CPU", "count": 4}
+
+
+def test_stat_and_paired_ratio():
+    assert bench.stat([3, 1, 2]) == {"min": 1.0, "median": 2.0, "max": 3.0, "n": 3, "samples": [3.0, 1.0, 2.0]}
+    assert bench.stat([None]) is None
+    a = {"status": "ok", "examples_per_sec": bench.stat([10, 20, 30]), "sample_keys": [0, 1, 2]}
+    b = {"status": "ok", "examples_per_sec": bench.stat([10, 10, 30]), "sample_keys": [0, 1, 4]}
+    assert bench.paired_ratio(a, b) == bench.stat([1.0, 2.0])  # round 2 of b failed: rounds 0 and 1 pair up
+    assert bench.paired_ratio(a, {"status": "failed"}) is None
+
+
+def test_quick_mode_plans_few_processes():
+    specs, missing = bench.main_specs(bench.MODES["quick"], CPU_MACHINE, False, 0)
+    assert 8 <= len(specs) <= 14
+    assert {r["status"] for r in missing} == {"skipped", "not available"}
+    for spec in specs:  # the hand-written side runs the Keras the toolkit picks
+        assert spec.worker["keras"] in ("keras3", "tf_keras")
+        assert spec.worker["config"]["train"]["epochs"] == bench.MODES["quick"].epochs
+
+
+def test_a_worker_past_its_timeout_is_killed_with_everything_it_started(tmp_path):
+    t = time.perf_counter()
+    result = bench.run_worker({"kind": "matmul", "sizes": [64]}, tmp_path / "w.log", timeout_s=0.5)
+    assert not result["ok"] and "timed out after" in result["error"] and "was killed" in result["error"]
+    assert time.perf_counter() - t < 15
+    assert not psutil.Process().children(recursive=True)
+
+
+# ---------------------------------------------------------------- the whole command, tiny
+@pytest.mark.timeout(240)
+def test_bench_tiny_writes_results_tables_and_plots(cli, tmp_path):
+    out = tmp_path / "bench"
+    proc = cli("bench", "--quick", "--tiny", f"--out={out}", timeout=220)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "wrote" in proc.stdout and "TINY MODE" in proc.stdout
+    results = json.loads((out / "results.json").read_text())
+
+    assert {"schema", "created", "mode", "repetitions", "machine", "peak", "workloads", "methods", "rows", "ratios",
+            "best_strategy", "sweeps", "pipeline", "targets", "files", "wall_seconds"} <= results.keys()
+    machine = results["machine"]
+    assert {"cpu_cores_logical", "cpu_model", "memory_bytes", "tensorflow_version", "keras_version",
+            "device_type", "device_kind"} <= machine.keys()
+    assert machine["device_type"] in ("CPU", "GPU") and machine["tensorflow_version"]
+    assert FIGURE <= results["peak"]["flops_per_sec"].keys()
+    assert results["repetitions"]["note"].startswith("TINY MODE")
+
+    rows = results["rows"]
+    measured = [r for r in rows if r.get("examples_per_sec")]
+    assert {("mlp", "no_strategy", "reference"), ("mlp", "mirrored_2", "toolkit")} <= {
+        (r["workload"], r["method"], r["impl"]) for r in measured}
+    for r in measured:
+        for key in ("examples_per_sec", "step_seconds", "flops_per_sec", "fraction_of_peak", "peak_rss_bytes"):
+            assert FIGURE <= r[key].keys(), (r["method"], key)
+        assert {"import_seconds", "build_seconds", "first_epoch_seconds", "process_wall_seconds"} <= r["startup"].keys()
+    # A method the toolkit lacks is listed with its reason, never with a number.
+    mwm = next(r for r in rows if r["method"] == "multi_worker_mirrored_2")
+    assert mwm["status"] == "not available" and "TODO" in mwm["why"] and "examples_per_sec" not in mwm
+    ratio = next(r for r in results["ratios"] if r["method"] == "mirrored_2")
+    assert {"toolkit_over_reference", "vs_one_device", "toolkit_over_reference_target"} <= ratio.keys()
+    assert {"batch", "width"} == results["sweeps"].keys() and results["sweeps"]["batch"]
+
+    assert set(results["files"]) >= {"RESULTS.md", "throughput_per_method.png", "scaling_batch.png",
+                                     "scaling_width.png"}
+    for name in results["files"]:
+        assert (out / name).stat().st_size > 0
+        if name.endswith(".png"):
+            assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "RESULTS.md").read_text()
+    for heading in ("# paradl_tf benchmark results", "## Throughput", "| method | keras | toolkit examples/s",
+                    "## Start-up cost and memory", "## Scaling with global batch size", "tk/hw", "vs 1 dev"):
+        assert heading in md

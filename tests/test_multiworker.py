@@ -1,0 +1,287 @@
+"""MultiWorkerMirroredStrategy: config errors, and real worker processes on 127.0.0.1 in a private namespace.
+
+Every test that starts processes has a timeout and checks that nothing it started is left running.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from paradl_tf import cluster as cl
+from paradl_tf.config import load_config
+from paradl_tf.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = "configs/sync_multiworker.yaml"
+ISOLATION = cl.isolation_available()
+needs_isolation = pytest.mark.skipif(ISOLATION is not None, reason=f"no private network namespace: {ISOLATION}")
+# Small and deterministic: 2 workers x 1 CPU, global batch 32 (16 per replica), 44 steps per epoch.
+SMALL = ["train.global_batch_size=32", "train.deterministic=true", "train.verbose=0", "model.hidden=[32]"]
+
+
+# ---------------------------------------------------------------- config errors, no TensorFlow
+@pytest.mark.parametrize("overrides,message", [
+    (["strategy.communication=nccl"],
+     r"strategy\.communication: NCCL collectives need GPUs, but devices\.type is CPU; use auto or ring\. "
+     r"Received: strategy\.communication='nccl'$"),
+    (["keras=keras3"], r"keras: keras3 cannot run this: Keras 3's model\.fit fails under MultiWorkerMirroredStrategy "
+                       r"\(keras-team/keras#20585\)"),
+    (["devices.count=2"], r"devices\.count > 1 with devices\.type: CPU does not add replicas under "
+                          r"multi_worker_mirrored.*Received: devices\.count=2$"),
+    (["cluster.mode=in_process"], r"cluster\.mode: in_process is not possible with multi_worker_mirrored"),
+    (["strategy.communication=mpi"], r"strategy\.communication: input should be 'auto', 'ring' or 'nccl'"),
+    (["checkpoint.backup_and_restore.save_freq=batch"], r"checkpoint\.backup_and_restore\.save_freq"),
+])
+def test_config_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(CONFIG, overrides)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["checkpoint.export=true"], r"checkpoint\.export applies to strategy\.kind: multi_worker_mirrored only; "
+                                 r"remove it\. Received: checkpoint\.export=True$"),
+    (["checkpoint.backup_and_restore.save_freq=5"], r"checkpoint\.backup_and_restore\.save_freq applies to "
+                                                    r"strategy\.kind: multi_worker_mirrored only"),
+])
+def test_multi_worker_only_keys_elsewhere_are_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("configs/sync_mirrored.yaml", overrides)
+
+
+def test_keras_auto_resolves_to_tf_keras_and_config_defaults():
+    from paradl_tf.keras_version import resolve_keras
+
+    cfg = load_config(CONFIG)
+    assert cfg.strategy.kind == "multi_worker_mirrored" and cfg.cluster.workers == 2
+    assert cfg.checkpoint.backup_and_restore.save_freq == "epoch"
+    assert load_config(CONFIG, ["checkpoint.backup_and_restore.save_freq=5"]).checkpoint.backup_and_restore.save_freq == 5
+    assert resolve_keras("auto", "multi_worker_mirrored") == "tf_keras"
+    assert cl.REQUIRED_JOBS["multi_worker_mirrored"] == ("worker",)
+
+
+# ---------------------------------------------------------------- real runs
+class Run:
+    """`paradl-tf train --config=CONFIG` in a subprocess; every process under it recorded."""
+
+    def __init__(self, *overrides: str):
+        cmd = [sys.executable, "-m", "paradl_tf.cli", "train", f"--config={CONFIG}",
+               *[a for o in overrides for a in ("--set", o)]]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.seen: dict[int, psutil.Process] = {}
+
+    def poll_processes(self) -> None:
+        for p in cl.descendants(self.proc.pid):
+            self.seen.setdefault(p.pid, p)
+
+    def worker(self, index: int) -> psutil.Process:
+        marker = f"worker-{index}.status.json"
+        for p in cl.descendants(self.proc.pid):
+            try:
+                if marker in " ".join(p.cmdline()) and "unshare" not in p.cmdline()[0]:
+                    return p
+            except psutil.Error:
+                pass
+        raise LookupError(f"no process for worker {index}")
+
+    def finish(self, timeout: float = 150) -> tuple[int, str]:
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            self.poll_processes()
+            time.sleep(0.2)
+        if self.proc.poll() is None:
+            self.proc.kill()
+        out = self.proc.communicate()[0]
+        return self.proc.returncode, out
+
+    def assert_nothing_left(self, timeout: float = 10) -> None:
+        assert self.seen, "never saw a process under the launcher"
+        deadline = time.monotonic() + timeout
+        while (alive := [p for p in self.seen.values() if cl.is_alive(p)]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert alive == [], [p.cmdline() for p in alive]
+
+
+def _train(*overrides: str, timeout: float = 150) -> dict:
+    run = Run(*overrides)
+    code, out = run.finish(timeout)
+    run.assert_nothing_left()
+    assert code == 0, out
+    output_dir = next(o.split("=", 1)[1] for o in overrides if o.startswith("output_dir="))
+    return json.loads((Path(output_dir) / "results.json").read_text())
+
+
+def _exported_weights(path: Path) -> list[np.ndarray]:
+    import tf_keras
+
+    return [np.asarray(w) for w in tf_keras.models.load_model(path, compile=False).get_weights()]
+
+
+@needs_isolation
+@pytest.mark.timeout(180)
+def test_sigkill_worker_stops_the_job_and_rerun_resumes_to_the_same_weights(tmp_path):
+    """SIGKILL worker 1 mid-epoch: the job fails within seconds, naming it; nothing is left; the same command
+    resumes from the last backup, trains exactly the requested steps and ends with the uninterrupted weights."""
+    common = [*SMALL, "train.epochs=4", "checkpoint.export=true", "checkpoint.backup_and_restore.save_freq=10"]
+    run_dir, ref_dir = tmp_path / "run", tmp_path / "ref"
+    same = [*common, f"output_dir={run_dir}", f"checkpoint.dir={tmp_path / 'backup'}"]
+    run = Run(*same)
+    backup = tmp_path / "backup" / "chief" / "checkpoint"
+    deadline = time.monotonic() + 120
+    while not backup.exists():  # the first backup (step 10) is written: training is under way
+        assert run.proc.poll() is None and time.monotonic() < deadline, run.finish(1)[1]
+        run.poll_processes()
+        time.sleep(0.05)
+    victim = run.worker(1)
+    killed_at = time.monotonic()
+    victim.kill()
+    code, out = run.finish(60)
+    stopped_s = time.monotonic() - killed_at
+    run.assert_nothing_left()
+    assert code == 2, out
+    error = out.strip().splitlines()[-1]
+    assert re.match(r"error: task worker:1 \(127\.0\.0\.1:\d+, pid \d+\) exited: killed by SIGKILL; "
+                    r"MultiWorkerMirroredStrategy cannot go on without it .*rerun the same command to resume", error)
+    assert stopped_s < 20, stopped_s
+    assert not (run_dir / "results.json").exists()
+
+    resumed = _train(*same)
+    assert resumed["resumed_from_step"] > 0 and resumed["resumed_from_step"] % 10 == 0, resumed
+    assert resumed["optimizer_iterations"] == resumed["requested_steps"] == 4 * 44
+    assert resumed["steps_this_run"] == resumed["requested_steps"] - resumed["resumed_from_step"]
+    reference = _train(*common, f"output_dir={ref_dir}", f"checkpoint.dir={tmp_path / 'ref_backup'}")
+    assert reference["resumed_from_step"] == 0 and reference["optimizer_iterations"] == 4 * 44
+    for a, b in zip(_exported_weights(run_dir / "model.keras"), _exported_weights(ref_dir / "model.keras")):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@needs_isolation
+@pytest.mark.timeout(120)
+def test_mismatched_worker_configs_fail_before_training(tmp_path):
+    """Worker 1 runs a different batch size: both fail at the config-hash collective, before any step."""
+    base = load_config(CONFIG, [f"output_dir={tmp_path}", *SMALL])
+    from paradl_tf.config import dump_config
+
+    (tmp_path / "a.yaml").write_text(dump_config(base))
+    (tmp_path / "b.yaml").write_text(dump_config(base.model_copy(update={"train": base.train.model_copy(
+        update={"global_batch_size": 64})})))
+    driver = textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from paradl_tf import cluster as cl
+        cl.loopback_up()
+        tmp = Path({str(tmp_path)!r})
+        spec = cl.local_cluster_spec({{"worker": 2}})
+        argv = lambda job, i: [sys.executable, "-m", "paradl_tf.multi_worker", "worker",
+                               str(tmp / ("a.yaml" if i == 0 else "b.yaml")), str(tmp / f"w{{i}}.status.json")]
+        local = cl.LocalCluster(cl.make_tasks(spec, ("worker",), argv, tmp), max_restarts=0, restartable=(),
+                                exit_0_is_done=True)
+        local.start()
+        while all(t.process.poll() is None for t in local.tasks):
+            time.sleep(0.1)
+        time.sleep(3)
+        local.stop()
+    """)
+    seen: dict[int, psutil.Process] = {}
+    proc = subprocess.Popen(cl.isolated([sys.executable, "-c", driver]), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    while proc.poll() is None:
+        for p in cl.descendants(proc.pid):
+            seen.setdefault(p.pid, p)
+        time.sleep(0.2)
+    out = proc.communicate(timeout=90)[0]
+    assert proc.returncode == 0, out
+    statuses = [json.loads((tmp_path / f"w{i}.status.json").read_text()) for i in range(2)]
+    assert statuses[0]["type"] == "ConfigError", statuses
+    assert re.search(r"the workers run different configs .*Received: config hash [0-9a-f]{7} on worker 0, "
+                     r"another on worker\(s\) 1$", statuses[0]["error"])
+    assert not (tmp_path / "results.json").exists()
+    assert "Epoch 1" not in (tmp_path / "worker-0.log").read_text()
+    assert [p for p in seen.values() if cl.is_alive(p)] == []
+
+
+@needs_isolation
+@pytest.mark.timeout(150)
+def test_two_workers_match_mirrored_over_two_devices(tmp_path):
+    """2 worker processes x 1 CPU give the weights of MirroredStrategy over 2 logical CPUs in one process, with
+    the same global batch, seed and data (op determinism on)."""
+    epochs = 2
+    results = _train(*SMALL, f"train.epochs={epochs}", "checkpoint.export=true", f"output_dir={tmp_path}")
+    assert results["replicas"] == 2 and results["workers"] == 2 and results["per_replica_batch_size"] == 16
+    assert results["cluster"]["private_network"] is True and len(results["cluster"]["tasks"]["worker"]) == 2
+    for key in ("val_accuracy", "history", "examples_per_sec", "keras", "strategy_class", "devices"):
+        assert key in results
+    # The reference runs in a fresh process too, as a user's would (seeds and op determinism are process-wide).
+    overrides = ["strategy.kind=mirrored", "strategy.devices=2", "devices.count=2", "keras=tf_keras", *SMALL,
+                 f"train.epochs={epochs}", f"output_dir={tmp_path / 'mirrored'}"]
+    script = textwrap.dedent(f"""
+        import numpy as np
+        from paradl_tf.config import load_config
+        from paradl_tf.training import prepare
+        job = prepare(load_config("configs/sync_mirrored.yaml", {overrides!r}))
+        job.model.fit(job.datasets.train, validation_data=job.datasets.validation, epochs={epochs},
+                      steps_per_epoch=job.datasets.steps_per_epoch, validation_steps=job.datasets.validation_steps,
+                      shuffle=False, verbose=0)
+        np.savez({str(tmp_path / 'mirrored.npz')!r}, *job.model.get_weights())
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with np.load(tmp_path / "mirrored.npz") as saved:
+        reference = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    exported = _exported_weights(tmp_path / "model.keras")
+    assert len(exported) == len(reference) == 4
+    for a, b in zip(exported, reference):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- multi-host: TF_CONFIG, TFJob, Slurm
+def test_tf_config_per_host():
+    from paradl_tf import deploy
+
+    configs = deploy.tf_configs(load_config(CONFIG), ["10.0.0.1", "10.0.0.2:3333"])
+    assert list(configs) == ["worker:0", "worker:1"]
+    parsed = [cl.parse_tf_config(text, ("worker",)) for text in configs.values()]
+    assert parsed[1].cluster == {"worker": ["10.0.0.1:8888", "10.0.0.2:3333"]} and parsed[1].task == "worker:1"
+    ps = deploy.tf_configs(load_config("configs/async_ps.yaml"), ["c", "w1", "w2", "p"])
+    assert cl.parse_tf_config(ps["ps:0"], cl.REQUIRED_JOBS["parameter_server"]).cluster["chief"] == ["c:8888"]
+    with pytest.raises(ConfigError, match=r"--hosts must name 2 hosts \(2 worker, in that order\)\. Received: 1"):
+        deploy.tf_configs(load_config(CONFIG), ["a"])
+    with pytest.raises(ConfigError, match=r"strategy\.kind: mirrored runs in one process"):
+        deploy.tf_configs(load_config("configs/sync_mirrored.yaml"), ["a"])
+
+
+def test_tfjob_manifest_fields():
+    """The TFJob v1 fields: apiVersion/kind, tfReplicaSpecs with replicas, restartPolicy and a pod template
+    whose container is named tensorflow (the operator's default container name)."""
+    import yaml
+
+    from paradl_tf import deploy
+
+    job = yaml.safe_load(deploy.export(load_config(CONFIG), "tfjob", "/cfg/mw.yaml", image="reg/paradl:1"))
+    assert job["apiVersion"] == "kubeflow.org/v1" and job["kind"] == "TFJob" and job["metadata"]["name"]
+    (role, spec), = job["spec"]["tfReplicaSpecs"].items()
+    assert role == "Worker" and spec["replicas"] == 2 and spec["restartPolicy"] == "OnFailure"
+    container = spec["template"]["spec"]["containers"][0]
+    assert container["name"] == "tensorflow" and container["image"] == "reg/paradl:1"
+    assert container["command"] == ["paradl-tf", "train", "--config=/cfg/mw.yaml", "--set", "cluster.resolver=tf_config"]
+    ps = deploy.tfjob(load_config("configs/async_ps.yaml"), "img", "/c.yaml")["spec"]["tfReplicaSpecs"]
+    assert {r: s["replicas"] for r, s in ps.items()} == {"Chief": 1, "Worker": 2, "PS": 1}
+    assert ps["PS"]["template"]["spec"]["containers"][0]["command"] == ["paradl-tf", "serve"]
+    with pytest.raises(ConfigError, match=r"needs --image"):
+        deploy.export(load_config(CONFIG), "tfjob", "x.yaml")
+
+
+def test_slurm_script(cli):
+    done = cli("export", f"--config={CONFIG}", "--format=slurm", timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "#!/bin/bash" and "#SBATCH --nodes=2" in lines and "#SBATCH --ntasks-per-node=1" in lines
+    assert lines[-1] == f"srun paradl-tf train --config={CONFIG} --set cluster.resolver=slurm"
