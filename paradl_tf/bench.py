@@ -46,6 +46,7 @@ from typing import Any, Callable, Sequence
 import psutil
 
 from paradl_tf.bench_worker import MARK
+from paradl_tf.cluster import preexec_die_with_parent
 
 # ================================================================ workloads
 Widen = Callable[[dict, int], dict]
@@ -445,7 +446,7 @@ def run_worker(worker: dict, log_path: Path, timeout_s: float) -> dict:
     start = time.perf_counter()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True, env=env,
-                                start_new_session=True, preexec_fn=_die_with_parent)
+                                start_new_session=True, preexec_fn=preexec_die_with_parent())
         _RUNNING.add(proc)
         try:
             stdout, _ = proc.communicate(timeout=timeout_s)
@@ -465,24 +466,6 @@ def run_worker(worker: dict, log_path: Path, timeout_s: float) -> dict:
 
 
 _RUNNING: set[subprocess.Popen] = set()  # worker processes now running (several only in tiny mode)
-
-
-def _prctl():
-    try:
-        import ctypes
-
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):  # not Linux
-        return None
-
-
-_PRCTL = _prctl()  # looked up here: the child after fork only makes the call
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL when the benchmark process dies, however it dies (PR_SET_PDEATHSIG)."""
-    if _PRCTL is not None:
-        _PRCTL(1, signal.SIGKILL)
 
 
 def _kill(proc: subprocess.Popen) -> None:

@@ -106,6 +106,8 @@ def _run(command: str) -> None:
             where = f"{results['workers']} worker(s) and {results['ps']} ps"
         elif "workers" in results:  # multi-worker mirrored
             where += f" on {results['workers']} worker process(es)"
+        elif "placement" in results:  # model parallel: one model over its stages' devices
+            where = f"{len(results['placement']['stages'])} stage(s)"
         print(
             f"val_accuracy {results['val_accuracy']:.4f}, {results['examples_per_sec']:.0f} examples/s "
             f"on {where} with {results['keras']}"

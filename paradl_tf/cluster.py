@@ -361,7 +361,7 @@ def die_with_parent(parent_pid: int | None = None) -> None:
         os._exit(1)
 
 
-def _preexec_die_with_parent():
+def preexec_die_with_parent():
     """A preexec_fn for Popen: the child gets SIGKILL when the process that started it dies."""
     if not sys.platform.startswith("linux"):
         return None
@@ -687,7 +687,7 @@ def run_isolated(argv: Sequence[str], *, env: Mapping[str, str] | None = None, p
     isolate = use_private_network(private_network)
     cmd = isolated(argv) if isolate else list(argv)
     proc = subprocess.Popen(cmd, env=dict(os.environ if env is None else env), start_new_session=True,
-                            preexec_fn=_preexec_die_with_parent())
+                            preexec_fn=preexec_die_with_parent())
     seen: dict[int, psutil.Process] = {}
     stop_reason: list[str] = []
     restore = _forward_signals(stop_reason)
