@@ -73,11 +73,7 @@ def _model_parallel(strategy_cfg, devices_cfg: DevicesConfig) -> tf.distribute.S
 
 @register_strategy("parameter_server")
 def _parameter_server(strategy_cfg, devices_cfg: DevicesConfig, cluster_resolver=None) -> tf.distribute.Strategy:
-    if cluster_resolver is None:
-        raise ConfigError(
-            "strategy.kind: parameter_server needs its cluster: train with paradl_tf.train(cfg), which starts or "
-            "finds it from the `cluster` section, or pass build_strategy(cfg, cluster_resolver=...)"
-        )
+    _require_cluster("parameter_server", cluster_resolver)
     num_ps = len(cluster_resolver.cluster_spec().as_dict().get("ps", []))
     partitioner = variable_partitioner(strategy_cfg.variable_partitioner, num_ps)
     return tf.distribute.experimental.ParameterServerStrategy(cluster_resolver, variable_partitioner=partitioner)
@@ -85,11 +81,7 @@ def _parameter_server(strategy_cfg, devices_cfg: DevicesConfig, cluster_resolver
 
 @register_strategy("multi_worker_mirrored")
 def _multi_worker_mirrored(strategy_cfg, devices_cfg: DevicesConfig, cluster_resolver=None) -> tf.distribute.Strategy:
-    if cluster_resolver is None:
-        raise ConfigError(
-            "strategy.kind: multi_worker_mirrored needs its cluster: train with paradl_tf.train(cfg), which starts "
-            "or finds it from the `cluster` section, or pass build_strategy(cfg, cluster_resolver=...)"
-        )
+    _require_cluster("multi_worker_mirrored", cluster_resolver)
     implementation = {
         "auto": tf.distribute.experimental.CommunicationImplementation.AUTO,
         "ring": tf.distribute.experimental.CommunicationImplementation.RING,
@@ -126,6 +118,14 @@ def _new_collective_key_base(strategy_class: type) -> None:
     """
     if hasattr(strategy_class, "_collective_key_base"):
         strategy_class._collective_key_base += 100_000
+
+
+def _require_cluster(kind: str, cluster_resolver) -> None:
+    if cluster_resolver is None:
+        raise ConfigError(
+            f"strategy.kind: {kind} needs its cluster: train with paradl_tf.train(cfg), which starts or "
+            "finds it from the `cluster` section, or pass build_strategy(cfg, cluster_resolver=...)"
+        )
 
 
 def _cross_device_ops(name: str) -> tf.distribute.CrossDeviceOps | None:

@@ -105,3 +105,10 @@ def test_explicit_keras3_that_cannot_work_says_why():
 def test_import_keras():
     assert import_keras("keras3").__name__ == "keras"
     assert import_keras("tf_keras").__name__ == "tf_keras"
+
+
+@pytest.mark.parametrize("kind", ["parameter_server", "multi_worker_mirrored"])
+def test_cluster_strategies_need_a_cluster(kind):
+    cfg = load_config(None, [f"strategy.kind={kind}", "train.steps_per_epoch=10"])
+    with pytest.raises(ConfigError, match=rf"strategy\.kind: {kind} needs its cluster: train with paradl_tf\.train\(cfg\)"):
+        build_strategy(cfg)
