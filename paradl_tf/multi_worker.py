@@ -147,7 +147,7 @@ def run_worker(cfg: Config, resolver, cluster_info: dict) -> dict[str, Any]:
     from paradl_tf.keras_version import import_keras, resolve_keras
     from paradl_tf.models import build_model, compile_model
     from paradl_tf.strategies import build_strategy, check_global_batch
-    from paradl_tf.training import Job, _epoch_timer, _results
+    from paradl_tf.training import Job, epoch_timer, run_results
 
     start = time.perf_counter()
     _configure_gpus(cfg.devices)
@@ -165,7 +165,7 @@ def run_worker(cfg: Config, resolver, cluster_info: dict) -> dict[str, Any]:
     with strategy.scope():
         model = build_model(cfg.model, datasets.input_shape, datasets.num_classes, keras)
         compile_model(model, cfg.train, keras)
-    timer = _epoch_timer(keras)
+    timer = epoch_timer(keras)
     callbacks = [timer]
     if cfg.checkpoint.dir:  # non-chief workers back up to temporary directories (tf_keras does it)
         callbacks.append(keras.callbacks.BackupAndRestore(
@@ -183,7 +183,7 @@ def run_worker(cfg: Config, resolver, cluster_info: dict) -> dict[str, Any]:
     export_model(model, out / "model.keras", is_chief, cfg.checkpoint.export)
     job = Job(cfg=cfg, strategy=strategy, keras_name=keras_name, keras=keras, datasets=datasets, model=model,
               per_replica_batch_size=per_replica)
-    results = _results(job, history.history, timer.epoch_seconds, fit_seconds, time.perf_counter() - start)
+    results = run_results(job, history.history, timer.epoch_seconds, fit_seconds, time.perf_counter() - start)
     results.update(_mwm_results(cfg, model, strategy, datasets, cluster_info, done_steps, len(timer.epoch_seconds)))
     if is_chief:
         out.mkdir(parents=True, exist_ok=True)

@@ -168,7 +168,7 @@ def coordinate(cfg: Config, resolver, cluster_info: dict, local: cl.LocalCluster
     from paradl_tf.keras_version import import_keras, resolve_keras
     from paradl_tf.models import build_model, compile_model
     from paradl_tf.strategies import build_strategy, check_global_batch
-    from paradl_tf.training import Job, _results
+    from paradl_tf.training import Job, run_results
 
     start = time.perf_counter()
     keras_name = resolve_keras(cfg.keras, "parameter_server")
@@ -210,7 +210,7 @@ def coordinate(cfg: Config, resolver, cluster_info: dict, local: cl.LocalCluster
     fit_seconds = time.perf_counter() - fit_start
     job = Job(cfg=cfg, strategy=strategy, keras_name=keras_name, keras=keras, datasets=datasets, model=model,
               per_replica_batch_size=per_replica)
-    results = _results(job, history.history, evaluation.epoch_seconds, fit_seconds, time.perf_counter() - start)
+    results = run_results(job, history.history, evaluation.epoch_seconds, fit_seconds, time.perf_counter() - start)
     results.update(_ps_results(cfg, model, history.history, counter, cluster_info, local))
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results

@@ -87,7 +87,7 @@ def train(cfg: Config) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(dump_config(cfg))
-    timer = _epoch_timer(job.keras)
+    timer = epoch_timer(job.keras)
     callbacks = [timer]
     if cfg.train.tensorboard:
         callbacks.append(job.keras.callbacks.TensorBoard(log_dir=str(out / "tensorboard")))
@@ -105,12 +105,13 @@ def train(cfg: Config) -> dict[str, Any]:
         verbose=cfg.train.verbose,
     )
     fit_seconds = time.perf_counter() - fit_start
-    results = _results(job, history.history, timer.epoch_seconds, fit_seconds, time.perf_counter() - start)
+    results = run_results(job, history.history, timer.epoch_seconds, fit_seconds, time.perf_counter() - start)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
 
 
-def _results(job: Job, history: dict, epoch_seconds: list[float], fit_seconds: float, wall: float) -> dict:
+def run_results(job: Job, history: dict, epoch_seconds: list[float], fit_seconds: float, wall: float) -> dict:
+    """The keys every run's results.json has; the cluster strategies add their own."""
     cfg = job.cfg
     steps = job.datasets.steps_per_epoch
     examples_per_epoch = steps * cfg.train.global_batch_size
@@ -138,7 +139,7 @@ def _results(job: Job, history: dict, epoch_seconds: list[float], fit_seconds: f
     }
 
 
-def _epoch_timer(keras: ModuleType):
+def epoch_timer(keras: ModuleType):
     """A callback that times the training part of each epoch (first step to last step, validation excluded)."""
 
     class EpochTimer(keras.callbacks.Callback):
