@@ -415,6 +415,7 @@ def plan(cfg: Config) -> dict[str, Any]:
     from paradl_tf.devices import setup_devices
     from paradl_tf.keras_version import import_keras, resolve_keras
     from paradl_tf.models import build_model
+    from paradl_tf.planning import plan_header
     from paradl_tf.strategies import variable_partitioner
 
     keras_name = resolve_keras(cfg.keras, "parameter_server")
@@ -450,19 +451,10 @@ def plan(cfg: Config) -> dict[str, Any]:
             ps_bytes[shard["device"]] += shard["bytes"]
     c = cfg.cluster
     return {
-        "config": cfg.model_dump(mode="json"),
-        "provenance": cfg.provenance,
-        "source": cfg.source,
-        "logical_devices": [d.name for d in tf.config.list_logical_devices()],
-        "strategy": cfg.strategy.kind,
-        "strategy_class": tf.distribute.experimental.ParameterServerStrategy.__name__,
-        "keras": keras_name,
+        **plan_header(cfg, tf.distribute.experimental.ParameterServerStrategy.__name__, keras_name, variables),
         "replicas": 1,
         "devices": [f"/job:worker/replica:0/task:{i}/device:CPU:0" for i in range(len(spec["worker"]))],
-        "global_batch_size": cfg.train.global_batch_size,
         "per_replica_batch_size": cfg.train.global_batch_size,
-        "variables": variables,
-        "parameter_bytes": sum(v["bytes"] for v in variables),
         "cluster": {"resolver": c.resolver, "mode": c.mode if c.resolver == "local" else "remote", "tasks": spec},
         "ps_bytes": ps_bytes,
         "steps_per_execution": steps_per_execution(cfg),

@@ -21,20 +21,27 @@ def plan(cfg: Config) -> dict[str, Any]:
     job = prepare(cfg)
     variables = [_describe_variable(v, job) for v in job.model.variables]
     return {
+        **plan_header(cfg, type(job.strategy).__name__, job.keras_name, variables),
+        "replicas": job.replicas,
+        "devices": job.devices,
+        "per_replica_batch_size": job.per_replica_batch_size,
+        **({"placement": job.placement} if job.placement else {}),
+    }
+
+
+def plan_header(cfg: Config, strategy_class: str, keras_name: str, variables: list[dict]) -> dict[str, Any]:
+    """The keys every plan has: the config with provenance, devices, strategy, Keras and the variables."""
+    return {
         "config": cfg.model_dump(mode="json"),
         "provenance": cfg.provenance,
         "source": cfg.source,
         "logical_devices": [d.name for d in tf.config.list_logical_devices()],
         "strategy": cfg.strategy.kind,
-        "strategy_class": type(job.strategy).__name__,
-        "keras": job.keras_name,
-        "replicas": job.replicas,
-        "devices": job.devices,
+        "strategy_class": strategy_class,
+        "keras": keras_name,
         "global_batch_size": cfg.train.global_batch_size,
-        "per_replica_batch_size": job.per_replica_batch_size,
         "variables": variables,
         "parameter_bytes": sum(v["bytes"] for v in variables),
-        **({"placement": job.placement} if job.placement else {}),
     }
 
 
