@@ -1,7 +1,6 @@
 """Model parallel on the 4 logical CPUs of conftest: variables and ops on their stage's device, the same
 numbers as the unplaced model (with and without micro-batches), balance, branches, errors, the CLI."""
 
-import itertools
 import json
 import re
 
@@ -14,6 +13,7 @@ from paradl_tf.devices import canonical_device
 from paradl_tf.model_parallel import plan_stages, variable_bytes_by_device
 from paradl_tf.placement import LayerInfo
 from paradl_tf.planning import format_plan, plan
+from test_placement import brute_force_largest  # tests/ is on sys.path under pytest
 
 DEV = [f"/device:CPU:{i}" for i in range(4)]
 MLP_STAGES = "strategy.placement={kind: stages, stages: [{device: /cpu:1, layers: [hidden_0]}, " \
@@ -136,15 +136,6 @@ def test_steps_changed_the_weights_enough_to_mean_something():
 
 
 # ---------------------------------------------------------------- balance, from the real variables
-def least_largest_stage(sizes, n):
-    best = None
-    for cuts in itertools.combinations(range(1, len(sizes)), n - 1):
-        bounds = [0, *cuts, len(sizes)]
-        worst = max(sum(sizes[bounds[i]:bounds[i + 1]]) for i in range(n))
-        best = worst if best is None else min(best, worst)
-    return best
-
-
 @pytest.mark.parametrize("model,n,bound_holds", [
     (["model.kind=mlp"], 2, True),
     (["model.kind=mlp", "model.hidden=[64, 64, 64, 64, 64, 64, 64]"], 4, True),
@@ -158,7 +149,7 @@ def test_auto_largest_stage_within_1_15_of_the_mean_where_layer_sizes_allow(mode
     assert set(on_device) <= set(DEV[:n])
     total, largest = sum(on_device.values()), max(on_device.values())
     layer_bytes = [sum(int(np.prod(w.shape)) * 4 for w in l.weights) for l in j.model.placed_layers]
-    assert largest == least_largest_stage(layer_bytes, n)  # the best contiguous split
+    assert largest == brute_force_largest(layer_bytes, n)  # the best contiguous split
     assert (largest <= 1.15 * total / n) == bound_holds
     assert j.placement["balance"] == pytest.approx(largest / (total / n))
 
