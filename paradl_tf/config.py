@@ -372,6 +372,10 @@ class CheckpointConfig(Section):
     the last backup. Removed once a run finishes. Default: no backups."""
     backup_and_restore: BackupAndRestoreConfig = BackupAndRestoreConfig()
     """multi_worker_mirrored: how often Keras BackupAndRestore backs up into `dir`."""
+    keep: Annotated[int, Field(ge=0)] = 0
+    """multi_worker_mirrored: keep the last N checkpoints of model and optimizer in <output_dir>/checkpoints, one
+    every backup_and_restore.save_freq, named ckpt-<step> (tf.train.CheckpointManager); they stay after the run
+    (the chief's only). 0: none."""
     export: bool = False
     """multi_worker_mirrored: write the trained model to <output_dir>/model.keras (the chief only; the other
     workers write theirs to temporary directories, as TensorFlow requires, and delete them)."""
@@ -523,24 +527,20 @@ def _check_multi_worker(cfg: Config) -> None:
     s = cfg.strategy
     if s.kind != "multi_worker_mirrored":
         ck = cfg.checkpoint
-        for key, value, default in (("checkpoint.export", ck.export, False),
+        for key, value, default in (("checkpoint.export", ck.export, False), ("checkpoint.keep", ck.keep, 0),
                                     ("checkpoint.backup_and_restore.save_freq", ck.backup_and_restore.save_freq, "epoch")):
             if value != default:
                 raise ValueError(f"{key} applies to strategy.kind: multi_worker_mirrored only; remove it. "
                                  f"Received: {key}={value!r}")
+        if ck.dir is not None and s.kind != "parameter_server":
+            # Backups exist for runs that lose a process; nothing here would write them, so say so.
+            raise ValueError("checkpoint.dir applies to strategy.kind: multi_worker_mirrored and parameter_server "
+                             f"(backups to resume a run that lost a process); remove it. Received: checkpoint.dir={ck.dir!r}")
         return
     if s.communication == "nccl" and cfg.devices.type == "CPU":
         raise ValueError(
             "strategy.communication: NCCL collectives need GPUs, but devices.type is CPU; use auto or ring. "
             "Received: strategy.communication='nccl'"
-        )
-    if cfg.devices.type == "CPU" and cfg.devices.count > 1:
-        # TensorFlow's MultiWorkerMirroredStrategy makes one replica of each worker's CPU and one per GPU
-        # (CollectiveAllReduceExtended._initialize_local_devices); logical CPUs are not replicas there.
-        raise ValueError(
-            "devices.count > 1 with devices.type: CPU does not add replicas under multi_worker_mirrored: "
-            "TensorFlow uses one CPU replica per worker (or every GPU of each worker); use devices.count: 1 and "
-            f"more cluster.workers, or GPUs. Received: devices.count={cfg.devices.count}"
         )
     if cfg.cluster.resolver == "local" and cfg.cluster.mode != "process":
         raise ValueError(

@@ -28,23 +28,19 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
 from paradl_tf import cluster as cl
+from paradl_tf.checkpoints import backed_up_steps, checkpoint_keeper, export_model
 from paradl_tf.config import Config, dump_config, load_config
 from paradl_tf.errors import ConfigError, ParadlError
 
 KIND = "multi_worker_mirrored"
 JOBS = cl.REQUIRED_JOBS[KIND]
-# The optimizer's step count in a tf_keras BackupAndRestore checkpoint (new optimizers; legacy ones: `iter`).
-BACKUP_ITERATIONS_KEYS = ("model/optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE",
-                          "model/optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE")
 
 
 # ================================================================ entry points
@@ -150,7 +146,7 @@ def run_worker(cfg: Config, resolver, cluster_info: dict) -> dict[str, Any]:
     from paradl_tf.training import Job, epoch_timer, run_results
 
     start = time.perf_counter()
-    _configure_gpus(cfg.devices)
+    _configure_devices(cfg.devices)
     strategy = build_strategy(cfg, cluster_resolver=resolver)  # before anything starts TensorFlow's runtime
     is_chief = strategy.extended.should_checkpoint
     keras_name = resolve_keras(cfg.keras, KIND)
@@ -171,6 +167,9 @@ def run_worker(cfg: Config, resolver, cluster_info: dict) -> dict[str, Any]:
         callbacks.append(keras.callbacks.BackupAndRestore(
             backup_dir=cfg.checkpoint.dir, save_freq=cfg.checkpoint.backup_and_restore.save_freq))
     out = Path(cfg.output_dir)
+    if cfg.checkpoint.keep:
+        callbacks.append(checkpoint_keeper(keras, out / "checkpoints", cfg.checkpoint.keep,
+                                           cfg.checkpoint.backup_and_restore.save_freq, is_chief))
     if cfg.train.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(out / "tensorboard")))
     fit_start = time.perf_counter()
@@ -191,17 +190,18 @@ def run_worker(cfg: Config, resolver, cluster_info: dict) -> dict[str, Any]:
     return results
 
 
-def _configure_gpus(devices_cfg) -> None:
-    """GPUs split into logical GPUs (each a replica). Nothing may list logical devices first: that starts the
-    runtime, and MultiWorkerMirroredStrategy must configure collective ops before it starts ("Collective ops must
-    be configured at program startup", tensorflow/tensorflow#34568; list_physical_devices does not start it)."""
+def _configure_devices(devices_cfg) -> None:
+    """Each CPU or GPU split into devices.count logical devices, each a replica. Nothing may list logical devices
+    first: that starts the runtime, and MultiWorkerMirroredStrategy must configure collective ops before it starts
+    ("Collective ops must be configured at program startup", tensorflow/tensorflow#34568; list_physical_devices
+    does not start it)."""
     import tensorflow as tf
 
-    if devices_cfg.type != "GPU" or (devices_cfg.count == 1 and devices_cfg.memory_limit_mb is None):
+    if devices_cfg.count == 1 and devices_cfg.memory_limit_mb is None:
         return
     wanted = [tf.config.LogicalDeviceConfiguration(memory_limit=devices_cfg.memory_limit_mb)] * devices_cfg.count
-    for gpu in tf.config.list_physical_devices("GPU"):
-        tf.config.set_logical_device_configuration(gpu, wanted)
+    for device in tf.config.list_physical_devices(devices_cfg.type):
+        tf.config.set_logical_device_configuration(device, wanted)
 
 
 def check_same_config(strategy, cfg: Config, workers: int) -> None:
@@ -221,39 +221,6 @@ def check_same_config(strategy, cfg: Config, workers: int) -> None:
             "run the same resolved config, or the all-reduce mixes incompatible steps. Received: config hash "
             f"{digest:07x} on worker {mine}, another on worker(s) {', '.join(map(str, others))}"
         )
-
-
-def backed_up_steps(backup_dir: str | None) -> int:
-    """Training steps already done by the run whose backup is in `backup_dir` (0: none)."""
-    if not backup_dir:
-        return 0
-    import tensorflow as tf
-
-    latest = tf.train.latest_checkpoint(os.path.join(backup_dir, "chief"))
-    if latest is None:
-        return 0
-    names = {name for name, _ in tf.train.list_variables(latest)}
-    key = next((k for k in BACKUP_ITERATIONS_KEYS if k in names), None)
-    if key is None:
-        raise ConfigError(f"checkpoint.dir holds a backup without the optimizer's step count; remove it or use "
-                          f"another checkpoint.dir. Received: checkpoint.dir={backup_dir!r}")
-    return int(tf.train.load_variable(latest, key))
-
-
-def export_model(model, path: Path, is_chief: bool, enabled: bool) -> None:
-    """Every worker saves (saving may read distributed values); only the chief's copy is kept, at `path` (Keras
-    format, one .keras file); the others write to a temporary directory and delete it."""
-    if not enabled:
-        return
-    if is_chief:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        model.save(str(path))
-        return
-    scratch = tempfile.mkdtemp(prefix="paradl-export-")
-    try:
-        model.save(os.path.join(scratch, path.name))
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _mwm_results(cfg: Config, model, strategy, datasets, cluster_info: dict, done_steps: int,

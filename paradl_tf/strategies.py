@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+from typing import Callable, Iterator
 
 import tensorflow as tf
 
@@ -88,7 +89,10 @@ def _multi_worker_mirrored(strategy_cfg, devices_cfg: DevicesConfig, cluster_res
         "nccl": tf.distribute.experimental.CommunicationImplementation.NCCL,
     }[strategy_cfg.communication]
     options = tf.distribute.experimental.CommunicationOptions(implementation=implementation)
-    return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=cluster_resolver, communication_options=options)
+    cpus = devices_cfg.count if devices_cfg.type == "CPU" else 1
+    with _logical_cpu_replicas(cpus):
+        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=cluster_resolver,
+                                                         communication_options=options)
 
 
 def variable_partitioner(partitioner_cfg, num_ps: int):
@@ -118,6 +122,40 @@ def _new_collective_key_base(strategy_class: type) -> None:
     """
     if hasattr(strategy_class, "_collective_key_base"):
         strategy_class._collective_key_base += 100_000
+
+
+@contextlib.contextmanager
+def _logical_cpu_replicas(n: int) -> Iterator[None]:
+    """While a MultiWorkerMirroredStrategy is built, make each worker without GPUs one replica per logical CPU.
+
+    TensorFlow makes one replica of a worker's CPU whatever its logical CPUs
+    (CollectiveAllReduceExtended._initialize_local_devices hard-codes 1), yet its collectives run
+    between logical CPUs as under MirroredStrategy. Taking the first `n` logical CPUs lets 2
+    processes x 2 logical CPUs rehearse 2 hosts x 2 GPUs: 4 replicas, with a local and a cross-worker
+    level of all-reduce. No public API does this; the method is swapped for the construction only.
+    """
+    from tensorflow.python.distribute import collective_all_reduce_strategy as collective
+
+    extended = collective.CollectiveAllReduceExtended
+    original = getattr(extended, "_initialize_local_devices", None)
+    if n == 1:
+        yield
+        return
+    if original is None:
+        raise ConfigError(f"devices.count: this TensorFlow ({tf.__version__}) cannot run several logical CPUs per "
+                          f"worker under multi_worker_mirrored; use devices.count: 1. Received: devices.count={n}")
+
+    def local_devices(self, cluster_resolver, worker_device):
+        devices, device_type = original(self, cluster_resolver, worker_device)
+        if device_type != "CPU":
+            return devices, device_type
+        return tuple(f"{worker_device}/device:CPU:{i}" for i in range(n)), "CPU"
+
+    extended._initialize_local_devices = local_devices
+    try:
+        yield
+    finally:
+        extended._initialize_local_devices = original
 
 
 def _require_cluster(kind: str, cluster_resolver) -> None:

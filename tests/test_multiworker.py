@@ -35,8 +35,6 @@ SMALL = ["train.global_batch_size=32", "train.deterministic=true", "train.verbos
      r"Received: strategy\.communication='nccl'$"),
     (["keras=keras3"], r"keras: keras3 cannot run this: Keras 3's model\.fit fails under MultiWorkerMirroredStrategy "
                        r"\(keras-team/keras#20585\)"),
-    (["devices.count=2"], r"devices\.count > 1 with devices\.type: CPU does not add replicas under "
-                          r"multi_worker_mirrored.*Received: devices\.count=2$"),
     (["cluster.mode=in_process"], r"cluster\.mode: in_process is not possible with multi_worker_mirrored"),
     (["strategy.communication=mpi"], r"strategy\.communication: input should be 'auto', 'ring' or 'nccl'"),
     (["checkpoint.backup_and_restore.save_freq=batch"], r"checkpoint\.backup_and_restore\.save_freq"),
@@ -51,6 +49,9 @@ def test_config_errors(overrides, message):
                                  r"remove it\. Received: checkpoint\.export=True$"),
     (["checkpoint.backup_and_restore.save_freq=5"], r"checkpoint\.backup_and_restore\.save_freq applies to "
                                                     r"strategy\.kind: multi_worker_mirrored only"),
+    (["checkpoint.keep=2"], r"checkpoint\.keep applies to strategy\.kind: multi_worker_mirrored only"),
+    (["checkpoint.dir=/tmp/backup"], r"checkpoint\.dir applies to strategy\.kind: multi_worker_mirrored and "
+                                     r"parameter_server .*Received: checkpoint\.dir='/tmp/backup'$"),
 ])
 def test_multi_worker_only_keys_elsewhere_are_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -119,10 +120,20 @@ def _train(*overrides: str, timeout: float = 150) -> dict:
     return json.loads((Path(output_dir) / "results.json").read_text())
 
 
-def _exported_weights(path: Path) -> list[np.ndarray]:
+def _exported_weights(path: Path, checkpoint: Path | None = None) -> list[np.ndarray]:
+    """The weights of the exported model, or of a kept checkpoint restored into it."""
+    import tensorflow as tf
     import tf_keras
 
-    return [np.asarray(w) for w in tf_keras.models.load_model(path, compile=False).get_weights()]
+    model = tf_keras.models.load_model(path, compile=False)
+    if checkpoint is not None:
+        model.set_weights([np.zeros_like(w) for w in model.get_weights()])  # so that a no-op restore shows
+        tf.train.Checkpoint(model=model).restore(str(checkpoint)).expect_partial()
+    return [np.asarray(w) for w in model.get_weights()]
+
+
+def _kept_checkpoints(output_dir: Path) -> list[str]:
+    return sorted((p.stem for p in (output_dir / "checkpoints").glob("ckpt-*.index")), key=lambda n: int(n[5:]))
 
 
 @needs_isolation
@@ -130,7 +141,8 @@ def _exported_weights(path: Path) -> list[np.ndarray]:
 def test_sigkill_worker_stops_the_job_and_rerun_resumes_to_the_same_weights(tmp_path):
     """SIGKILL worker 1 mid-epoch: the job fails within seconds, naming it; nothing is left; the same command
     resumes from the last backup, trains exactly the requested steps and ends with the uninterrupted weights."""
-    common = [*SMALL, "train.epochs=4", "checkpoint.export=true", "checkpoint.backup_and_restore.save_freq=10"]
+    common = [*SMALL, "train.epochs=4", "checkpoint.export=true", "checkpoint.backup_and_restore.save_freq=10",
+              "checkpoint.keep=3"]
     run_dir, ref_dir = tmp_path / "run", tmp_path / "ref"
     same = [*common, f"output_dir={run_dir}", f"checkpoint.dir={tmp_path / 'backup'}"]
     run = Run(*same)
@@ -157,6 +169,8 @@ def test_sigkill_worker_stops_the_job_and_rerun_resumes_to_the_same_weights(tmp_
     assert resumed["resumed_from_step"] > 0 and resumed["resumed_from_step"] % 10 == 0, resumed
     assert resumed["optimizer_iterations"] == resumed["requested_steps"] == 4 * 44
     assert resumed["steps_this_run"] == resumed["requested_steps"] - resumed["resumed_from_step"]
+    # The last 3 checkpoints by step (176 steps, one every 10), across the kill: the rerun's manager took over.
+    assert _kept_checkpoints(run_dir) == ["ckpt-150", "ckpt-160", "ckpt-170"]
     reference = _train(*common, f"output_dir={ref_dir}", f"checkpoint.dir={tmp_path / 'ref_backup'}")
     assert reference["resumed_from_step"] == 0 and reference["optimizer_iterations"] == 4 * 44
     for a, b in zip(_exported_weights(run_dir / "model.keras"), _exported_weights(ref_dir / "model.keras")):
@@ -210,18 +224,23 @@ def test_mismatched_worker_configs_fail_before_training(tmp_path):
 
 @needs_isolation
 @pytest.mark.timeout(150)
-def test_two_workers_match_mirrored_over_two_devices(tmp_path):
-    """2 worker processes x 1 CPU give the weights of MirroredStrategy over 2 logical CPUs in one process, with
-    the same global batch, seed and data (op determinism on)."""
-    epochs = 2
-    results = _train(*SMALL, f"train.epochs={epochs}", "checkpoint.export=true", f"output_dir={tmp_path}")
-    assert results["replicas"] == 2 and results["workers"] == 2 and results["per_replica_batch_size"] == 16
+@pytest.mark.parametrize("cpus_per_worker", [1, 2])
+def test_two_workers_match_mirrored_in_one_process(tmp_path, cpus_per_worker):
+    """2 worker processes x N logical CPUs give the weights of MirroredStrategy over 2N logical CPUs in one
+    process, with the same global batch, seed and data (op determinism on)."""
+    epochs, replicas = 2, 2 * cpus_per_worker
+    results = _train(*SMALL, f"devices.count={cpus_per_worker}", f"train.epochs={epochs}", "checkpoint.export=true",
+                     "checkpoint.keep=1", f"output_dir={tmp_path}")
+    assert results["replicas"] == replicas and results["workers"] == 2
+    assert results["per_replica_batch_size"] == 32 // replicas
+    assert results["devices"] == [f"/job:worker/replica:0/task:{t}/device:CPU:{i}"
+                                  for t in range(2) for i in range(cpus_per_worker)]
     assert results["cluster"]["private_network"] is True and len(results["cluster"]["tasks"]["worker"]) == 2
     for key in ("val_accuracy", "history", "examples_per_sec", "keras", "strategy_class", "devices"):
         assert key in results
     # The reference runs in a fresh process too, as a user's would (seeds and op determinism are process-wide).
-    overrides = ["strategy.kind=mirrored", "strategy.devices=2", "devices.count=2", "keras=tf_keras", *SMALL,
-                 f"train.epochs={epochs}", f"output_dir={tmp_path / 'mirrored'}"]
+    overrides = ["strategy.kind=mirrored", f"strategy.devices={replicas}", f"devices.count={replicas}",
+                 "keras=tf_keras", *SMALL, f"train.epochs={epochs}", f"output_dir={tmp_path / 'mirrored'}"]
     script = textwrap.dedent(f"""
         import numpy as np
         from paradl_tf.config import load_config
@@ -240,6 +259,11 @@ def test_two_workers_match_mirrored_over_two_devices(tmp_path):
     assert len(exported) == len(reference) == 4
     for a, b in zip(exported, reference):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # One checkpoint kept (one per epoch), the final one: it restores the exported weights.
+    assert _kept_checkpoints(tmp_path) == [f"ckpt-{epochs * 44}"]
+    restored = _exported_weights(tmp_path / "model.keras", tmp_path / "checkpoints" / f"ckpt-{epochs * 44}")
+    for a, b in zip(restored, exported):
+        np.testing.assert_array_equal(a, b)
 
 
 # ---------------------------------------------------------------- multi-host: TF_CONFIG, TFJob, Slurm
