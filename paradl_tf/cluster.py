@@ -27,6 +27,7 @@ import fcntl
 import functools
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -575,6 +576,35 @@ def _last_line(task: Task) -> str:
         if lines and not lines[-1].startswith("==="):
             return f"; last log line: {_clip(lines[-1], 200)} (log: {task.log_path})"
     return f" (log: {task.log_path})"
+
+
+def planned_address(cluster_cfg) -> str:
+    """A task's address as far as it is known before the cluster starts (`paradl-tf plan`)."""
+    return "127.0.0.1:<port>" if cluster_cfg.resolver == "local" else f"<{cluster_cfg.resolver} host>:<port>"
+
+
+# TensorFlow's C++ log lines (I0000 00:00:... file.cc:12] ...), absl's note before them and LocalCluster's
+# "=== task start ===" headers: noise in a progress view.
+_TF_LOG_LINE = re.compile(r"^([IWEF]\d{4} \d\d:\d\d:\d\d|WARNING: All log messages before absl|=== )")
+
+
+class LogFollower:
+    """Copies the new complete lines of a task's log to this process's stdout, TensorFlow's C++ log lines left
+    out: the chief's Keras progress shows in the terminal as it happens, the whole log stays in the file."""
+
+    def __init__(self, path: Path):
+        self.path, self._offset, self._partial = path, 0, ""
+
+    def poll(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            with open(self.path, "rb") as log:
+                log.seek(self._offset)
+                chunk = log.read()
+            self._offset += len(chunk)
+            *lines, self._partial = (self._partial + chunk.decode(errors="replace")).split("\n")
+            shown = [ln for ln in lines if ln.strip() and not _TF_LOG_LINE.match(ln)]
+            if shown:
+                print("\n".join(shown), flush=True)
 
 
 def make_tasks(spec: Spec, jobs: Sequence[str], argv_for: Callable[[str, int], list[str]], log_dir: Path,

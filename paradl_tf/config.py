@@ -188,6 +188,10 @@ class MultiWorkerMirroredStrategyConfig(Section):
     kind: Literal["multi_worker_mirrored"]
     communication: Literal["auto", "ring", "nccl"] = "auto"
     """Collective implementation: auto (TensorFlow picks), ring (gRPC ring all-reduce), nccl (GPUs only)."""
+    collective_timeout_s: PositiveFloat | None = None
+    """Fail a collective (an all-reduce) that takes longer than this with DeadlineExceededError, e.g. a worker
+    that hangs without exiting (CommunicationOptions.timeout_seconds; costs a thread per collective). A worker
+    that dies is noticed without it: by the local launcher, or TensorFlow's coordination-service heartbeat."""
 
 
 StrategyConfig = Annotated[

@@ -80,8 +80,11 @@ def drive(cfg: Config, status_path: Path) -> None:
         local.watch()
         cl_info = {"resolver": "local", "mode": "process", "private_network": cl.in_private_network(), "tasks": spec}
         _write_json(run_dir / "cluster.json", {**cl_info, "pids": local.pids(), "logs": str(run_dir)})
+        chief_log = cl.LogFollower(run_dir / "worker-0.log")
         while not local.done() and local.fatal is None:
+            chief_log.poll()
             time.sleep(0.1)
+        chief_log.poll()
         if local.fatal is not None:
             raise _fatal_error(local, cfg, run_dir)
     finally:
@@ -98,6 +101,12 @@ def _fatal_error(local: cl.LocalCluster, cfg: Config, run_dir: Path) -> ParadlEr
         t = silent[0]
         resume = (f"rerun the same command to resume from the last backup in checkpoint.dir={cfg.checkpoint.dir}"
                   if cfg.checkpoint.dir else "set checkpoint.dir so that a rerun resumes from the last backup")
+        aborted = _collective_abort(t.log_path)
+        if aborted:  # it crashed while TensorFlow aborted its collectives: the abort is the cause
+            return cl.ClusterError(
+                f"task {t.name} ({t.address}, pid {t.process.pid}) exited: {cl.describe_exit(t.process.returncode)} "
+                f"after TensorFlow aborted its collectives: {aborted}; every worker was stopped: {resume} "
+                f"(logs: {run_dir})")
         return cl.ClusterError(
             f"task {t.name} ({t.address}, pid {t.process.pid}) exited: {cl.describe_exit(t.process.returncode)}; "
             "MultiWorkerMirroredStrategy cannot go on without it (every step all-reduces over all workers), so "
@@ -109,6 +118,22 @@ def _fatal_error(local: cl.LocalCluster, cfg: Config, run_dir: Path) -> ParadlEr
         return ConfigError(f"{first.name}: {status['error']}")
     return cl.ClusterError(f"{first.name if first else 'a worker'} failed: {status.get('error') or local.fatal} "
                            f"(logs: {run_dir})")
+
+
+# How TensorFlow logs the abort of a worker's collectives: strategy.collective_timeout_s, or the
+# coordination service's heartbeat naming a peer that stopped answering.
+_COLLECTIVE_ABORT = re.compile(r"Collective has timed out during execution\.|"
+                               r"The following tasks are unhealthy \(stopped sending heartbeats\):\s*\S+")
+
+
+def _collective_abort(log_path: Path) -> str | None:
+    """The first collective abort in a worker's log: a worker that then crashes (TensorFlow can segfault
+    tearing down aborted collectives) did not fail by itself."""
+    try:
+        found = _COLLECTIVE_ABORT.search(log_path.read_text(errors="replace"))
+    except OSError:
+        return None
+    return " ".join(found.group(0).split()) if found else None
 
 
 def worker_main(config_path: str, status_path: str) -> None:
@@ -127,11 +152,33 @@ def worker_main(config_path: str, status_path: str) -> None:
         print(f"error: {exc}", file=sys.stderr)
     except BaseException as exc:  # noqa: BLE001 - report anything, then exit without TensorFlow's teardown
         traceback.print_exc()
-        code, status = 1, {"error": f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"}
+        code, status = 1, {"error": one_line_error(exc)}
     _write_json(Path(status_path), status)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # TensorFlow's teardown of a collective cluster can block on the other workers
+
+
+def one_line_error(exc: BaseException) -> str:
+    """The line of an exception that says what went wrong. A TensorFlow error raised in a traced function
+    starts with "in user code:" and a traceback; the cause is its last "<Type>Error: ..." line, continued on
+    the next line when it ends with a colon (e.g. the unhealthy task's name), or, for "Graph execution
+    error:", the message after the failed node's traceback."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    causes = [i for i, ln in enumerate(lines) if re.match(r"\w+(Error|Exception): ", ln)]
+    if causes:
+        i = causes[-1]
+        name, _, text = lines[i].partition(": ")
+    else:
+        i, name, text = 0, type(exc).__name__, lines[0] if lines else ""
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
+    if text == "Graph execution error:":
+        last_frame = max((j for j, ln in enumerate(lines) if ln.startswith("File ")), default=i)
+        rest = [ln for ln in lines[last_frame + 1:] if not ln.startswith("[[")]
+        text = rest[0] if rest else text
+    elif text.endswith(":") and i + 1 < len(lines):
+        text = f"{text} {lines[i + 1]}"
+    return f"{name}: {text}"
 
 
 # ================================================================ one worker
@@ -190,6 +237,47 @@ def run_worker(cfg: Config, resolver, cluster_info: dict) -> dict[str, Any]:
     return results
 
 
+def plan(cfg: Config) -> dict[str, Any]:
+    """The plan of a multi_worker_mirrored config without starting a cluster: the tasks, and every variable
+    mirrored on every replica of every worker (each worker: its logical CPUs, or every logical GPU it sees)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from paradl_tf.data import build_dataset
+    from paradl_tf.devices import setup_devices
+    from paradl_tf.keras_version import import_keras, resolve_keras
+    from paradl_tf.models import build_model
+    from paradl_tf.planning import plan_header
+
+    keras_name = resolve_keras(cfg.keras, KIND)
+    keras = import_keras(keras_name)
+    local = setup_devices(cfg.devices)  # what each worker would see, assuming this host's devices
+    c = cfg.cluster
+    tasks = (cl.parse_tf_config(os.environ.get("TF_CONFIG"), JOBS).cluster if c.resolver == "tf_config"
+             else {"worker": [cl.planned_address(c)] * c.workers})
+    replica_devices = [f"/job:worker/replica:0/task:{t}/device:{cfg.devices.type}:{i}"
+                       for t in range(len(tasks["worker"])) for i in range(len(local))]
+    if cfg.train.global_batch_size % len(replica_devices):
+        raise ConfigError(f"train.global_batch_size must be divisible by the {len(replica_devices)} replicas of "
+                          f"the strategy. Received: train.global_batch_size={cfg.train.global_batch_size}")
+    datasets = build_dataset(cfg)
+    model = build_model(cfg.model, datasets.input_shape, datasets.num_classes, keras)
+    variables = [{"name": v.name, "shape": [int(d) for d in v.shape], "dtype": tf.as_dtype(v.dtype).name,
+                  "bytes": int(np.prod(v.shape, dtype=np.int64)) * tf.as_dtype(v.dtype).size,
+                  "devices": replica_devices} for v in model.variables]
+    header = plan_header(cfg, tf.distribute.MultiWorkerMirroredStrategy.__name__, keras_name, variables)
+    trainable = {v.name for v in model.trainable_variables}
+    return {
+        **header,
+        "replicas": len(replica_devices),
+        "devices": replica_devices,
+        "per_replica_batch_size": cfg.train.global_batch_size // len(replica_devices),
+        "cluster": {"resolver": c.resolver, "mode": "process" if c.resolver == "local" else "remote", "tasks": tasks},
+        "all_reduce": {"communication": cfg.strategy.communication, "local_replicas": len(local),
+                       "bytes_per_step": sum(v["bytes"] for v in variables if v["name"] in trainable)},
+    }
+
+
 def _configure_devices(devices_cfg) -> None:
     """Each CPU or GPU split into devices.count logical devices, each a replica. Nothing may list logical devices
     first: that starts the runtime, and MultiWorkerMirroredStrategy must configure collective ops before it starts
@@ -210,7 +298,14 @@ def check_same_config(strategy, cfg: Config, workers: int) -> None:
     import tensorflow as tf
 
     digest = int(hashlib.sha256(dump_config(cfg).encode()).hexdigest()[:7], 16)  # fits an int32
-    values = strategy.gather(strategy.run(lambda: tf.constant([digest], tf.int32)), axis=0)
+    def my_hash():
+        return tf.constant([digest], tf.int32)
+
+    @tf.function(autograph=False)  # run eagerly, CollectiveAllReduceStrategy warns of its eager overhead
+    def all_hashes():
+        return strategy.gather(strategy.run(my_hash), axis=0)
+
+    values = all_hashes()
     hashes = np.asarray(values).tolist()
     per_worker = max(len(hashes) // workers, 1)
     if len(set(hashes)) > 1:

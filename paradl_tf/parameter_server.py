@@ -468,18 +468,13 @@ def planned_spec(cfg: Config) -> cl.Spec:
     c = cfg.cluster
     if c.resolver == "tf_config":
         return cl.parse_tf_config(os.environ.get("TF_CONFIG"), JOBS).cluster
-    host = "127.0.0.1:<port>" if c.resolver == "local" else f"<{c.resolver} host>:<port>"
-    return {"chief": [host], "worker": [host] * c.workers, "ps": [host] * c.ps}
+    return {"chief": [cl.planned_address(c)], "worker": [cl.planned_address(c)] * c.workers,
+            "ps": [cl.planned_address(c)] * c.ps}
 
 
 def format_cluster_plan(p: dict[str, Any]) -> list[str]:
-    """Text lines for `paradl-tf plan`: the cluster, the shards of split variables, and the bytes per ps."""
-    c = p["cluster"]
-    lines = [f"cluster: resolver {c['resolver']}, {c['mode']}; "
-             + ", ".join(f"{job} x{len(addrs)}" for job, addrs in c["tasks"].items())]
-    for job, addresses in c["tasks"].items():
-        for i, address in enumerate(addresses):
-            lines.append(f"  {job}:{i}  {address}")
+    """Text lines for `paradl-tf plan` after the cluster's: the shards of split variables, the bytes per ps."""
+    lines = []
     split = [v for v in p["variables"] if len(v["shards"]) > 1]
     if split:
         lines.append("shards (axis 0):")

@@ -18,6 +18,10 @@ def plan(cfg: Config) -> dict[str, Any]:
         from paradl_tf.parameter_server import plan as plan_parameter_server
 
         return plan_parameter_server(cfg)
+    if cfg.strategy.kind == "multi_worker_mirrored":
+        from paradl_tf.multi_worker import plan as plan_multi_worker
+
+        return plan_multi_worker(cfg)
     job = prepare(cfg)
     variables = [_describe_variable(v, job) for v in job.model.variables]
     return {
@@ -85,9 +89,19 @@ def format_plan(p: dict[str, Any], as_json: bool = False) -> str:
         lines.append(f"  {r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}")
     lines.append(f"parameter bytes: {p['parameter_bytes']}")
     if p.get("cluster"):
+        c = p["cluster"]
+        lines.append(f"cluster: resolver {c['resolver']}, {c['mode']}; "
+                     + ", ".join(f"{job} x{len(addrs)}" for job, addrs in c["tasks"].items()))
+        for job, addresses in c["tasks"].items():
+            lines.extend(f"  {job}:{i}  {address}" for i, address in enumerate(addresses))
+    if p["strategy"] == "parameter_server":
         from paradl_tf.parameter_server import format_cluster_plan
 
         lines.extend(format_cluster_plan(p))
+    if p.get("all_reduce"):
+        a = p["all_reduce"]
+        lines.append(f"all-reduce: {a['communication']}, {a['bytes_per_step']} gradient bytes per replica per step "
+                     f"over {p['replicas']} replicas ({a['local_replicas']} per worker)")
     if p.get("placement"):
         lines.extend(format_placement(p["placement"]))
     return "\n".join(lines)

@@ -88,7 +88,8 @@ def _multi_worker_mirrored(strategy_cfg, devices_cfg: DevicesConfig, cluster_res
         "ring": tf.distribute.experimental.CommunicationImplementation.RING,
         "nccl": tf.distribute.experimental.CommunicationImplementation.NCCL,
     }[strategy_cfg.communication]
-    options = tf.distribute.experimental.CommunicationOptions(implementation=implementation)
+    options = tf.distribute.experimental.CommunicationOptions(implementation=implementation,
+                                                              timeout_seconds=strategy_cfg.collective_timeout_s)
     cpus = devices_cfg.count if devices_cfg.type == "CPU" else 1
     with _logical_cpu_replicas(cpus):
         return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=cluster_resolver,

@@ -192,3 +192,20 @@ def test_slurm_and_kubernetes_resolvers(monkeypatch):
     k8s = load_config(os.path.join(ROOT, "configs/async_ps.yaml"), ["cluster.resolver=kubernetes"])
     with pytest.raises(ConfigError, match=r"cluster\.resolver: kubernetes needs cluster\.kubernetes_labels"):
         cl.cluster_resolver(k8s.cluster, REQUIRED)
+
+
+def test_log_follower_shows_new_complete_lines_without_tensorflow_log_lines(tmp_path, capsys):
+    log = tmp_path / "worker-0.log"
+    follower = cl.LogFollower(log)
+    follower.poll()  # no log yet: nothing, no error
+    log.write_text("=== worker:0 start 1 at 12:00:00 ===\n"
+                   "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+                   "I0000 00:00:1795608884.841616    1973 cudart_stub.cc:31] Could not find cuda drivers\n"
+                   "Epoch 1/2\n22/22 - 1s - loss: 0.47")
+    follower.poll()
+    assert capsys.readouterr().out == "Epoch 1/2\n"
+    with open(log, "a") as f:
+        f.write("44 - accuracy: 0.89\nEpoch 2/2\n")
+    follower.poll()
+    follower.poll()
+    assert capsys.readouterr().out == "22/22 - 1s - loss: 0.4744 - accuracy: 0.89\nEpoch 2/2\n"

@@ -69,6 +69,34 @@ def test_keras_auto_resolves_to_tf_keras_and_config_defaults():
     assert cl.REQUIRED_JOBS["multi_worker_mirrored"] == ("worker",)
 
 
+def test_plan_without_a_cluster(cli):
+    """plan: 2 workers x 2 logical CPUs = 4 replicas, every variable on each; what one step all-reduces."""
+    proc = cli("plan", f"--config={CONFIG}", "--set", "devices.count=2", "--json", timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    p = json.loads(proc.stdout)
+    devices = [f"/job:worker/replica:0/task:{t}/device:CPU:{i}" for t in range(2) for i in range(2)]
+    assert p["replicas"] == 4 and p["devices"] == devices and p["per_replica_batch_size"] == 16
+    assert p["keras"] == "tf_keras" and p["cluster"]["tasks"] == {"worker": ["127.0.0.1:<port>"] * 2}
+    assert all(v["devices"] == devices for v in p["variables"])
+    assert p["all_reduce"] == {"communication": "auto", "local_replicas": 2, "bytes_per_step": p["parameter_bytes"]}
+    assert p["parameter_bytes"] == 4 * (64 * 128 + 128 + 128 * 64 + 64 + 64 * 10 + 10)
+
+
+def test_one_line_error_finds_tensorflow_causes():
+    from paradl_tf.multi_worker import one_line_error
+
+    graph = ("Graph execution error:\n\nDetected at node CollectiveReduceV2 defined at (most recent call last):\n"
+             '  File "x.py", line 1, in <module>\n\nCollective has timed out during execution.\n'
+             "\t [[{{node CollectiveReduceV2}}]] [Op:__inference_train_function_1540]")
+    assert one_line_error(TimeoutError(graph)) == "TimeoutError: Collective has timed out during execution."
+    user = ("in user code:\n\n    File \"x.py\", line 2\n    UnavailableError: {{function_node __wrapped__X}} "
+            "Collective ops is aborted by: tasks are unhealthy (stopped sending heartbeats):\n    /job:worker/task:1\n"
+            "    Restart your program.")
+    assert one_line_error(RuntimeError(user)) == ("UnavailableError: Collective ops is aborted by: tasks are unhealthy "
+                                                  "(stopped sending heartbeats): /job:worker/task:1")
+    assert one_line_error(ValueError("bad value\nmore")) == "ValueError: bad value"
+
+
 # ---------------------------------------------------------------- real runs
 class Run:
     """`paradl-tf train --config=CONFIG` in a subprocess; every process under it recorded."""
@@ -175,6 +203,34 @@ def test_sigkill_worker_stops_the_job_and_rerun_resumes_to_the_same_weights(tmp_
     assert reference["resumed_from_step"] == 0 and reference["optimizer_iterations"] == 4 * 44
     for a, b in zip(_exported_weights(run_dir / "model.keras"), _exported_weights(ref_dir / "model.keras")):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@needs_isolation
+@pytest.mark.timeout(150)
+def test_hung_worker_stops_the_job_in_bounded_time(tmp_path):
+    """SIGSTOP worker 1 mid-epoch: it does not exit, so only TensorFlow can notice; the chief's collective is
+    aborted (coordination-service heartbeat or strategy.collective_timeout_s), the job fails with the cause in
+    one line, and every process is stopped, the frozen one included."""
+    run = Run(*SMALL, "train.epochs=100", "strategy.collective_timeout_s=5", f"output_dir={tmp_path / 'run'}",
+              f"checkpoint.dir={tmp_path / 'backup'}", "checkpoint.backup_and_restore.save_freq=10")
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "backup" / "chief" / "checkpoint").exists():  # training is under way
+        assert run.proc.poll() is None and time.monotonic() < deadline, run.finish(1)[1]
+        run.poll_processes()
+        time.sleep(0.05)
+    frozen_at = time.monotonic()
+    run.worker(1).suspend()
+    code, out = run.finish(90)
+    stopped_s = time.monotonic() - frozen_at
+    run.assert_nothing_left()
+    assert code == 2, out
+    error = out.strip().splitlines()[-1]
+    # TensorFlow either raises the abort in the chief, or segfaults tearing the aborted collectives down.
+    assert re.match(r"error: (worker:0 failed: \w+Error: |task worker:0 .* exited: killed by SIGSEGV after TensorFlow "
+                    r"aborted its collectives: )(Collective has timed out during execution\."
+                    r"|.*unhealthy.*task:1)", error), error
+    assert stopped_s < 60, stopped_s
+    print(f"stopped {stopped_s:.1f} s after the freeze: {error}")
 
 
 @needs_isolation
