@@ -1,4 +1,4 @@
-"""Checkpoints of a multi-worker run: the resume point of a backup, the checkpoints kept, the exported model.
+"""Checkpoints: the resume point of a backup, the checkpoints kept, the exported model.
 
 Under MultiWorkerMirroredStrategy every worker must save (saving may read distributed values), but only the
 chief's files are kept; the others write to temporary directories and delete them, as TensorFlow requires.
@@ -33,6 +33,21 @@ def backed_up_steps(backup_dir: str | None) -> int:
         raise ConfigError(f"checkpoint.dir holds a backup without the optimizer's step count; remove it or use "
                           f"another checkpoint.dir. Received: checkpoint.dir={backup_dir!r}")
     return int(tf.train.load_variable(latest, key))
+
+
+def keras3_backed_up_epochs(backup_dir: str | None) -> int:
+    """Epochs done by the run whose Keras 3 BackupAndRestore backup is in `backup_dir` (0: none). Keras 3
+    resumes at the start of the epoch after the last backup, so single-process backups are per epoch."""
+    import json
+
+    metadata = Path(backup_dir or "") / "training_metadata.json"
+    if not backup_dir or not metadata.exists():
+        return 0
+    try:
+        return int(json.loads(metadata.read_text())["epoch"])
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"checkpoint.dir holds an unreadable Keras backup ({metadata}); remove it or use another "
+                          f"checkpoint.dir. Received: checkpoint.dir={backup_dir!r}") from None
 
 
 def export_model(model, path: Path, is_chief: bool, enabled: bool) -> None:

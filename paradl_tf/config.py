@@ -375,14 +375,15 @@ class CheckpointConfig(Section):
     """Back up model and optimizer (every backup_and_restore.save_freq); a rerun of the same config resumes from
     the last backup. Removed once a run finishes. Default: no backups."""
     backup_and_restore: BackupAndRestoreConfig = BackupAndRestoreConfig()
-    """multi_worker_mirrored: how often Keras BackupAndRestore backs up into `dir`."""
+    """How often Keras BackupAndRestore backs up into `dir` (steps: multi_worker_mirrored only; Keras 3 resumes
+    at epoch starts)."""
     keep: Annotated[int, Field(ge=0)] = 0
     """multi_worker_mirrored: keep the last N checkpoints of model and optimizer in <output_dir>/checkpoints, one
     every backup_and_restore.save_freq, named ckpt-<step> (tf.train.CheckpointManager); they stay after the run
     (the chief's only). 0: none."""
     export: bool = False
-    """multi_worker_mirrored: write the trained model to <output_dir>/model.keras (the chief only; the other
-    workers write theirs to temporary directories, as TensorFlow requires, and delete them)."""
+    """Write the trained model to <output_dir>/model.keras (multi_worker_mirrored: the chief only; the other
+    workers write theirs to temporary directories, as TensorFlow requires, and delete them). Not parameter_server."""
 
 
 KerasChoice = Literal["auto", "keras3", "tf_keras"]
@@ -531,15 +532,16 @@ def _check_multi_worker(cfg: Config) -> None:
     s = cfg.strategy
     if s.kind != "multi_worker_mirrored":
         ck = cfg.checkpoint
-        for key, value, default in (("checkpoint.export", ck.export, False), ("checkpoint.keep", ck.keep, 0),
+        # Single-process runs back up with Keras 3's BackupAndRestore, which resumes at epoch starts only.
+        for key, value, default in (("checkpoint.keep", ck.keep, 0),
                                     ("checkpoint.backup_and_restore.save_freq", ck.backup_and_restore.save_freq, "epoch")):
             if value != default:
                 raise ValueError(f"{key} applies to strategy.kind: multi_worker_mirrored only; remove it. "
                                  f"Received: {key}={value!r}")
-        if ck.dir is not None and s.kind != "parameter_server":
-            # Backups exist for runs that lose a process; nothing here would write them, so say so.
-            raise ValueError("checkpoint.dir applies to strategy.kind: multi_worker_mirrored and parameter_server "
-                             f"(backups to resume a run that lost a process); remove it. Received: checkpoint.dir={ck.dir!r}")
+        if ck.export and s.kind == "parameter_server":
+            raise ValueError("checkpoint.export does not apply to strategy.kind: parameter_server (the chief holds "
+                             "no copy of the model; save it from the coordinator yourself); remove it. "
+                             "Received: checkpoint.export=True")
         return
     if s.communication == "nccl" and cfg.devices.type == "CPU":
         raise ValueError(

@@ -76,10 +76,13 @@ def build_dataset(cfg: Config, splits: Splits | None = None, strategy: tf.distri
             f"train.global_batch_size is larger than the {examples} training examples. "
             f"Received: train.global_batch_size={batch}"
         )
-    steps = examples // batch
+    steps = examples // batch  # whole global batches in one pass over the training examples
     train = _pipeline(splits.x_train, splits.y_train, batch, steps, train_cfg.seed)
     validation = _pipeline(splits.x_val, splits.y_val, batch)
     replicas = 1
+    if skip_steps and not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        # One batch per step from each pipeline: the whole one, or a replica's share (_per_replica).
+        train = _skipping(train, skip_steps)
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         train, validation = _per_worker(strategy, train, skip_steps), _per_worker(strategy, validation)
         replicas = strategy.num_replicas_in_sync
@@ -95,31 +98,42 @@ def build_dataset(cfg: Config, splits: Splits | None = None, strategy: tf.distri
         input_shape=splits.input_shape,
         num_classes=splits.num_classes,
         train_examples=examples,
-        steps_per_epoch=train_cfg.steps_per_epoch or steps,
+        steps_per_epoch=steps_per_epoch(train_cfg, examples),
         validation_steps=-(-largest_share // (batch // replicas)),
     )
 
 
-def _pipeline(x, y, global_batch: int, steps: int | None = None, seed: int | None = None):
+def steps_per_epoch(train_cfg, train_examples: int) -> int:
+    """Training steps in one epoch: train.steps_per_epoch, or one pass over the examples in whole global batches."""
+    return train_cfg.steps_per_epoch or train_examples // train_cfg.global_batch_size
+
+
+def _pipeline(x, y, global_batch: int, steps: int | None = None, seed: int = 0):
     """`fn(input_context) -> tf.data.Dataset`: one pipeline, or one replica's share when given a context.
 
-    Training (`steps` given): shuffled (seeded, anew each pass), cut to `steps` whole global
-    batches so every replica gets equal batches, and repeated: one pass is one epoch, and
-    model.fit keeps one iterator for the whole run. A replica's share is every N-th example
-    of each global batch, so N replicas see exactly the examples one device sees per step.
+    Training (`steps` given): pass k is a permutation of the examples drawn from (seed, k) alone,
+    cut to `steps` whole global batches so every replica gets equal batches, and passes follow
+    each other without end: one pass is one epoch, and model.fit keeps one iterator for the
+    whole run. The order does not depend on how many iterators were made before (a seeded
+    `shuffle(reshuffle_each_iteration=True)` draws each pass's seed from a generator that every
+    iterator advances, and Keras 3's fit makes one to peek at a batch), so a resumed run that
+    skips the steps done sees what the uninterrupted run saw. A replica's share is every N-th
+    example of each global batch, so N replicas see exactly the examples one device sees per step.
+    Validation: every example once, in order.
     """
 
     def fn(ctx: tf.distribute.InputContext | None) -> tf.data.Dataset:
-        ds = tf.data.Dataset.from_tensor_slices((x, y))
-        if steps is not None:
-            ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).take(steps * global_batch)
-        batch = global_batch
+        batch = global_batch if ctx is None else ctx.get_per_replica_batch_size(global_batch)
+        if steps is None:
+            ds = tf.data.Dataset.from_tensor_slices((x, y))
+        else:
+            ds = tf.data.Dataset.counter().flat_map(_permutation(len(x), steps * global_batch, seed))
         if ctx is not None:
             ds = ds.shard(ctx.num_input_pipelines, ctx.input_pipeline_id)
-            batch = ctx.get_per_replica_batch_size(global_batch)
         ds = ds.batch(batch, drop_remainder=steps is not None)
-        if steps is not None:
-            ds = ds.repeat()
+        if steps is not None:  # batches of example indices -> batches of examples: one gather each
+            features, labels = tf.constant(x), tf.constant(y)
+            ds = ds.map(lambda i: (tf.gather(features, i), tf.gather(labels, i)))
         # In-memory arrays need no tuning. tf.data's autotuning thread can miss its
         # cancellation and hold an iterator's destructor for up to its optimization
         # period (grows to 60 s): Keras drops iterators at every epoch and at the end of
@@ -130,6 +144,22 @@ def _pipeline(x, y, global_batch: int, steps: int | None = None, seed: int | Non
         return ds.prefetch(2).with_options(options)
 
     return fn
+
+
+def _permutation(examples: int, taken: int, seed: int):
+    """`fn(pass) -> tf.data.Dataset` of the first `taken` example indices of a permutation drawn from (seed, pass)."""
+
+    def one_pass(k):
+        keys = tf.random.stateless_uniform([examples], seed=tf.stack([tf.constant(seed, tf.int64), k]))
+        return tf.data.Dataset.from_tensor_slices(tf.argsort(keys)[:taken])
+
+    return one_pass
+
+
+def _skipping(fn, batches: int):
+    """The pipeline `fn` makes, less its first `batches` batches: a resumed run goes on where the last stopped
+    (pass k's order depends on the seed and k alone)."""
+    return lambda ctx: fn(ctx).skip(batches)
 
 
 def _per_replica(strategy: tf.distribute.Strategy, fn):

@@ -11,8 +11,9 @@ from typing import Any
 
 import tensorflow as tf
 
+from paradl_tf.checkpoints import backed_up_steps, export_model, keras3_backed_up_epochs
 from paradl_tf.config import Config, dump_config
-from paradl_tf.data import Datasets, build_dataset
+from paradl_tf.data import Datasets, build_dataset, load_splits, steps_per_epoch
 from paradl_tf.devices import setup_devices
 from paradl_tf.keras_version import import_keras, resolve_keras
 from paradl_tf.model_parallel import compile_placed_model
@@ -33,6 +34,8 @@ class Job:
     per_replica_batch_size: int
     placement: dict | None = None
     """Model parallel: the stage table (device, layers, parameter bytes per stage)."""
+    resumed_from_step: int = 0
+    """Training steps done by the run whose backup (checkpoint.dir) this one resumes; the data skip them."""
 
     @property
     def replicas(self) -> int:
@@ -61,7 +64,9 @@ def prepare(cfg: Config) -> Job:
     keras.utils.set_random_seed(cfg.train.seed)
     if cfg.train.deterministic:
         tf.config.experimental.enable_op_determinism()
-    datasets = build_dataset(cfg, strategy=strategy)
+    splits = load_splits(cfg.data, cfg.train.seed)
+    done = _backed_up_steps(cfg, keras_name, steps_per_epoch(cfg.train, len(splits.x_train)))
+    datasets = build_dataset(cfg, splits, strategy=strategy, skip_steps=done)
     with strategy.scope():
         model = build_model(cfg.model, datasets.input_shape, datasets.num_classes, keras)
         placement = None
@@ -69,7 +74,15 @@ def prepare(cfg: Config) -> Job:
             model, placement = compile_placed_model(model, cfg, keras)
         else:
             compile_model(model, cfg.train, keras)
-    return Job(cfg, strategy, keras_name, keras, datasets, model, per_replica, placement)
+    return Job(cfg, strategy, keras_name, keras, datasets, model, per_replica, placement, done)
+
+
+def _backed_up_steps(cfg: Config, keras_name: str, steps_per_epoch: int) -> int:
+    if not cfg.checkpoint.dir:
+        return 0
+    if keras_name == "keras3":
+        return keras3_backed_up_epochs(cfg.checkpoint.dir) * steps_per_epoch
+    return backed_up_steps(cfg.checkpoint.dir)
 
 
 def train(cfg: Config) -> dict[str, Any]:
@@ -89,6 +102,8 @@ def train(cfg: Config) -> dict[str, Any]:
     (out / "config.yaml").write_text(dump_config(cfg))
     timer = epoch_timer(job.keras)
     callbacks = [timer]
+    if cfg.checkpoint.dir:  # a rerun resumes at the epoch after the last backup; removed when fit ends
+        callbacks.append(job.keras.callbacks.BackupAndRestore(backup_dir=cfg.checkpoint.dir))
     if cfg.train.tensorboard:
         callbacks.append(job.keras.callbacks.TensorBoard(log_dir=str(out / "tensorboard")))
     fit_start = time.perf_counter()
@@ -105,7 +120,11 @@ def train(cfg: Config) -> dict[str, Any]:
         verbose=cfg.train.verbose,
     )
     fit_seconds = time.perf_counter() - fit_start
+    export_model(job.model, out / "model.keras", True, cfg.checkpoint.export)
     results = run_results(job, history.history, timer.epoch_seconds, fit_seconds, time.perf_counter() - start)
+    if cfg.checkpoint.dir:
+        results["resumed_from_step"] = job.resumed_from_step
+        results["steps_this_run"] = len(timer.epoch_seconds) * job.datasets.steps_per_epoch
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
 

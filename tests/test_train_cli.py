@@ -87,3 +87,62 @@ def test_default_strategy_trains_and_names_its_device(tmp_path):
     results = paradl_tf.train(cfg)
     assert results["strategy"] == "default" and results["replicas"] == 1
     assert results["devices"] == ["/device:CPU:0"]
+
+
+def _keras3_weights(path):
+    import keras
+    import numpy as np
+
+    return [np.asarray(w) for w in keras.models.load_model(path, compile=False).get_weights()]
+
+
+@pytest.mark.timeout(300)
+def test_killed_mirrored_run_resumes_from_its_backup_to_the_same_weights(tmp_path):
+    """SIGKILL a MirroredStrategy run after a few epochs; the same command resumes at the epoch after the last
+    backup, the data skip the steps done, and the weights equal an uninterrupted run's (op determinism on)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import numpy as np
+
+    root = Path(__file__).resolve().parents[1]
+    common = ["--config=configs/sync_mirrored.yaml", "--set=strategy.devices=2", "--set=devices.count=2",
+              "--set=train.epochs=30", "--set=train.deterministic=true", "--set=train.verbose=0",
+              "--set=checkpoint.export=true"]
+    run = [*common, f"--set=output_dir={tmp_path / 'run'}", f"--set=checkpoint.dir={tmp_path / 'backup'}"]
+    argv = [sys.executable, "-m", "paradl_tf.cli", "train"]
+    proc = subprocess.Popen([*argv, *run], cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metadata = tmp_path / "backup" / "training_metadata.json"
+    deadline = time.monotonic() + 200
+    try:
+        while True:  # kill it once 3 epochs are backed up: preempted mid-run
+            assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+            try:
+                if json.loads(metadata.read_text())["epoch"] >= 3:
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+    assert not (tmp_path / "run" / "results.json").exists()
+
+    done = subprocess.run([*argv, *run], cwd=root, capture_output=True, text=True, timeout=200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    resumed = json.loads((tmp_path / "run" / "results.json").read_text())
+    steps = resumed["steps_per_epoch"]
+    assert resumed["resumed_from_step"] >= 3 * steps and resumed["resumed_from_step"] % steps == 0, resumed
+    assert resumed["resumed_from_step"] + resumed["steps_this_run"] == 30 * steps
+    assert not (tmp_path / "backup").exists()  # removed once the run finished
+
+    reference = subprocess.run([*argv, *common, f"--set=output_dir={tmp_path / 'ref'}"], cwd=root,
+                               capture_output=True, text=True, timeout=200)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    for a, b in zip(_keras3_weights(tmp_path / "run" / "model.keras"), _keras3_weights(tmp_path / "ref" / "model.keras")):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
