@@ -13,12 +13,13 @@ tables, with ratios) and <out>/*.png (throughput per method, scaling curves, pip
 How: every measurement is one fresh process (`python -m paradl_tf.bench_worker`), because
 logical devices must be set before TensorFlow starts and a process keeps one layout. The
 toolkit side builds everything with paradl_tf.prepare(cfg) and runs train()'s model.fit call
-(parameter servers: paradl_tf.train, which starts the local cluster); the hand-written side
-runs paradl_tf.bench_reference (plain tf.distribute + Keras, the same data, model, optimizer).
+(parameter servers, MultiWorkerMirrored: paradl_tf.train, which starts the local cluster); the
+hand-written side runs paradl_tf.bench_reference (plain tf.distribute + Keras, the same data,
+model, optimizer; its own local cluster of processes on 127.0.0.1 where the toolkit starts one).
 Processes run one at a time, interleaved (A B C A B C ...), so slow drift of the machine hits
 every method alike; each process trains one warm-up epoch (tracing) and then timed epochs.
-A figure is the min/median/max over processes, or, where only one process ran (quick mode),
-over its timed epochs. A method that cannot run here is reported "not available", with why.
+A figure is the min/median/max over the timed epochs of all its processes (quick mode: one
+process). A method that cannot run here is reported "not available", with why.
 
 Adding a method is one entry in METHODS; a workload, one entry in WORKLOADS.
 """
@@ -127,6 +128,8 @@ class Method:
     """(curve name, x): a point of a curve plotted against x, e.g. ("pipeline", microbatches)."""
     todo: str | None = None
     """Set while the toolkit lacks this method: the runner reports it as not available, with this reason."""
+    train: dict | None = None
+    """Overrides of the `train` section, e.g. {"steps_per_execution": 16}."""
 
 
 def _mirrored(n: int) -> Method:
@@ -137,22 +140,30 @@ def _mirrored(n: int) -> Method:
 def _model_parallel(n: int) -> Method:
     return Method(f"model_parallel_{n}", f"model parallel, {n} stages (auto, params)", "model",
                   {"kind": "model_parallel", "placement": {"kind": "auto", "devices": n}}, devices=n,
-                  curve=("pipeline", 1) if n == 2 else None)
+                  reference="model_parallel", curve=("pipeline", 1) if n == 2 else None)
 
 
 def _pipeline(m: int) -> Method:
     return Method(f"pipeline_{m}", f"pipeline, 2 stages, {m} micro-batches", "pipeline",
                   {"kind": "model_parallel", "placement": {"kind": "auto", "devices": 2},
-                   "pipeline": {"microbatches": m}}, devices=2, workloads=("cnn",), curve=("pipeline", m))
+                   "pipeline": {"microbatches": m}}, devices=2, reference="model_parallel", workloads=("cnn",),
+                  curve=("pipeline", m))
 
 
 METHODS: list[Method] = [
     Method("no_strategy", "one device, no strategy", "baseline", {"kind": "default"}, reference="one_device",
            workloads=("mlp", "cnn", "inception")),
     _mirrored(1), _mirrored(2), _mirrored(4),
+    # The MLP's steps are so short that dispatching each one costs as much as running it: several steps per
+    # tf.function call remove that cost (tf_keras with 2+ replicas: Keras 3 crashes, keras-team/keras#19246).
+    Method("no_strategy_spe16", "one device, no strategy, 16 steps per execution", "baseline",
+           {"kind": "default"}, reference="one_device", workloads=("mlp",), train={"steps_per_execution": 16}),
+    Method("mirrored_4_spe16", "MirroredStrategy, 4 device(s), 16 steps per execution", "sync",
+           {"kind": "mirrored", "devices": 4}, devices=4, reference="mirrored", workloads=("mlp",),
+           train={"steps_per_execution": 16}),
     Method("multi_worker_mirrored_2", "MultiWorkerMirroredStrategy, 2 local processes", "sync",
-           {"kind": "multi_worker_mirrored"}, cluster={"resolver": "local", "mode": "process", "workers": 2},
-           todo="TODO: not wired into the benchmark yet (and no hand-written MultiWorkerMirrored reference)"),
+           {"kind": "multi_worker_mirrored"}, reference="multi_worker_mirrored",
+           cluster={"resolver": "local", "mode": "process", "workers": 2, "private_network": "auto"}),
     Method("parameter_server", "parameter servers: 2 workers, 1 ps (local processes)", "async",
            {"kind": "parameter_server"}, reference="parameter_server",
            cluster={"resolver": "local", "mode": "process", "workers": 2, "ps": 1, "private_network": "auto"}),
@@ -160,7 +171,7 @@ METHODS: list[Method] = [
     _pipeline(2), _pipeline(4), _pipeline(8),
     Method("branches_4", "model parallel, inception branches on 4 devices", "model",
            {"kind": "model_parallel", "placement": {"kind": "branches", "devices": 4}}, devices=4,
-           workloads=("inception",)),
+           reference="model_parallel", workloads=("inception",)),
 ]
 METHOD_BY_NAME = {m.name: m for m in METHODS}
 BASELINE = "no_strategy"
@@ -196,17 +207,18 @@ class Mode:
 _ALL = tuple(m.name for m in METHODS)
 MODES: dict[str, Mode] = {
     "full": Mode(
-        "full", WORKLOADS, {w: _ALL for w in WORKLOADS}, reps=5, sweep_reps=3, epochs=4, steps_scale=1.0,
+        "full", WORKLOADS, {w: _ALL for w in WORKLOADS}, reps=3, sweep_reps=2, epochs=4, steps_scale=1.0,
         batches=(64, 256, 1024, 2048), width_factors=(1, 2, 4), sweep_workloads=("mlp", "cnn"),
         matmul_sizes=(1024, 2048, 4096), budget_s=28.5 * 60, timeout_s=300,
-        note="5 processes per figure (3 per sweep point), each 1 warm-up epoch + 3 timed epochs"),
+        note="3 processes per figure (2 per sweep point), each 1 warm-up epoch + 3 timed epochs: a figure is "
+             "the min/median/max of 9 timed epochs (6 per sweep point)"),
     "quick": Mode(
-        "quick", WORKLOADS, {"mlp": ("no_strategy", "mirrored_2", "mirrored_4", "model_parallel_2"),
+        "quick", WORKLOADS, {"mlp": ("no_strategy", "mirrored_2", "multi_worker_mirrored_2", "model_parallel_2"),
                              "cnn": ("no_strategy", "mirrored_2", "pipeline_4")},
         reps=1, sweep_reps=1, epochs=3, steps_scale=0.5, batches=(64, 512), width_factors=(1, 4),
         sweep_workloads=("mlp",), matmul_sizes=(2048, 4096), budget_s=165, timeout_s=120,
         note="QUICK MODE: 1 process per figure, min/median/max over its 2 timed epochs; fewer methods "
-             "and sweep points. Run without --quick for the real figures (5 processes per figure)"),
+             "and sweep points. Run without --quick for the real figures (3 processes per figure)"),
     "tiny": Mode(
         "tiny", TINY_WORKLOADS, {"mlp": ("no_strategy", "mirrored_2", "model_parallel_2")}, reps=1, sweep_reps=1,
         epochs=2, steps_scale=1.0, batches=(32, 64), width_factors=(0.5, 1), sweep_workloads=("mlp",),
@@ -303,6 +315,7 @@ def build_config(workload: Workload, method: Method, devices: dict, batch: int, 
         "train": {"epochs": epochs, "steps_per_epoch": steps, "global_batch_size": batch, "optimizer": "adam",
                   "learning_rate": 1e-3, "seed": 0, "steps_per_execution": 1, "verbose": 0},
     }
+    cfg["train"].update(method.train or {})
     if method.cluster:
         cfg["cluster"] = copy.deepcopy(method.cluster)
     return cfg
@@ -521,11 +534,13 @@ def run_interleaved(specs: list[Spec], out: Path, mode: Mode, deadline: float, l
 
 
 _WALLS: list[float] = []  # wall seconds of the processes run so far: what the next one will likely take
+# The last wall of each method: a local cluster's processes take several times the median.
+_METHOD_WALLS: dict[str, float] = {}
 
 
 def _run_one(spec: Spec, r: int, out: Path, mode: Mode, deadline: float, log: Callable[[str], None]) -> None:
     name = "_".join(str(k) for k in spec.key if k is not None)
-    expected = statistics.median(_WALLS) if _WALLS else 0.0
+    expected = _METHOD_WALLS.get(spec.key[2]) or (statistics.median(_WALLS) if _WALLS else 0.0)
     if time.monotonic() + expected > deadline:
         spec.results.append({"ok": False, "skipped": True,
                              "error": f"skipped: it would end past the {mode.name} mode's budget of {mode.budget_s:.0f} s"})
@@ -533,10 +548,12 @@ def _run_one(spec: Spec, r: int, out: Path, mode: Mode, deadline: float, log: Ca
         return
     t = time.perf_counter()
     result = run_worker(spec.worker, out / "logs" / f"{_safe(name)}_{r}.log", mode.timeout_s)
-    _WALLS.append(time.perf_counter() - t)
+    wall = time.perf_counter() - t
+    _WALLS.append(wall)
+    _METHOD_WALLS[spec.key[2]] = wall
     spec.results.append(result)
     status = "ok" if result.get("ok") else f"FAILED: {result.get('error')}"
-    log(f"  [{time.perf_counter() - t:5.1f} s] {name} #{r + 1}: {_brief(result) if result.get('ok') else status}")
+    log(f"  [{wall:5.1f} s] {name} #{r + 1}: {_brief(result) if result.get('ok') else status}")
 
 
 def _safe(name: str) -> str:
@@ -567,21 +584,22 @@ def _process_figures(result: dict) -> dict[str, float]:
     return {"examples_per_sec": steps * batch * len(timed) / sum(timed), "step_seconds": sum(timed) / (steps * len(timed))}
 
 
-def _samples(results: list[dict]) -> tuple[list[float], list[float], list[int], str]:
-    """Throughput and step-time samples and their keys: one per process (key: its round), or, when only one
-    process ran, one per timed epoch (key: the epoch)."""
+def _samples(results: list[dict]) -> tuple[list[float], list[float], list[str], str]:
+    """Throughput and step-time samples and their keys: one per timed epoch of every process (key:
+    "<round>.<epoch>"), so that 3 processes x 3 timed epochs give 9 repetitions after warm-up while
+    the interleaving still spreads them over the whole run."""
     ok = [(i, r) for i, r in enumerate(results) if r.get("ok")]
-    if len(ok) >= 2:
-        figures = [_process_figures(r) for _, r in ok]
-        return ([f["examples_per_sec"] for f in figures], [f["step_seconds"] for f in figures], [i for i, _ in ok],
-                "processes")
     if not ok:
         return [], [], [], "none"
-    r = ok[0][1]
-    timed = r["epoch_seconds"][1:] or r["epoch_seconds"]
-    steps, batch = r["steps_per_epoch"], r["global_batch_size"]
-    return ([steps * batch / t for t in timed], [t / steps for t in timed], list(range(len(timed))),
-            "epochs of one process")
+    throughput, step, keys = [], [], []
+    for i, r in ok:
+        timed = r["epoch_seconds"][1:] or r["epoch_seconds"]
+        steps, batch = r["steps_per_epoch"], r["global_batch_size"]
+        throughput += [steps * batch / t for t in timed]
+        step += [t / steps for t in timed]
+        keys += [f"{i}.{e}" for e in range(len(timed))]
+    over = "timed epochs of one process" if len(ok) == 1 else f"timed epochs of {len(ok)} processes"
+    return throughput, step, keys, over
 
 
 def summarize_train(spec: Spec, peak: float | None, flops_per_example: int) -> dict[str, Any]:
@@ -595,8 +613,10 @@ def summarize_train(spec: Spec, peak: float | None, flops_per_example: int) -> d
         return {**row, "status": "skipped" if skipped else "failed", "why": "; ".join(errors)}
     throughput, step, keys, over = _samples(spec.results)
     train_flops = 3 * flops_per_example
+    failed = [r for r in spec.results if not r.get("ok") and not r.get("skipped")]
     row.update(
-        status="ok" if not errors else "partly failed",
+        # Processes the time budget did not reach are not failures: say which it was.
+        status="ok" if not errors else "partly failed" if failed else "partly skipped (time budget)",
         samples_over=over,
         sample_keys=keys,
         examples_per_sec=stat(throughput),
@@ -657,9 +677,9 @@ def ratios(rows: list[dict]) -> list[dict]:
 
 
 def best_strategy(rows: list[dict], workload: str) -> str | None:
-    """The toolkit method other than the baseline with the highest median throughput on `workload`."""
+    """The toolkit method other than the baselines with the highest median throughput on `workload`."""
     candidates = [r for r in rows if r["section"] == "main" and r["workload"] == workload and r["impl"] == "toolkit"
-                  and r["method"] != BASELINE and r.get("examples_per_sec")]
+                  and METHOD_BY_NAME[r["method"]].group != "baseline" and r.get("examples_per_sec")]
     return max(candidates, key=lambda r: r["examples_per_sec"]["median"])["method"] if candidates else None
 
 
@@ -685,6 +705,7 @@ def _run_bench(mode: Mode, out: Path, virtual_gpus: bool, gpu_memory_mb: int, lo
     started, t0 = datetime.datetime.now(datetime.timezone.utc), time.perf_counter()
     deadline = time.monotonic() + mode.budget_s
     _WALLS.clear()
+    _METHOD_WALLS.clear()
     log(f"paradl-tf bench ({mode.name}): {mode.note}")
     log("machine: the float32 matmul peak (this process also finds the devices)")
     probe = matmul_spec(mode, 1)
@@ -694,7 +715,9 @@ def _run_bench(mode: Mode, out: Path, virtual_gpus: bool, gpu_memory_mb: int, lo
     specs, missing = main_specs(mode, machine, virtual_gpus, gpu_memory_mb)
     peak_spec = matmul_spec(mode, mode.reps - 1, machine["device_type"])
     log(f"main table: {len(specs)} measurements x {mode.reps} process(es), interleaved")
-    run_interleaved(specs + ([peak_spec] if peak_spec.reps else []), out, mode, deadline, log)
+    # Local clusters last in each round: they take several times longer, so a tight time budget skips them first.
+    in_order = sorted(specs, key=lambda s: METHOD_BY_NAME[s.key[2]].cluster is not None)
+    run_interleaved(in_order + ([peak_spec] if peak_spec.reps else []), out, mode, deadline, log)
     peak = summarize_peak(Spec(peak_spec.key, peak_spec.worker, mode.reps, probe.results + peak_spec.results))
     peak_flops = peak["flops_per_sec"]["median"] if peak else None
     rows = [summarize_train(s, peak_flops, _flops(s)) for s in specs]

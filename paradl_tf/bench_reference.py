@@ -14,12 +14,15 @@ Adding a strategy: write `def my_strategy(cfg, keras) -> dict` below and add it 
 
 from __future__ import annotations
 
+import ctypes
+import importlib
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import traceback
 from types import ModuleType
 from typing import Any, Callable
 
@@ -71,12 +74,240 @@ def parameter_server(cfg: dict, keras: ModuleType) -> dict[str, Any]:
             server.wait()
 
 
+def multi_worker_mirrored(cfg: dict, keras: ModuleType) -> dict[str, Any]:
+    """MultiWorkerMirroredStrategy: N worker processes of this file on 127.0.0.1, each with its TF_CONFIG, all run
+    the same fit; worker 0 (the chief) prints its figures. tf_keras: Keras 3's fit fails under this strategy."""
+    n = cfg.get("cluster", {}).get("workers", 2)
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(n)]}
+    workers, spawned_at = [], time.time()
+    try:
+        for i in range(n):
+            env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+                   "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}
+            argv = [sys.executable, "-c", _RUN_SCRIPT, os.path.abspath(__file__), "worker", json.dumps(cfg),
+                    keras.__name__]
+            # The chief's stdout is its result; the others' goes to fd 2, the log (this stdout is the bench's).
+            workers.append(subprocess.Popen(argv, env=env, stdout=subprocess.PIPE if i == 0 else 2, text=True))
+        deadline = time.monotonic() + _WORKERS_TIMEOUT_S
+        while True:
+            codes = [w.poll() for w in workers]
+            failed = [i for i, code in enumerate(codes) if code not in (None, 0)]
+            if failed:  # the others would wait in their collectives forever
+                raise RuntimeError(f"worker {failed[0]} exited with status {codes[failed[0]]}")
+            if None not in codes:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the workers did not finish within {_WORKERS_TIMEOUT_S} s")
+            time.sleep(0.1)
+        out = json.loads(workers[0].stdout.read().strip().splitlines()[-1])
+    finally:
+        for w in workers:
+            w.kill()
+            w.wait()
+            if w.stdout:
+                w.stdout.close()
+    # Starting the workers (interpreter, TensorFlow) before the chief's clock, as the toolkit's cluster start.
+    cluster_start = out.pop("clock_started_at") - spawned_at
+    return {**out, "cluster_start_seconds": cluster_start}
+
+
+_WORKERS_TIMEOUT_S = 600
+# `python this_file.py ...` without this file's folder on sys.path (python -P, from 3.11 only), where the modules
+# of paradl_tf (config.py, data.py, ...) would shadow top-level modules of the same names.
+_RUN_SCRIPT = "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+
+
+def _multi_worker_mirrored_worker(cfg: dict, keras_name: str) -> None:
+    """One worker (`python bench_reference.py worker CFG KERAS`): train; the chief prints its figures, one line."""
+    try:
+        ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL: die with the process that started it (Linux)
+    except (OSError, AttributeError):
+        pass
+    start, clock_started_at, code = time.perf_counter(), time.time(), 0
+    try:
+        # First: collective ops must be configured before TensorFlow's runtime starts (listing devices starts it).
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        out = _fit(cfg, importlib.import_module(keras_name), strategy, start)
+        if strategy.cluster_resolver.task_id == 0:
+            print(json.dumps({**out, "clock_started_at": clock_started_at}))
+    except BaseException:  # noqa: BLE001 - the parent reads the exit status; the traceback goes to the log
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # TensorFlow's teardown of a collective cluster can wait on the other workers
+
+
+def model_parallel(cfg: dict, keras: ModuleType) -> dict[str, Any]:
+    """Model parallel by hand (Keras 3): the model cut into stages, each stage's layers built and run under
+    tf.device(its device); with strategy.pipeline.microbatches M > 1 each batch runs as M micro-batches whose
+    averaged gradients are applied once (GPipe). The stages are the ones `paradl-tf plan` shows for these models."""
+    start = time.perf_counter()
+    devices = _split_devices(cfg)[: cfg["strategy"]["placement"]["devices"]]
+    models = []  # the placed model, to report where its variables are
+
+    def build(*args):
+        models.append(_placed_model(*args))
+        return models[-1]
+
+    # XLA ignores tf.device and would compile the whole step for one device.
+    out = _fit(cfg, keras, None, start, build_model=build, optimizer=_optimizer_beside_variables, jit_compile=False)
+    per_device = dict.fromkeys(devices, 0)
+    for v in models[0].weights:
+        spec = tf.DeviceSpec.from_string(v.value.device)
+        per_device[f"/device:{spec.device_type}:{spec.device_index}"] += int(np.prod(v.shape)) * v.value.dtype.size
+    return {**out, "parameter_bytes_per_device": per_device}
+
+
 REFERENCES: dict[str, Callable[[dict, ModuleType], dict[str, Any]]] = {
     "one_device": one_device,
     "mirrored": mirrored,
     "parameter_server": parameter_server,
-    # TODO(issue 7): multi_worker_mirrored, model_parallel (layers under tf.device): no hand-written reference yet.
+    "multi_worker_mirrored": multi_worker_mirrored,
+    "model_parallel": model_parallel,
 }
+
+
+# ================================================================ model parallel, by hand
+def _placed_model(cfg: dict, input_shape, classes: int, keras: ModuleType):
+    """The workload's model with its layers on the devices of strategy.placement (auto: N stages; branches)."""
+    placement = cfg["strategy"]["placement"]
+    devices = [d.name for d in tf.config.list_logical_devices(cfg["devices"].get("type", "CPU"))]
+    devices = devices[: placement["devices"]]
+    microbatches = cfg["strategy"].get("pipeline", {}).get("microbatches", 1)
+    staged, branched = _placed_model_classes(keras)
+    if placement["kind"] == "branches":
+        return branched(cfg["model"], tuple(input_shape), classes, devices, microbatches)
+    stages = _stages(cfg["model"], classes, len(devices), keras)
+    return staged(stages, devices, tuple(input_shape), microbatches)
+
+
+def _stages(model: dict, classes: int, n: int, keras: ModuleType) -> list[list]:
+    """The layers of each stage, cut where `paradl-tf plan` cuts these models into n stages balanced by parameters."""
+    layers, act = keras.layers, model.get("activation", "relu")
+    stages = {}
+    if model["kind"] == "mlp" and len(model.get("hidden", [128, 64])) == 2:
+        h0, h1 = model.get("hidden", [128, 64])
+        chain = [layers.Flatten(), layers.Dense(h0, activation=act), layers.Dense(h1, activation=act),
+                 layers.Dense(classes)]
+        stages = {2: [chain[:2], chain[2:]], 4: [[layer] for layer in chain]}
+    elif model["kind"] == "cnn" and len(model.get("filters", [32, 64])) == 2:
+        k = model.get("kernel_size", 3)
+        convs = [layer for f in model.get("filters", [32, 64])
+                 for layer in (layers.Conv2D(f, k, padding="same", activation="relu"), layers.MaxPooling2D())]
+        head = [layers.Flatten(), layers.Dense(model.get("dense", 128), activation="relu"), layers.Dense(classes)]
+        stages = {2: [convs, head], 4: [convs, *[[layer] for layer in head]]}
+    if n not in stages:
+        raise ValueError(f"the hand-written reference has no {n}-stage split of model {model!r}")
+    return stages[n]
+
+
+def _placed_model_classes(keras: ModuleType) -> tuple[type, type]:
+    """(Staged, Branched): Keras 3 models whose parts are built and run on their devices."""
+
+    def on(device, shape, layers):
+        with tf.device(device):  # Keras 3 creates variables when a layer is built: build it on its device
+            return keras.Sequential([keras.Input(shape), *layers])
+
+    class Placed(keras.Model):
+        """A training step of M micro-batches, each gradient op on the device of its forward op."""
+
+        def __init__(self, loss_device: str, microbatches: int):
+            super().__init__()
+            self.loss_device, self.microbatches = loss_device, microbatches
+
+        def train_step(self, data):
+            x, y = data
+            variables, m = self.trainable_variables, self.microbatches
+            n = tf.shape(x)[0] // m
+            total = [None] * len(variables)
+            for k in range(m):  # unrolled: stage 0 can run micro-batch k + 1 while stage 1 runs micro-batch k
+                xk, yk = x[k * n : (k + 1) * n], y[k * n : (k + 1) * n]
+                y_pred = self(xk, training=True)
+                with tf.device(self.loss_device):  # the loss next to the logits
+                    loss = self.compute_loss(x=xk, y=yk, y_pred=y_pred, training=True)
+                # tf.gradients puts each gradient op on its forward op's device; GradientTape would put the whole
+                # backward pass on the default device.
+                grads = tf.gradients(loss, [v.value for v in variables])
+                for i, (g, v) in enumerate(zip(grads, variables)):
+                    with tf.device(v.value.device):  # sum where the variable lives
+                        total[i] = g if total[i] is None else total[i] + g
+                for metric in self.metrics:
+                    if metric.name == "loss":
+                        metric.update_state(loss)
+                    else:
+                        metric.update_state(yk, y_pred)
+            self.optimizer.apply([g / m for g in total] if m > 1 else total, variables)
+            return {metric.name: metric.result() for metric in self.metrics}
+
+    class Staged(Placed):
+        """A chain of stages: stage i's layers on devices[i]."""
+
+        def __init__(self, stages: list[list], devices: list[str], input_shape: tuple, microbatches: int = 1):
+            super().__init__(devices[len(stages) - 1], microbatches)
+            self.stage_devices, parts = devices[: len(stages)], []
+            for device, layers in zip(self.stage_devices, stages):
+                parts.append(on(device, input_shape, layers))
+                input_shape = parts[-1].compute_output_shape((None, *input_shape))[1:]
+            self.parts = parts
+            self.built = True  # every part is built, on its device
+
+        def call(self, x, training=False):
+            for device, part in zip(self.stage_devices, self.parts):
+                with tf.device(device):
+                    x = part(x, training=training)
+            return x
+
+    class Branched(Placed):
+        """Inception: branch j of every block on devices[j]; stem, concatenations and head on devices[0]."""
+
+        def __init__(self, model: dict, input_shape: tuple, classes: int, devices: list[str], microbatches: int = 1):
+            super().__init__(devices[0], microbatches)
+            layers, f = keras.layers, model.get("branch_filters", 16)
+            r = f // 2 or 1
+
+            def conv(filters, kernel):
+                return layers.Conv2D(filters, kernel, padding="same", activation="relu")
+
+            self.trunk = devices[0]
+            self.branch_devices = [devices[j % len(devices)] for j in range(4)]
+            self.stem = on(self.trunk, input_shape, [conv(model.get("stem_filters", 32), 3)])
+            shape, blocks = self.stem.compute_output_shape((None, *input_shape))[1:], []
+            for _ in range(model.get("blocks", 2)):
+                paths = [[conv(f, 1)], [conv(r, 1), conv(f, 3)], [conv(r, 1), conv(f, 5)],
+                         [layers.MaxPooling2D(3, strides=1, padding="same"), conv(f, 1)]]
+                blocks.append([on(d, shape, path) for d, path in zip(self.branch_devices, paths)])
+                shape = (*shape[:-1], 4 * f)
+            self.blocks = blocks
+            self.head = on(self.trunk, shape, [layers.GlobalAveragePooling2D(), layers.Dense(classes)])
+            self.built = True  # every part is built, on its device
+
+        def call(self, x, training=False):
+            with tf.device(self.trunk):
+                x = self.stem(x, training=training)
+            for branches in self.blocks:
+                outs = []
+                for device, branch in zip(self.branch_devices, branches):
+                    with tf.device(device):
+                        outs.append(branch(x, training=training))
+                with tf.device(self.trunk):
+                    x = tf.concat(outs, axis=-1)
+            with tf.device(self.trunk):
+                return self.head(x, training=training)
+
+    return Staged, Branched
+
+
+def _optimizer_beside_variables(keras: ModuleType, name: str, learning_rate: float):
+    """The optimizer, its slots (Adam's m and v) on the devices of their variables: Keras 3 puts them all on the
+    default device."""
+
+    class BesideVariables(type(_optimizer(keras, name, learning_rate))):
+        def add_variable_from_reference(self, reference_variable, *args, **kwargs):
+            with tf.device(reference_variable.value.device):
+                return super().add_variable_from_reference(reference_variable, *args, **kwargs)
+
+    return BesideVariables(learning_rate=learning_rate)
 
 
 # ================================================================ shared by the references
@@ -93,8 +324,11 @@ def _split_devices(cfg: dict) -> list[str]:
     return [d.name for d in tf.config.list_logical_devices(kind)]
 
 
-def _fit(cfg: dict, keras: ModuleType, strategy, build_start: float) -> dict[str, Any]:
-    """Data, model, compile, then model.fit on the training data only (the benchmark times training steps)."""
+def _fit(cfg: dict, keras: ModuleType, strategy, build_start: float, build_model=None, optimizer=None,
+         **compile_args) -> dict[str, Any]:
+    """Data, model, compile, then model.fit on the training data only (the benchmark times training steps).
+
+    build_model(cfg, input_shape, classes, keras) and optimizer(keras, name, learning_rate): model parallel's own."""
     train = cfg["train"]
     keras.utils.set_random_seed(train.get("seed", 0))
     (x, y), _, classes = _data(cfg["data"], train.get("seed", 0))
@@ -109,14 +343,20 @@ def _fit(cfg: dict, keras: ModuleType, strategy, build_start: float) -> dict[str
         if train.get("steps_per_epoch"):
             dataset = dataset.repeat()
         dataset = dataset.prefetch(tf.data.AUTOTUNE)
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):  # in-memory arrays: no files to shard
+            options = tf.data.Options()
+            options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+            dataset = dataset.with_options(options)
     scope = strategy.scope() if strategy else _nothing()
     with scope:
-        model = _model(cfg["model"], x.shape[1:], classes, keras)
+        model = build_model(cfg, x.shape[1:], classes, keras) if build_model else _model(
+            cfg["model"], x.shape[1:], classes, keras)
         model.compile(
-            optimizer=_optimizer(keras, train.get("optimizer", "adam"), train.get("learning_rate", 1e-3)),
+            optimizer=(optimizer or _optimizer)(keras, train.get("optimizer", "adam"), train.get("learning_rate", 1e-3)),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["accuracy"],
             steps_per_execution=train.get("steps_per_execution", 1),
+            **compile_args,
         )
     build_seconds = time.perf_counter() - build_start
     timer = epoch_timer(keras, batch_hooks=not parameter_servers)
@@ -279,3 +519,7 @@ def _inception_body(inputs, model: dict, layers):
         pooled = layers.MaxPooling2D(3, strides=1, padding="same")(x)
         x = layers.Concatenate()([conv(f, 1, x), conv(f, 3, conv(r, 1, x)), conv(f, 5, conv(r, 1, x)), conv(f, 1, pooled)])
     return layers.GlobalAveragePooling2D()(x)
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["worker"]:  # a worker that multi_worker_mirrored() started
+    _multi_worker_mirrored_worker(json.loads(sys.argv[2]), sys.argv[3])

@@ -83,14 +83,15 @@ def _throughput_tables(results: dict) -> str:
     out = ["## Throughput, steady state (examples/s: median (min-max))",
            "",
            "toolkit = `paradl_tf.prepare(cfg)` then the `model.fit` call of `paradl_tf.train` without validation "
-           "(parameter servers: `paradl_tf.train`, which starts the local cluster); hand-written = "
-           "`paradl_tf/bench_reference.py` (plain tf.distribute + Keras: same data, pipeline, model, optimizer and "
-           "Keras). Steady state: the first epoch of each process (tracing) is not timed. `tk/hw` = toolkit / "
+           "(parameter servers, MultiWorkerMirrored: `paradl_tf.train`, which starts the local cluster; only the "
+           "training part of each epoch is timed); hand-written = "
+           "`paradl_tf/bench_reference.py` (plain tf.distribute + Keras: same data, model, optimizer and Keras, with "
+           "the input pipeline a user writes: shuffle, batch, prefetch). Steady state: the first epoch of each process (tracing) is not timed. `tk/hw` = toolkit / "
            f"hand-written (target >= {results['targets']['toolkit_over_reference']}); `vs 1 dev` = toolkit / "
            "hand-written one device with no strategy; `plain TF before` = the issue's figures measured with plain "
            "TensorFlow on a 2-core CPU before any toolkit code; `% peak` = achieved training FLOP/s (3 x forward "
            "FLOPs per example x examples/s) over the float32 matmul peak. Ratios are taken round by round (each "
-           "process against the one run in the same round), then min/median/max."]
+           "timed epoch against the same epoch of the process run in the same round), then min/median/max."]
     skipped = [r for r in _rows(results) if r.get("impl") is None and r["status"] == "skipped"]
     if skipped:
         names = ", ".join(f"{r['workload']}/{r['method']}" for r in skipped)
@@ -176,10 +177,11 @@ def _model_parallel_table(results: dict) -> str:
     rows = [r for r in _rows(results) if r.get("parameter_bytes_per_device")]
     if not rows:
         return ""
-    out = ["## Model parallel: parameter bytes per device", "", "| workload | method | bytes per device |", "|---|---|---|"]
+    out = ["## Model parallel: parameter bytes per device", "",
+           "| workload | method | impl | bytes per device |", "|---|---|---|---|"]
     for r in rows:
         per = ", ".join(f"{d.rsplit('/', 1)[-1]}: {b:,}" for d, b in r["parameter_bytes_per_device"].items())
-        out.append(f"| {r['workload']} | {r['method']} | {per} |")
+        out.append(f"| {r['workload']} | {r['method']} | {r['impl']} | {per} |")
     return "\n".join(out)
 
 

@@ -127,13 +127,12 @@ def _pipeline(x, y, global_batch: int, steps: int | None = None, seed: int = 0):
         if steps is None:
             ds = tf.data.Dataset.from_tensor_slices((x, y))
         else:
-            ds = tf.data.Dataset.counter().flat_map(_permutation(len(x), steps * global_batch, seed))
+            ds = shuffled_indices(len(x), steps * global_batch, seed)
         if ctx is not None:
             ds = ds.shard(ctx.num_input_pipelines, ctx.input_pipeline_id)
         ds = ds.batch(batch, drop_remainder=steps is not None)
-        if steps is not None:  # batches of example indices -> batches of examples: one gather each
-            features, labels = tf.constant(x), tf.constant(y)
-            ds = ds.map(lambda i: (tf.gather(features, i), tf.gather(labels, i)))
+        if steps is not None:
+            ds = gather_examples(ds, x, y)
         # In-memory arrays need no tuning. tf.data's autotuning thread can miss its
         # cancellation and hold an iterator's destructor for up to its optimization
         # period (grows to 60 s): Keras drops iterators at every epoch and at the end of
@@ -146,14 +145,20 @@ def _pipeline(x, y, global_batch: int, steps: int | None = None, seed: int = 0):
     return fn
 
 
-def _permutation(examples: int, taken: int, seed: int):
-    """`fn(pass) -> tf.data.Dataset` of the first `taken` example indices of a permutation drawn from (seed, pass)."""
+def shuffled_indices(examples: int, per_pass: int, seed) -> tf.data.Dataset:
+    """Example indices without end: pass k is the first `per_pass` of a permutation drawn from (seed, k) alone."""
 
     def one_pass(k):
-        keys = tf.random.stateless_uniform([examples], seed=tf.stack([tf.constant(seed, tf.int64), k]))
-        return tf.data.Dataset.from_tensor_slices(tf.argsort(keys)[:taken])
+        keys = tf.random.stateless_uniform([examples], seed=tf.stack([tf.cast(seed, tf.int64), k]))
+        return tf.data.Dataset.from_tensor_slices(tf.argsort(keys)[:per_pass])
 
-    return one_pass
+    return tf.data.Dataset.counter().flat_map(one_pass)
+
+
+def gather_examples(index_batches: tf.data.Dataset, x, y) -> tf.data.Dataset:
+    """Batches of example indices -> batches of (features, labels): one gather per batch, not a map per example."""
+    features, labels = tf.constant(x), tf.constant(y)
+    return index_batches.map(lambda i: (tf.gather(features, i), tf.gather(labels, i)))
 
 
 def _skipping(fn, batches: int):

@@ -226,23 +226,19 @@ def worker_dataset_fn(splits, global_batch_size: int, seed: int) -> Callable:
     every epoch a fresh permutation of the training split, batched to the global batch size."""
     import tensorflow as tf
 
+    from paradl_tf.data import gather_examples, shuffled_indices
+
     x, y = splits.x_train, splits.y_train
-    n = len(x)
 
     def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
         batch = input_context.get_per_replica_batch_size(global_batch_size)
-        features, labels = tf.constant(x), tf.constant(y)
         # TensorFlow traces this once on the chief and runs it on every worker, so one fixed shuffle seed would
         # feed every worker the same batches in the same order: mix in the worker's clock when it builds this.
-        # (A tensor seed for Dataset.shuffle fails once a global seed is set; index_shuffle is stateless.)
+        # (A tensor seed for Dataset.shuffle fails once a global seed is set; stateless permutations take one.)
         worker_seed = seed + tf.cast(tf.timestamp() * 1e6, tf.int64) % (2**31 - 1)
-
-        def example(k):
-            j = tf.random.experimental.index_shuffle(k % n, tf.stack([worker_seed, k // n]), n - 1)
-            return tf.gather(features, j), tf.gather(labels, j)
-
-        examples = tf.data.Dataset.counter().map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return examples.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+        indices = shuffled_indices(len(x), len(x), worker_seed).batch(batch, drop_remainder=True)
+        # One gather per batch: a map per example cost 28% of the MLP's throughput at steps_per_execution 8.
+        return gather_examples(indices, x, y).prefetch(tf.data.AUTOTUNE)
 
     return dataset_fn
 
