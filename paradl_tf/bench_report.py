@@ -49,10 +49,15 @@ def _method_order(results: dict) -> list[str]:
 
 
 # ================================================================ RESULTS.md
-def markdown(results: dict, plots: list[str] = ()) -> str:
+BEFORE_AFTER = "BEFORE_AFTER.md"
+"""Hand-kept record, in the output folder, of fixes the figures led to and what each changed (A/B runs):
+RESULTS.md ends with it, so a rerun of the benchmark keeps the history."""
+
+
+def markdown(results: dict, plots: list[str] = (), before_after: str = "") -> str:
     images = "\n".join(f"![{name.removesuffix('.png')}]({name})" for name in plots)
     parts = [_header(results), _throughput_tables(results), images, _startup_table(results), _model_parallel_table(results),
-             _pipeline_table(results), _sweep_tables(results), _reading(results)]
+             _pipeline_table(results), _sweep_tables(results), _reading(results), before_after.strip()]
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
@@ -397,7 +402,8 @@ def _plot_pipeline(results: dict, plt):
 def write_all(results: dict, out: Path) -> list[str]:
     """RESULTS.md and the plots into `out`; returns the file names written."""
     plots = write_plots(results, out)
-    (out / "RESULTS.md").write_text(markdown(results, plots))
+    record = out / BEFORE_AFTER
+    (out / "RESULTS.md").write_text(markdown(results, plots, record.read_text() if record.exists() else ""))
     return ["RESULTS.md", *plots]
 
 

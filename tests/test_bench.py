@@ -147,3 +147,10 @@ def test_bench_tiny_writes_results_tables_and_plots(cli, tmp_path):
     for heading in ("# paradl_tf benchmark results", "## Throughput", "| method | keras | toolkit examples/s",
                     "## Start-up cost and memory", "## Scaling with global batch size", "tk/hw", "vs 1 dev"):
         assert heading in md
+
+    # The hand-kept before/after record in the output folder closes RESULTS.md, rerun after rerun.
+    from paradl_tf import bench_report
+
+    (out / bench_report.BEFORE_AFTER).write_text("## Before and after\n\n### 1. A fix\n")
+    bench_report.write_all(results, out)
+    assert (out / "RESULTS.md").read_text().endswith("## Before and after\n\n### 1. A fix\n")
