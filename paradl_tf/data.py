@@ -126,13 +126,12 @@ def _pipeline(x, y, global_batch: int, steps: int | None = None, seed: int = 0):
         batch = global_batch if ctx is None else ctx.get_per_replica_batch_size(global_batch)
         if steps is None:
             ds = tf.data.Dataset.from_tensor_slices((x, y))
+            if ctx is not None:
+                ds = ds.shard(ctx.num_input_pipelines, ctx.input_pipeline_id)
+            ds = ds.batch(batch)
         else:
-            ds = shuffled_indices(len(x), steps * global_batch, seed)
-        if ctx is not None:
-            ds = ds.shard(ctx.num_input_pipelines, ctx.input_pipeline_id)
-        ds = ds.batch(batch, drop_remainder=steps is not None)
-        if steps is not None:
-            ds = gather_examples(ds, x, y)
+            share = (ctx.num_input_pipelines, ctx.input_pipeline_id) if ctx is not None else (1, 0)
+            ds = shuffled_batches(x, y, steps, global_batch, seed, share, batch)
         # In-memory arrays need no tuning. tf.data's autotuning thread can miss its
         # cancellation and hold an iterator's destructor for up to its optimization
         # period (grows to 60 s): Keras drops iterators at every epoch and at the end of
@@ -145,20 +144,23 @@ def _pipeline(x, y, global_batch: int, steps: int | None = None, seed: int = 0):
     return fn
 
 
-def shuffled_indices(examples: int, per_pass: int, seed) -> tf.data.Dataset:
-    """Example indices without end: pass k is the first `per_pass` of a permutation drawn from (seed, k) alone."""
+def shuffled_batches(x, y, steps: int, global_batch: int, seed, share: tuple[int, int] = (1, 0),
+                     batch: int | None = None) -> tf.data.Dataset:
+    """Batches of (features, labels) without end: pass k is the first `steps` global batches of a permutation
+    drawn from (seed, k) alone. `share` = (N, i): keep every N-th example of each global batch from the i-th,
+    in batches of `batch`. Each pass is one gather and then slices: no per-example or per-batch function
+    in tf.data, which on a small model costs as much as a step."""
+    features, labels = tf.constant(x), tf.constant(y)
+    n, i = share
+    batch = batch or global_batch
 
     def one_pass(k):
-        keys = tf.random.stateless_uniform([examples], seed=tf.stack([tf.cast(seed, tf.int64), k]))
-        return tf.data.Dataset.from_tensor_slices(tf.argsort(keys)[:per_pass])
+        keys = tf.random.stateless_uniform([len(x)], seed=tf.stack([tf.cast(seed, tf.int64), k]))
+        order = tf.reshape(tf.argsort(keys)[:steps * global_batch], [steps, global_batch])
+        mine = tf.reshape(order[:, i::n], [-1, batch])
+        return tf.data.Dataset.from_tensor_slices((tf.gather(features, mine), tf.gather(labels, mine)))
 
     return tf.data.Dataset.counter().flat_map(one_pass)
-
-
-def gather_examples(index_batches: tf.data.Dataset, x, y) -> tf.data.Dataset:
-    """Batches of example indices -> batches of (features, labels): one gather per batch, not a map per example."""
-    features, labels = tf.constant(x), tf.constant(y)
-    return index_batches.map(lambda i: (tf.gather(features, i), tf.gather(labels, i)))
 
 
 def _skipping(fn, batches: int):

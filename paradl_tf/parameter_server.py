@@ -226,7 +226,7 @@ def worker_dataset_fn(splits, global_batch_size: int, seed: int) -> Callable:
     every epoch a fresh permutation of the training split, batched to the global batch size."""
     import tensorflow as tf
 
-    from paradl_tf.data import gather_examples, shuffled_indices
+    from paradl_tf.data import shuffled_batches
 
     x, y = splits.x_train, splits.y_train
 
@@ -236,9 +236,8 @@ def worker_dataset_fn(splits, global_batch_size: int, seed: int) -> Callable:
         # feed every worker the same batches in the same order: mix in the worker's clock when it builds this.
         # (A tensor seed for Dataset.shuffle fails once a global seed is set; stateless permutations take one.)
         worker_seed = seed + tf.cast(tf.timestamp() * 1e6, tf.int64) % (2**31 - 1)
-        indices = shuffled_indices(len(x), len(x), worker_seed).batch(batch, drop_remainder=True)
-        # One gather per batch: a map per example cost 28% of the MLP's throughput at steps_per_execution 8.
-        return gather_examples(indices, x, y).prefetch(tf.data.AUTOTUNE)
+        # Whole passes gathered at once: a map per example cost 28% of the MLP's throughput at 8 steps per dispatch.
+        return shuffled_batches(x, y, len(x) // batch, batch, worker_seed).prefetch(tf.data.AUTOTUNE)
 
     return dataset_fn
 
