@@ -6,6 +6,7 @@ chief's files are kept; the others write to temporary directories and delete the
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -38,10 +39,10 @@ def backed_up_steps(backup_dir: str | None) -> int:
 def keras3_backed_up_epochs(backup_dir: str | None) -> int:
     """Epochs done by the run whose Keras 3 BackupAndRestore backup is in `backup_dir` (0: none). Keras 3
     resumes at the start of the epoch after the last backup, so single-process backups are per epoch."""
-    import json
-
-    metadata = Path(backup_dir or "") / "training_metadata.json"
-    if not backup_dir or not metadata.exists():
+    if not backup_dir:
+        return 0
+    metadata = Path(backup_dir) / "training_metadata.json"
+    if not metadata.exists():
         return 0
     try:
         return int(json.loads(metadata.read_text())["epoch"])

@@ -80,11 +80,10 @@ def build_dataset(cfg: Config, splits: Splits | None = None, strategy: tf.distri
     train = _pipeline(splits.x_train, splits.y_train, batch, steps, train_cfg.seed)
     validation = _pipeline(splits.x_val, splits.y_val, batch)
     replicas = 1
-    if skip_steps and not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        # One batch per step from each pipeline: the whole one, or a replica's share (_per_replica).
+    if skip_steps:
         train = _skipping(train, skip_steps)
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        train, validation = _per_worker(strategy, train, skip_steps), _per_worker(strategy, validation)
+        train, validation = _per_worker(strategy, train), _per_worker(strategy, validation)
         replicas = strategy.num_replicas_in_sync
     elif isinstance(strategy, tf.distribute.MirroredStrategy) and strategy.num_replicas_in_sync > 1:
         train, validation = _per_replica(strategy, train), _per_replica(strategy, validation)
@@ -163,10 +162,16 @@ def shuffled_batches(x, y, steps: int, global_batch: int, seed, share: tuple[int
     return tf.data.Dataset.counter().flat_map(one_pass)
 
 
-def _skipping(fn, batches: int):
-    """The pipeline `fn` makes, less its first `batches` batches: a resumed run goes on where the last stopped
-    (pass k's order depends on the seed and k alone)."""
-    return lambda ctx: fn(ctx).skip(batches)
+def _skipping(fn, steps: int):
+    """The pipeline `fn` makes, less the batches of its first `steps` steps: a resumed run goes on where the
+    last stopped (pass k's order depends on the seed and k alone). A pipeline gives one batch per step per
+    replica it feeds: one for the whole batch or a replica's share, a worker's local replicas' for a worker."""
+
+    def skipped(ctx: tf.distribute.InputContext | None) -> tf.data.Dataset:
+        replicas_fed = ctx.num_replicas_in_sync // ctx.num_input_pipelines if ctx is not None else 1
+        return fn(ctx).skip(steps * replicas_fed)
+
+    return skipped
 
 
 def _per_replica(strategy: tf.distribute.Strategy, fn):
@@ -179,7 +184,7 @@ def _per_replica(strategy: tf.distribute.Strategy, fn):
     return strategy.distribute_datasets_from_function(fn, options)
 
 
-def _per_worker(strategy: tf.distribute.Strategy, fn, skip_steps: int = 0):
+def _per_worker(strategy: tf.distribute.Strategy, fn):
     """Each worker builds its own pipeline and keeps every N-th example (N = workers) of each
     global batch: an explicit shard by worker, as AutoShardPolicy.DATA would do, without
     reading (and dropping) the other workers' examples through the whole pipeline. With
@@ -187,13 +192,8 @@ def _per_worker(strategy: tf.distribute.Strategy, fn, skip_steps: int = 0):
     to DATA anyway. Each worker's replicas take its per-replica batches in turn, so the
     replicas of all workers together see, every step, the global batch one device sees."""
 
-    def per_worker(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
-        ds = fn(ctx)
-        local_replicas = ctx.num_replicas_in_sync // ctx.num_input_pipelines
-        return ds.skip(skip_steps * local_replicas) if skip_steps else ds
-
     options = tf.distribute.InputOptions(experimental_fetch_to_device=False)
-    return strategy.distribute_datasets_from_function(per_worker, options)
+    return strategy.distribute_datasets_from_function(fn, options)
 
 
 def _digits(cfg: DigitsConfig, seed: int) -> Splits:

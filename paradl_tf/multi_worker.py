@@ -240,14 +240,14 @@ def run_worker(cfg: Config, resolver, cluster_info: dict) -> dict[str, Any]:
 def plan(cfg: Config) -> dict[str, Any]:
     """The plan of a multi_worker_mirrored config without starting a cluster: the tasks, and every variable
     mirrored on every replica of every worker (each worker: its logical CPUs, or every logical GPU it sees)."""
-    import numpy as np
     import tensorflow as tf
 
     from paradl_tf.data import build_dataset
     from paradl_tf.devices import setup_devices
     from paradl_tf.keras_version import import_keras, resolve_keras
     from paradl_tf.models import build_model
-    from paradl_tf.planning import plan_header
+    from paradl_tf.planning import describe_variable, plan_header
+    from paradl_tf.strategies import check_global_batch
 
     keras_name = resolve_keras(cfg.keras, KIND)
     keras = import_keras(keras_name)
@@ -257,24 +257,21 @@ def plan(cfg: Config) -> dict[str, Any]:
              else {"worker": [cl.planned_address(c)] * c.workers})
     replica_devices = [f"/job:worker/replica:0/task:{t}/device:{cfg.devices.type}:{i}"
                        for t in range(len(tasks["worker"])) for i in range(len(local))]
-    if cfg.train.global_batch_size % len(replica_devices):
-        raise ConfigError(f"train.global_batch_size must be divisible by the {len(replica_devices)} replicas of "
-                          f"the strategy. Received: train.global_batch_size={cfg.train.global_batch_size}")
+    per_replica = check_global_batch(cfg.train.global_batch_size, len(replica_devices))
     datasets = build_dataset(cfg)
     model = build_model(cfg.model, datasets.input_shape, datasets.num_classes, keras)
-    variables = [{"name": v.name, "shape": [int(d) for d in v.shape], "dtype": tf.as_dtype(v.dtype).name,
-                  "bytes": int(np.prod(v.shape, dtype=np.int64)) * tf.as_dtype(v.dtype).size,
-                  "devices": replica_devices} for v in model.variables]
+    variables = [describe_variable(v, replica_devices) for v in model.variables]
     header = plan_header(cfg, tf.distribute.MultiWorkerMirroredStrategy.__name__, keras_name, variables)
-    trainable = {v.name for v in model.trainable_variables}
+    trainable = {id(v) for v in model.trainable_variables}
     return {
         **header,
         "replicas": len(replica_devices),
         "devices": replica_devices,
-        "per_replica_batch_size": cfg.train.global_batch_size // len(replica_devices),
+        "per_replica_batch_size": per_replica,
         "cluster": {"resolver": c.resolver, "mode": "process" if c.resolver == "local" else "remote", "tasks": tasks},
         "all_reduce": {"communication": cfg.strategy.communication, "local_replicas": len(local),
-                       "bytes_per_step": sum(v["bytes"] for v in variables if v["name"] in trainable)},
+                       "bytes_per_step": sum(row["bytes"] for v, row in zip(model.variables, variables)
+                                             if id(v) in trainable)},
     }
 
 

@@ -463,8 +463,8 @@ def planned_spec(cfg: Config) -> cl.Spec:
     c = cfg.cluster
     if c.resolver == "tf_config":
         return cl.parse_tf_config(os.environ.get("TF_CONFIG"), JOBS).cluster
-    return {"chief": [cl.planned_address(c)], "worker": [cl.planned_address(c)] * c.workers,
-            "ps": [cl.planned_address(c)] * c.ps}
+    host = cl.planned_address(c)
+    return {"chief": [host], "worker": [host] * c.workers, "ps": [host] * c.ps}
 
 
 def format_cluster_plan(p: dict[str, Any]) -> list[str]:

@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from paradl_tf.config import Config
-from paradl_tf.training import Job, prepare
+from paradl_tf.training import prepare
 
 
 def plan(cfg: Config) -> dict[str, Any]:
@@ -23,7 +23,7 @@ def plan(cfg: Config) -> dict[str, Any]:
 
         return plan_multi_worker(cfg)
     job = prepare(cfg)
-    variables = [_describe_variable(v, job) for v in job.model.variables]
+    variables = [describe_variable(v, variable_devices(v, job.strategy)) for v in job.model.variables]
     return {
         **plan_header(cfg, type(job.strategy).__name__, job.keras_name, variables),
         "replicas": job.replicas,
@@ -57,7 +57,8 @@ def variable_devices(variable, strategy: tf.distribute.Strategy) -> list[str]:
     return [t.device for t in strategy.experimental_local_results(value)]
 
 
-def _describe_variable(variable, job: Job) -> dict[str, Any]:
+def describe_variable(variable, devices: list[str]) -> dict[str, Any]:
+    """A variable's row in a plan: name, shape, dtype, bytes and the devices holding its values."""
     shape = tuple(int(d) for d in variable.shape)
     dtype = tf.as_dtype(variable.dtype)
     return {
@@ -65,7 +66,7 @@ def _describe_variable(variable, job: Job) -> dict[str, Any]:
         "shape": list(shape),
         "dtype": dtype.name,
         "bytes": int(np.prod(shape, dtype=np.int64)) * dtype.size,
-        "devices": variable_devices(variable, job.strategy),
+        "devices": devices,
     }
 
 

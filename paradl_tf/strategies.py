@@ -37,9 +37,9 @@ def build_strategy(cfg: Config, cluster_resolver=None) -> tf.distribute.Strategy
     return _BUILDERS[kind](cfg.strategy, cfg.devices)
 
 
-def check_global_batch(global_batch_size: int, strategy: tf.distribute.Strategy) -> int:
-    """The per-replica batch; the global batch must split evenly across replicas."""
-    replicas = strategy.num_replicas_in_sync
+def check_global_batch(global_batch_size: int, strategy: tf.distribute.Strategy | int) -> int:
+    """The per-replica batch; the global batch must split evenly across the strategy's replicas (or this many)."""
+    replicas = strategy if isinstance(strategy, int) else strategy.num_replicas_in_sync
     if global_batch_size % replicas:
         raise ConfigError(
             f"train.global_batch_size must be divisible by the {replicas} replicas of the strategy. "

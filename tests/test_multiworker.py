@@ -120,6 +120,14 @@ class Run:
                 pass
         raise LookupError(f"no process for worker {index}")
 
+    def wait_for(self, path: Path, timeout: float = 120) -> None:
+        """Until `path` exists (e.g. the first backup: training is under way); the run must not end first."""
+        deadline = time.monotonic() + timeout
+        while not path.exists():
+            assert self.proc.poll() is None and time.monotonic() < deadline, self.finish(1)[1]
+            self.poll_processes()
+            time.sleep(0.05)
+
     def finish(self, timeout: float = 150) -> tuple[int, str]:
         deadline = time.monotonic() + timeout
         while self.proc.poll() is None and time.monotonic() < deadline:
@@ -173,12 +181,7 @@ def test_sigkill_worker_stops_the_job_and_rerun_resumes_to_the_same_weights(tmp_
     run_dir, ref_dir = tmp_path / "run", tmp_path / "ref"
     same = [*common, f"output_dir={run_dir}", f"checkpoint.dir={tmp_path / 'backup'}"]
     run = Run(*same)
-    backup = tmp_path / "backup" / "chief" / "checkpoint"
-    deadline = time.monotonic() + 120
-    while not backup.exists():  # the first backup (step 10) is written: training is under way
-        assert run.proc.poll() is None and time.monotonic() < deadline, run.finish(1)[1]
-        run.poll_processes()
-        time.sleep(0.05)
+    run.wait_for(tmp_path / "backup" / "chief" / "checkpoint")  # the first backup (step 10): training is under way
     victim = run.worker(1)
     killed_at = time.monotonic()
     victim.kill()
@@ -212,11 +215,7 @@ def test_hung_worker_stops_the_job_in_bounded_time(tmp_path):
     one line, and every process is stopped, the frozen one included."""
     run = Run(*SMALL, "train.epochs=100", "strategy.collective_timeout_s=5", f"output_dir={tmp_path / 'run'}",
               f"checkpoint.dir={tmp_path / 'backup'}", "checkpoint.backup_and_restore.save_freq=10")
-    deadline = time.monotonic() + 120
-    while not (tmp_path / "backup" / "chief" / "checkpoint").exists():  # training is under way
-        assert run.proc.poll() is None and time.monotonic() < deadline, run.finish(1)[1]
-        run.poll_processes()
-        time.sleep(0.05)
+    run.wait_for(tmp_path / "backup" / "chief" / "checkpoint")  # training is under way
     frozen_at = time.monotonic()
     run.worker(1).suspend()
     code, out = run.finish(90)
