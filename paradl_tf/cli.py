@@ -11,13 +11,15 @@
     TF_CONFIG='{"cluster": ..., "task": {"type": "ps", "index": 0}}' paradl-tf serve   # one cluster task per host
     paradl-tf bench [--quick] [--out=bench]                              # every method measured: results.json, RESULTS.md, plots
 
-Bad input prints `error: ...` to stderr and exits with status 2.
+Bad input prints one `error: ...` line to stderr and exits with status 2. TensorFlow's own log lines stay out
+of the terminal unless --tf_logs is given.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 
 from absl import app, flags
 
@@ -26,6 +28,7 @@ from paradl_tf.errors import ParadlError
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", None, "YAML config file describing the run.")
 flags.DEFINE_multi_string("set", [], "Override a config key, e.g. --set train.epochs=3 (repeatable).")
+flags.DEFINE_bool("tf_logs", False, "Show TensorFlow's own log lines (C++ start-up lines, INFO records) for debugging.")
 flags.DEFINE_bool("json", False, "plan: print JSON instead of text.")
 flags.DEFINE_string("job", None, "serve: the job of the task to run (worker or ps); default: TF_CONFIG's task.")
 flags.DEFINE_integer("task", None, "serve: the index of the task to run; default: TF_CONFIG's task.")
@@ -39,14 +42,59 @@ flags.DEFINE_string("image", None, "export --format=tfjob: the container image w
 flags.DEFINE_string("command", "paradl-tf", "export: the command that runs paradl-tf on a node or in a pod.")
 flags.DEFINE_bool("tiny", False, "bench: tiny models and concurrent processes, for tests; the speeds mean nothing.")
 
-COMMANDS = ("train", "plan", "serve", "tf-config", "export", "bench")
+
+@dataclass(frozen=True)
+class Command:
+    summary: str
+    flags: tuple[str, ...]
+    examples: tuple[str, ...]
+
+
+COMMANDS = {
+    "train": Command(
+        "Train with model.fit as the config says; writes config.yaml, results.json (and the model) to output_dir.",
+        ("config", "set", "tf_logs"),
+        ("paradl-tf train --config=configs/sync_mirrored.yaml",
+         "paradl-tf train --config=configs/sync_mirrored.yaml --set train.epochs=3 --set strategy.devices=2",
+         "paradl-tf train --config=configs/async_ps.yaml          # parameter servers: 2 workers, 1 ps, local",
+         "paradl-tf train --config=configs/sync_multiworker.yaml  # MultiWorkerMirroredStrategy: 2 processes"),
+    ),
+    "plan": Command(
+        "Show devices, replicas, the batch split, variables and where each value came from; trains nothing.",
+        ("config", "set", "json", "tf_logs"),
+        ("paradl-tf plan --config=configs/sync_mirrored.yaml",
+         "paradl-tf plan --config=configs/model_parallel.yaml --json"),
+    ),
+    "serve": Command(
+        "Run one worker or ps task of a cluster, from TF_CONFIG (or the config's cluster resolver), until stopped.",
+        ("job", "task", "config", "set"),
+        ("TF_CONFIG='{\"cluster\": {...}, \"task\": {\"type\": \"ps\", \"index\": 0}}' paradl-tf serve",
+         "paradl-tf serve --config=configs/async_ps.yaml --set cluster.resolver=slurm   # in an sbatch step"),
+    ),
+    "tf-config": Command(
+        "Print the TF_CONFIG of every task of a multi-host run, given its hosts.",
+        ("config", "set", "hosts"),
+        ("paradl-tf tf-config --config=configs/sync_multiworker.yaml --hosts=10.0.0.1,10.0.0.2",),
+    ),
+    "export": Command(
+        "Write what launches the config on a cluster: a Kubeflow TFJob manifest or a Slurm sbatch script.",
+        ("config", "set", "format", "image", "command"),
+        ("paradl-tf export --config=configs/sync_multiworker.yaml --format=tfjob --image=registry/paradl:1 > job.yaml",
+         "paradl-tf export --config=configs/async_ps.yaml --format=slurm > job.sbatch"),
+    ),
+    "bench": Command(
+        "Measure every method against one device and hand-written tf.distribute; writes results.json, RESULTS.md, plots.",
+        ("quick", "out", "virtual_gpus", "tiny", "tf_logs"),
+        ("paradl-tf bench --quick --out=/tmp/bench", "paradl-tf bench   # the full run, about 30 minutes on 2 cores"),
+    ),
+}
+HELP_FLAGS = ("--help", "-h", "-help", "--helpshort", "-?")
 
 
 def main(argv: list[str]) -> None:
     if len(argv) != 2 or argv[1] not in COMMANDS:
         given = " ".join(argv[1:]) or "nothing"
-        choices = ", ".join(COMMANDS[:-1]) + " or " + COMMANDS[-1]
-        _fail(f"expected one command, {choices}; got {given}. See paradl-tf --help")
+        _fail(f"expected one command, {_choices()}; got {given}. See paradl-tf --help")
     try:
         _run(argv[1])
     except ParadlError as exc:
@@ -57,7 +105,9 @@ def main(argv: list[str]) -> None:
 
 
 def _run(command: str) -> None:
-    if command == "serve":  # one task of a cluster, from TF_CONFIG (or, on Slurm, from --config)
+    if FLAGS.tf_logs:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"  # cluster tasks inherit it: their log files get everything
+    if command == "serve":  # one task of a cluster: its log (a file, under a launcher) keeps TensorFlow's lines
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         from paradl_tf.cluster import REQUIRED_JOBS, resolver_tf_config, serve
 
@@ -71,6 +121,7 @@ def _run(command: str) -> None:
         serve(FLAGS.job, FLAGS.task, environ)
         return
     if command == "bench":  # no run config: the benchmark builds one per measurement
+        _start_tensorflow()
         from paradl_tf.bench import run_bench
 
         run_bench(quick=FLAGS.quick, out_dir=FLAGS.out, tiny=FLAGS.tiny, virtual_gpus=FLAGS.virtual_gpus)
@@ -89,11 +140,14 @@ def _run(command: str) -> None:
                 print(f"{task}\tTF_CONFIG='{text}'")
         return
     if command == "plan":
+        _start_tensorflow()
         from paradl_tf.planning import format_plan, plan
 
         print(format_plan(plan(cfg), as_json=FLAGS.json))
     elif command == "train":
-        if cfg.strategy.kind == "parameter_server":  # the launcher side needs no TensorFlow
+        if not cfg.launches_local_cluster:  # a launcher only waits for its tasks: it needs no TensorFlow
+            _start_tensorflow()
+        if cfg.strategy.kind == "parameter_server":
             from paradl_tf.parameter_server import train
         elif cfg.strategy.kind == "multi_worker_mirrored":
             from paradl_tf.multi_worker import train
@@ -115,12 +169,50 @@ def _run(command: str) -> None:
         print(f"results: {os.path.join(cfg.output_dir, 'results.json')}")
 
 
+def _start_tensorflow() -> None:
+    from paradl_tf.tf_logs import start_tensorflow
+
+    start_tensorflow(show_logs=FLAGS.tf_logs)
+
+
 def _fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
 
 
+def _choices() -> str:
+    names = list(COMMANDS)
+    return ", ".join(names[:-1]) + " or " + names[-1]
+
+
+# ================================================================ help
+def usage(command: str | None = None) -> str:
+    """`paradl-tf --help` (every command, one line each) or `paradl-tf COMMAND --help` (its flags and examples)."""
+    if command is None:
+        width = max(map(len, COMMANDS))
+        lines = ["paradl-tf: parallel deep learning with TensorFlow/Keras, one YAML config per run.", "",
+                 "usage: paradl-tf COMMAND [flags]", "", "commands:"]
+        lines += [f"  {name:<{width}}  {c.summary}" for name, c in COMMANDS.items()]
+        lines += ["", "examples:"] + [f"  {e}" for e in COMMANDS["train"].examples[:2] + COMMANDS["plan"].examples[:1]]
+        lines += ["", "paradl-tf COMMAND --help shows a command's flags; --helpfull shows every absl flag.",
+                  "Bad input prints one `error: ...` line and exits 2; --tf_logs shows TensorFlow's own log lines."]
+        return "\n".join(lines) + "\n"
+    c = COMMANDS[command]
+    lines = [f"usage: paradl-tf {command} [flags]", "", c.summary, "", "flags:"]
+    for name in c.flags:
+        flag = FLAGS[name]
+        default = "" if flag.default in (None, [], False) else f" (default: {flag.default_as_str})"
+        text = flag.help.split(";\n")[0]  # absl appends "repeat this option ..." to a multi flag's help
+        lines.append(f"  --{name:<13} {text}{default}")
+    lines += ["", "examples:"] + [f"  {e}" for e in c.examples]
+    return "\n".join(lines) + "\n"
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
+    if any(arg in HELP_FLAGS for arg in argv[1:]):  # absl's own --help shows only the console script's usage
+        named = [arg for arg in argv[1:] if arg in COMMANDS]
+        sys.stdout.write(usage(named[0] if named else None))
+        sys.exit(0)
     try:
         return FLAGS(argv)
     except flags.Error as exc:

@@ -27,7 +27,6 @@ import fcntl
 import functools
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -44,6 +43,7 @@ from typing import Any, Callable, Mapping, Sequence
 import psutil
 
 from paradl_tf.errors import ConfigError, ParadlError
+from paradl_tf.tf_logs import TF_LOG_LINE
 
 Spec = dict[str, list[str]]  # job name -> ["host:port", ...], TensorFlow's ClusterSpec as a dict
 
@@ -583,11 +583,6 @@ def planned_address(cluster_cfg) -> str:
     return "127.0.0.1:<port>" if cluster_cfg.resolver == "local" else f"<{cluster_cfg.resolver} host>:<port>"
 
 
-# TensorFlow's C++ log lines (I0000 00:00:... file.cc:12] ...), absl's note before them and LocalCluster's
-# "=== task start ===" headers: noise in a progress view.
-_TF_LOG_LINE = re.compile(r"^([IWEF]\d{4} \d\d:\d\d:\d\d|WARNING: All log messages before absl|=== )")
-
-
 class LogFollower:
     """Copies the new complete lines of a task's log to this process's stdout, TensorFlow's C++ log lines left
     out: the chief's Keras progress shows in the terminal as it happens, the whole log stays in the file."""
@@ -602,7 +597,7 @@ class LogFollower:
                 chunk = log.read()
             self._offset += len(chunk)
             *lines, self._partial = (self._partial + chunk.decode(errors="replace")).split("\n")
-            shown = [ln for ln in lines if ln.strip() and not _TF_LOG_LINE.match(ln)]
+            shown = [ln for ln in lines if ln.strip() and not TF_LOG_LINE.match(ln)]
             if shown:
                 print("\n".join(shown), flush=True)
 

@@ -420,6 +420,14 @@ class Config(Section):
         """Dotted key -> 'default' | 'file' | '--set'."""
         return dict(self._provenance)
 
+    @property
+    def launches_local_cluster(self) -> bool:
+        """True when training starts local task processes (a launcher that waits for them, TensorFlow-free)."""
+        c = self.cluster
+        if self.strategy.kind == "multi_worker_mirrored":
+            return c.resolver == "local"
+        return self.strategy.kind == "parameter_server" and c.resolver == "local" and c.mode == "process"
+
     @model_validator(mode="after")
     def _check_combinations(self) -> "Config":
         for check in _COMBINATION_CHECKS:
@@ -598,22 +606,72 @@ def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
+# Limits no honest config comes near (the shipped ones: under 3 KB, 200 nodes, depth 6). Configs come from
+# users and every host of a cluster reads one: nested YAML aliases expand exponentially, so a few lines
+# could otherwise keep validation busy for minutes.
+MAX_CONFIG_BYTES = 256 * 1024
+MAX_CONFIG_NODES = 10_000
+MAX_CONFIG_DEPTH = 64
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser when PyYAML has it: 10x faster
+
+
 def _read_yaml(path: str | Path) -> dict:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
+    if p.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{p}: config file is larger than {MAX_CONFIG_BYTES // 1024} KiB; is it the right file?")
+    text = p.read_text()
+    if not text.strip():
+        raise ConfigError(f"{p}: config file is empty; a truncated file or a wrong path? (for all defaults, "
+                          "give no --config)")
     try:
-        data = yaml.safe_load(p.read_text())
+        _check_size(p, text)
+        data = yaml.load(text, Loader=_YAML_LOADER)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{p}: invalid YAML{line}: {problem}") from None
     if data is None:
-        return {}
+        raise ConfigError(f"{p}: config file holds no settings (only comments or null); give no --config "
+                          "for all defaults")
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: the top level must be a mapping of sections, got {type(data).__name__}")
     return data
+
+
+def _check_size(path: Path, text: str) -> None:
+    """Refuse YAML that nests deeper than MAX_CONFIG_DEPTH or expands, aliases followed, to more than
+    MAX_CONFIG_NODES nodes. Streams the parser's events and stops at the first excess, so the check takes
+    time in proportion to the file, never to its expansion."""
+    expanded: dict[str, int] = {}  # anchor -> nodes its alias stands for
+    open_nodes: list[list] = []  # per open mapping or sequence: [nodes so far, its anchor]
+    total = 0
+    for event in yaml.parse(text, Loader=_YAML_LOADER):
+        if isinstance(event, yaml.CollectionStartEvent):
+            open_nodes.append([1, event.anchor])
+            total += 1
+            if len(open_nodes) > MAX_CONFIG_DEPTH:
+                raise ConfigError(f"{path}: YAML nested deeper than {MAX_CONFIG_DEPTH} levels")
+            continue
+        if isinstance(event, yaml.CollectionEndEvent):
+            nodes, anchor = open_nodes.pop()
+        elif isinstance(event, yaml.ScalarEvent):
+            nodes, anchor = 1, event.anchor
+            total += 1
+        elif isinstance(event, yaml.AliasEvent):
+            nodes, anchor = expanded.get(event.anchor, 1), None
+            total += nodes
+        else:
+            continue
+        if anchor:
+            expanded[anchor] = nodes
+        if open_nodes:
+            open_nodes[-1][0] += nodes
+        if total > MAX_CONFIG_NODES:
+            raise ConfigError(f"{path}: YAML expands to more than {MAX_CONFIG_NODES} nodes (aliases of aliases?); "
+                              "a config needs a few hundred")
 
 
 def _parse_override(item: str, data: dict) -> tuple[str, Any]:

@@ -14,7 +14,9 @@ VIRTUAL_CPUS = 4
 
 def pytest_configure(config):
     import paradl_tf
+    from paradl_tf.tf_logs import start_tensorflow
 
+    start_tensorflow()  # without its C++ start-up lines, as the CLI does
     paradl_tf.setup_virtual_devices(VIRTUAL_CPUS)
 
 
