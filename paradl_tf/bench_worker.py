@@ -105,7 +105,7 @@ def _toolkit_prepare(cfg) -> dict[str, Any]:
     job = prepare(cfg)
     build_seconds = time.perf_counter() - t
     timer = epoch_timer(job.keras)
-    job.model.fit(job.datasets.train, epochs=cfg.train.epochs, steps_per_epoch=cfg.train.steps_per_epoch,
+    job.model.fit(job.datasets.train_stream, epochs=cfg.train.epochs, steps_per_epoch=cfg.train.steps_per_epoch,
                   shuffle=False, callbacks=[timer], verbose=0)
     out = {
         "epoch_seconds": timer.epoch_seconds,

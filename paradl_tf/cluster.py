@@ -412,6 +412,24 @@ def descendants(pid: int) -> list[psutil.Process]:
     return []
 
 
+def set_process_title(title: str) -> None:
+    """How this process shows in `ps` and `pgrep -f` on the host, e.g. 'paradl-tf serve ps:0'."""
+    import setproctitle
+
+    setproctitle.setproctitle(title)
+
+
+def host_pids(namespace_pids: Mapping[str, int], processes: Sequence[psutil.Process]) -> dict[str, int]:
+    """Task name -> pid on the host, for tasks known by their pid inside the run's PID namespace: the last
+    field of /proc/PID/status's NSpid line is a process's pid in its innermost namespace."""
+    by_namespace_pid = {}
+    for p in processes:
+        with contextlib.suppress(OSError, ValueError):
+            nspid = next(ln for ln in Path(f"/proc/{p.pid}/status").read_text().splitlines() if ln.startswith("NSpid:"))
+            by_namespace_pid[int(nspid.split()[-1])] = p.pid
+    return {name: by_namespace_pid[pid] for name, pid in namespace_pids.items() if pid in by_namespace_pid}
+
+
 # ================================================================ task processes
 @dataclass
 class Task:
@@ -507,6 +525,9 @@ class LocalCluster:
     def pids(self) -> dict[str, int]:
         return {t.name: t.process.pid for t in self.tasks if t.process is not None}
 
+    def logs(self) -> dict[str, str]:
+        return {t.name: str(t.log_path) for t in self.tasks}
+
     def summary(self) -> dict[str, Any]:
         return {
             t.name: {"address": t.address, "restarts": t.restarts, "exits": list(t.exits), "log": str(t.log_path)}
@@ -547,14 +568,14 @@ class LocalCluster:
         message = f"task {task.name} ({task.address}, pid {task.process.pid}) exited: {how}"
         if task.job in self.restartable and task.restarts < self.max_restarts:
             self.events.append(f"{message}; restarting it ({task.restarts + 1} of {self.max_restarts})")
-            print(f"[cluster] {self.events[-1]}", file=sys.stderr, flush=True)
+            print(f"[cluster] {self.events[-1]}", flush=True)  # the run goes on: news, not an error
             self._spawn(task)
             return
         same_job_alive = [t for t in self.tasks if t.job == task.job and t.process and t.process.poll() is None]
         if task.job in self.restartable and same_job_alive:
             self.events.append(f"{message}; out of restarts (cluster.restart_workers={self.max_restarts}), "
                                f"going on with {len(same_job_alive)} {task.job}(s)")
-            print(f"[cluster] {self.events[-1]}", file=sys.stderr, flush=True)
+            print(f"[cluster] {self.events[-1]}", flush=True)
             return
         self._set_fatal(message)
 
@@ -664,6 +685,7 @@ def serve(job: str | None = None, task: int | None = None, environ: Mapping[str,
     address = cfg.cluster[job][index]
     if not in_private_network():
         warn_exposed(f"task {job}:{index} (port {task_port(address)})", "Serve only on a private network.")
+    set_process_title(f"paradl-tf serve {job}:{index}")
     server = _start_server(cfg.cluster, job, index, address)
     print(f"serving {job}:{index} at {address} (pid {os.getpid()})", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
@@ -701,18 +723,21 @@ def _port_free(port: int) -> bool:
 
 # ================================================================ the launching side
 def run_isolated(argv: Sequence[str], *, env: Mapping[str, str] | None = None, private_network: str = "auto",
-                 timeout_s: float | None = None, interrupt_grace_s: float = 20.0) -> int:
+                 timeout_s: float | None = None, interrupt_grace_s: float = 20.0, stderr=None,
+                 on_poll: Callable[[list[psutil.Process]], None] | None = None) -> int:
     """Run `argv` (a driver that starts and ends a local cluster) in private namespaces; returns its exit status.
 
     Whatever happens here (success, failure, Ctrl-C, SIGTERM, cluster.timeout_s), no process it started is
     left: the driver gets SIGTERM and `interrupt_grace_s` to stop its tasks, then the namespace is killed
     (every process in a PID namespace dies with its first one) and psutil sweeps what it saw. Ctrl-C is
-    re-raised as KeyboardInterrupt; a timeout or SIGTERM is a ClusterError.
+    re-raised as KeyboardInterrupt; a timeout or SIGTERM is a ClusterError. `stderr`: where the driver's
+    goes (a file: TensorFlow's RPC errors of a failing cluster are for the log, not the terminal); `on_poll`
+    gets the processes seen so far, about twice a second.
     """
     isolate = use_private_network(private_network)
     cmd = isolated(argv) if isolate else list(argv)
     proc = subprocess.Popen(cmd, env=dict(os.environ if env is None else env), start_new_session=True,
-                            preexec_fn=preexec_die_with_parent())
+                            preexec_fn=preexec_die_with_parent(), stderr=stderr)
     seen: dict[int, psutil.Process] = {}
     stop_reason: list[str] = []
     restore = _forward_signals(stop_reason)
@@ -721,6 +746,8 @@ def run_isolated(argv: Sequence[str], *, env: Mapping[str, str] | None = None, p
         while proc.poll() is None and not stop_reason:
             for p in descendants(proc.pid):
                 seen.setdefault(p.pid, p)
+            if on_poll:
+                on_poll(list(seen.values()))
             if deadline and time.monotonic() > deadline:
                 stop_reason.append("timeout")
                 break

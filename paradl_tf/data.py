@@ -6,7 +6,9 @@ pipelines, so every strategy sees the same input pipeline.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Callable
 
 import numpy as np
 import tensorflow as tf
@@ -33,9 +35,15 @@ class Splits:
 
 @dataclass(frozen=True)
 class Datasets:
-    """What model.fit consumes: batched pipelines (batches are global) and the shapes the model needs."""
+    """What model.fit consumes: batched pipelines (batches are global) and the shapes the model needs.
 
-    train: tf.data.Dataset | tf.distribute.DistributedDataset
+    `model.fit(data.train, validation_data=data.validation, epochs=E)` trains E epochs of `steps_per_epoch`
+    steps: `train` ends after one pass, and each new iterator draws a new pass. `model.fit(**data.fit_kwargs(
+    keras_name), epochs=E)` trains on `train_stream` instead, which never ends: one iterator for the whole run
+    (what `paradl_tf.train` does; it is faster under MirroredStrategy, and pass k's order depends on the seed
+    and k alone, so a resumed run sees what an uninterrupted one saw).
+    """
+
     validation: tf.data.Dataset | tf.distribute.DistributedDataset
     input_shape: tuple[int, ...]
     num_classes: int
@@ -43,6 +51,30 @@ class Datasets:
     steps_per_epoch: int
     validation_steps: int
     """Batches of the largest replica's validation share (tf_keras needs it for distributed datasets)."""
+    make_train: Callable[[bool], Any] = field(repr=False, compare=False)
+    """`make_train(endless)`: the training pipeline, built on first use."""
+
+    @cached_property
+    def train(self) -> tf.data.Dataset | tf.distribute.DistributedDataset:
+        """One epoch: `steps_per_epoch` global batches, a new seeded pass for each new iterator."""
+        return self.make_train(False)
+
+    @cached_property
+    def train_stream(self) -> tf.data.Dataset | tf.distribute.DistributedDataset:
+        """Every epoch's batches, one after the other without end: give fit `steps_per_epoch` (fit_kwargs does)."""
+        return self.make_train(True)
+
+    def fit_kwargs(self, keras_name: str) -> dict[str, Any]:
+        """model.fit's data arguments for one iterator over the whole run: `model.fit(**kwargs, epochs=E)`."""
+        return {
+            "x": self.train_stream,
+            "validation_data": self.validation,
+            "steps_per_epoch": self.steps_per_epoch,
+            # tf_keras needs the count for a distributed dataset; Keras 3 counts, and would keep
+            # one exhausted validation iterator across epochs if given it.
+            "validation_steps": self.validation_steps if keras_name == "tf_keras" else None,
+            "shuffle": False,  # the pipeline shuffles, seeded
+        }
 
 
 def load_splits(data_cfg, seed: int) -> Splits:
@@ -77,29 +109,41 @@ def build_dataset(cfg: Config, splits: Splits | None = None, strategy: tf.distri
             f"Received: train.global_batch_size={batch}"
         )
     steps = examples // batch  # whole global batches in one pass over the training examples
-    train = _pipeline(splits.x_train, splits.y_train, batch, steps, train_cfg.seed)
-    validation = _pipeline(splits.x_val, splits.y_val, batch)
-    replicas = 1
-    if skip_steps:
-        train = _skipping(train, skip_steps)
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        train, validation = _per_worker(strategy, train), _per_worker(strategy, validation)
-        replicas = strategy.num_replicas_in_sync
-    elif isinstance(strategy, tf.distribute.MirroredStrategy) and strategy.num_replicas_in_sync > 1:
-        train, validation = _per_replica(strategy, train), _per_replica(strategy, validation)
-        replicas = strategy.num_replicas_in_sync
-    else:
-        train, validation = train(None), validation(None)
+    distribute = _distribution(strategy)
+    validation = distribute(_pipeline(splits.x_val, splits.y_val, batch))
+
+    epoch_steps = steps_per_epoch(train_cfg, examples)
+
+    def make_train(endless: bool):
+        if not endless:  # one epoch per iterator; resuming is the stream's business
+            return distribute(_pipeline(splits.x_train, splits.y_train, batch, steps, train_cfg.seed, epoch_steps))
+        train = _pipeline(splits.x_train, splits.y_train, batch, steps, train_cfg.seed)
+        return distribute(_skipping(train, skip_steps) if skip_steps else train)
+
+    replicas = strategy.num_replicas_in_sync if distribute is not _unchanged else 1
     largest_share = -(-len(splits.x_val) // replicas)
     return Datasets(
-        train=train,
         validation=validation,
         input_shape=splits.input_shape,
         num_classes=splits.num_classes,
         train_examples=examples,
-        steps_per_epoch=steps_per_epoch(train_cfg, examples),
+        steps_per_epoch=epoch_steps,
         validation_steps=-(-largest_share // (batch // replicas)),
+        make_train=make_train,
     )
+
+
+def _distribution(strategy: tf.distribute.Strategy | None) -> Callable:
+    """How a pipeline function becomes what fit takes: per worker, per replica, or one plain dataset."""
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return lambda fn: _per_worker(strategy, fn)
+    if isinstance(strategy, tf.distribute.MirroredStrategy) and strategy.num_replicas_in_sync > 1:
+        return lambda fn: _per_replica(strategy, fn)
+    return _unchanged
+
+
+def _unchanged(fn):
+    return fn(None)
 
 
 def steps_per_epoch(train_cfg, train_examples: int) -> int:
@@ -107,13 +151,14 @@ def steps_per_epoch(train_cfg, train_examples: int) -> int:
     return train_cfg.steps_per_epoch or train_examples // train_cfg.global_batch_size
 
 
-def _pipeline(x, y, global_batch: int, steps: int | None = None, seed: int = 0):
+def _pipeline(x, y, global_batch: int, steps: int | None = None, seed: int = 0, epoch_steps: int | None = None):
     """`fn(input_context) -> tf.data.Dataset`: one pipeline, or one replica's share when given a context.
 
     Training (`steps` given): pass k is a permutation of the examples drawn from (seed, k) alone,
     cut to `steps` whole global batches so every replica gets equal batches, and passes follow
     each other without end: one pass is one epoch, and model.fit keeps one iterator for the
-    whole run. The order does not depend on how many iterators were made before (a seeded
+    whole run. With `epoch_steps`: one epoch per iterator, its passes' keys drawn from the seed
+    anew by each iterator, so fit without steps_per_epoch trains new passes each epoch. The order does not depend on how many iterators were made before (a seeded
     `shuffle(reshuffle_each_iteration=True)` draws each pass's seed from a generator that every
     iterator advances, and Keras 3's fit makes one to peek at a batch), so a resumed run that
     skips the steps done sees what the uninterrupted run saw. A replica's share is every N-th
@@ -130,7 +175,7 @@ def _pipeline(x, y, global_batch: int, steps: int | None = None, seed: int = 0):
             ds = ds.batch(batch)
         else:
             share = (ctx.num_input_pipelines, ctx.input_pipeline_id) if ctx is not None else (1, 0)
-            ds = shuffled_batches(x, y, steps, global_batch, seed, share, batch)
+            ds = shuffled_batches(x, y, steps, global_batch, seed, share, batch, epoch_steps)
         # In-memory arrays need no tuning. tf.data's autotuning thread can miss its
         # cancellation and hold an iterator's destructor for up to its optimization
         # period (grows to 60 s): Keras drops iterators at every epoch and at the end of
@@ -144,10 +189,11 @@ def _pipeline(x, y, global_batch: int, steps: int | None = None, seed: int = 0):
 
 
 def shuffled_batches(x, y, steps: int, global_batch: int, seed, share: tuple[int, int] = (1, 0),
-                     batch: int | None = None) -> tf.data.Dataset:
+                     batch: int | None = None, epoch_steps: int | None = None) -> tf.data.Dataset:
     """Batches of (features, labels) without end: pass k is the first `steps` global batches of a permutation
     drawn from (seed, k) alone. `share` = (N, i): keep every N-th example of each global batch from the i-th,
-    in batches of `batch`. Each pass is one gather and then slices: no per-example or per-batch function
+    in batches of `batch`. With `epoch_steps`: the batches of that many steps and then the end, the passes'
+    keys drawn anew by each iterator. Each pass is one gather and then slices: no per-example or per-batch function
     in tf.data, which on a small model costs as much as a step."""
     features, labels = tf.constant(x), tf.constant(y)
     n, i = share
@@ -159,7 +205,13 @@ def shuffled_batches(x, y, steps: int, global_batch: int, seed, share: tuple[int
         mine = tf.reshape(order[:, i::n], [-1, batch])
         return tf.data.Dataset.from_tensor_slices((tf.gather(features, mine), tf.gather(labels, mine)))
 
-    return tf.data.Dataset.counter().flat_map(one_pass)
+    if epoch_steps is None:
+        return tf.data.Dataset.counter().flat_map(one_pass)
+    # Every replica's pipeline draws the same keys for its k-th iterator (same seed), so the replicas still
+    # share each permutation; the known cardinality gives fit its step count.
+    keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(-(-epoch_steps // steps))
+    batches = epoch_steps * (global_batch // n) // batch
+    return keys.flat_map(one_pass).take(batches).apply(tf.data.experimental.assert_cardinality(batches))
 
 
 def _skipping(fn, steps: int):

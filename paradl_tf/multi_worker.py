@@ -79,7 +79,8 @@ def drive(cfg: Config, status_path: Path) -> None:
         local.start()
         local.watch()
         cl_info = {"resolver": "local", "mode": "process", "private_network": cl.in_private_network(), "tasks": spec}
-        _write_json(run_dir / "cluster.json", {**cl_info, "pids": local.pids(), "logs": str(run_dir)})
+        _write_json(run_dir / "cluster.json", {**cl_info, "pids": local.pids(), "task_logs": local.logs(),
+                                               "logs": str(run_dir)})
         chief_log = cl.LogFollower(run_dir / "worker-0.log")
         while not local.done() and local.fatal is None:
             chief_log.poll()
@@ -143,7 +144,9 @@ def worker_main(config_path: str, status_path: str) -> None:
     code, status = 0, {"ok": True}
     try:
         cfg = load_config(config_path)
-        spec = cl.parse_tf_config(os.environ.get("TF_CONFIG"), JOBS).cluster
+        tf_config = cl.parse_tf_config(os.environ.get("TF_CONFIG"), JOBS)
+        cl.set_process_title(f"paradl-tf {tf_config.task}")
+        spec = tf_config.cluster
         info = {"resolver": "local", "mode": "process", "private_network": cl.in_private_network(), "tasks": spec}
         resolver = cl.cluster_resolver(cfg.cluster.model_copy(update={"resolver": "tf_config"}), JOBS)
         run_worker(cfg, resolver, info)
@@ -221,9 +224,8 @@ def run_worker(cfg: Config, resolver, cluster_info: dict) -> dict[str, Any]:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(out / "tensorboard")))
     fit_start = time.perf_counter()
     history = model.fit(
-        datasets.train, validation_data=datasets.validation, epochs=cfg.train.epochs,
-        steps_per_epoch=datasets.steps_per_epoch, validation_steps=datasets.validation_steps, shuffle=False,
-        callbacks=callbacks, verbose=cfg.train.verbose if is_chief else 0,
+        **datasets.fit_kwargs(keras_name), epochs=cfg.train.epochs, callbacks=callbacks,
+        verbose=cfg.train.verbose if is_chief else 0,
     )
     fit_seconds = time.perf_counter() - fit_start
     export_model(model, out / "model.keras", is_chief, cfg.checkpoint.export)

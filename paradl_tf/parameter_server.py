@@ -89,11 +89,15 @@ def launch(cfg: Config, driver: str = "paradl_tf.parameter_server") -> dict[str,
     argv = [sys.executable, "-m", driver, str(config_path), str(status_path)]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
            "PYTHONUNBUFFERED": "1"}  # per-epoch progress as it happens, also through a pipe
-    code = cl.run_isolated(argv, env=env, private_network=cfg.cluster.private_network, timeout_s=cfg.cluster.timeout_s)
+    with open(run_dir / "driver.log", "w") as driver_log:  # the terminal gets the one error line, not the RPC errors
+        code = cl.run_isolated(argv, env=env, private_network=cfg.cluster.private_network,
+                               timeout_s=cfg.cluster.timeout_s, stderr=driver_log,
+                               on_poll=lambda processes: _record_host_pids(run_dir / "cluster.json", processes))
     status = json.loads(status_path.read_text()) if status_path.exists() else {}
     if status.get("error"):
-        error = ConfigError if status.get("type") == "ConfigError" else cl.ClusterError
-        raise error(status["error"])
+        if status.get("type") == "ConfigError":
+            raise ConfigError(status["error"])
+        raise cl.ClusterError(f"{status['error']} (logs: {run_dir})")
     if code != 0 or not results_path.exists():
         raise cl.ClusterError(f"the local cluster's driver failed ({cl.describe_exit(code)}) without saying why; "
                               f"task logs are in {run_dir}")
@@ -104,12 +108,25 @@ def launch(cfg: Config, driver: str = "paradl_tf.parameter_server") -> dict[str,
     return results
 
 
+def _record_host_pids(path: Path, processes) -> None:
+    """Add each task's pid on the host to cluster.json (the driver, in its PID namespace, knows only its own
+    numbering), so that a fault drill can `kill` a task from outside."""
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):  # not written yet, or being written
+        return
+    found = cl.host_pids(info.get("pids", {}), processes)
+    if found and found != info.get("host_pids"):
+        _write_json(path, {**info, "host_pids": found})
+
+
 def main(argv: Sequence[str], drive_fn: Callable[[Config, Path], Any] | None = None) -> None:
     """The driver (`python -m paradl_tf.parameter_server CONFIG STATUS`): start the tasks, be the chief, stop all.
 
     `drive_fn` (default: drive) does the work; paradl_tf.multi_worker passes its own."""
     config_path, status_path = argv[1], Path(argv[2])
     cl.raise_on_interrupt()
+    cl.set_process_title("paradl-tf driver")
     code, status, error = 0, {"ok": True}, None
     try:
         (drive_fn or drive)(load_config(config_path), status_path)
@@ -146,7 +163,8 @@ def drive(cfg: Config, status_path: Path) -> dict[str, Any]:
         local.wait_until_reachable(c.start_timeout_s)
         local.watch()
         info = {"resolver": "local", "mode": "process", "private_network": cl.in_private_network(), "tasks": spec}
-        _write_json(run_dir / "cluster.json", {**info, "pids": local.pids(), "logs": str(run_dir)})
+        _write_json(run_dir / "cluster.json", {**info, "pids": local.pids(), "task_logs": local.logs(),
+                                               "logs": str(run_dir)})
         os.environ["TF_CONFIG"] = cl.tf_config(spec, "chief", 0)  # the chief finds its cluster as on real hosts
         resolver = cl.cluster_resolver(c.model_copy(update={"resolver": "tf_config"}), JOBS)
         return coordinate(cfg, resolver, info, local)

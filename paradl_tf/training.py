@@ -108,14 +108,8 @@ def train(cfg: Config) -> dict[str, Any]:
         callbacks.append(job.keras.callbacks.TensorBoard(log_dir=str(out / "tensorboard")))
     fit_start = time.perf_counter()
     history = job.model.fit(
-        job.datasets.train,
-        validation_data=job.datasets.validation,
+        **job.datasets.fit_kwargs(job.keras_name),  # one iterator for the whole run
         epochs=cfg.train.epochs,
-        steps_per_epoch=job.datasets.steps_per_epoch,  # the training pipeline repeats
-        # tf_keras needs the count for a distributed dataset; Keras 3 counts, and would keep
-        # one exhausted validation iterator across epochs if given it.
-        validation_steps=job.datasets.validation_steps if job.keras_name == "tf_keras" else None,
-        shuffle=False,  # the pipeline shuffles, seeded
         callbacks=callbacks,
         verbose=cfg.train.verbose,
     )

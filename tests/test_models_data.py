@@ -94,7 +94,7 @@ def test_user_data_must_return_two_splits():
 def test_pipeline_batches_are_global_and_equal():
     cfg = load_config(None, ["train.global_batch_size=100"])
     ds = build_dataset(cfg)
-    sizes = [int(x.shape[0]) for x, _ in ds.train.take(2 * 14)]  # repeats: one pass is one epoch
+    sizes = [int(x.shape[0]) for x, _ in ds.train_stream.take(2 * 14)]  # repeats: one pass is one epoch
     assert sizes == [100] * 28 and ds.steps_per_epoch == 14
     assert ds.validation_steps == 4  # 360 validation examples
     assert ds.train.element_spec[0].dtype == tf.float32

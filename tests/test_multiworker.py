@@ -300,9 +300,7 @@ def test_two_workers_match_mirrored_in_one_process(tmp_path, cpus_per_worker):
         from paradl_tf.config import load_config
         from paradl_tf.training import prepare
         job = prepare(load_config("configs/sync_mirrored.yaml", {overrides!r}))
-        job.model.fit(job.datasets.train, validation_data=job.datasets.validation, epochs={epochs},
-                      steps_per_epoch=job.datasets.steps_per_epoch, validation_steps=job.datasets.validation_steps,
-                      shuffle=False, verbose=0)
+        job.model.fit(**job.datasets.fit_kwargs(job.keras_name), epochs={epochs}, verbose=0)
         np.savez({str(tmp_path / 'mirrored.npz')!r}, *job.model.get_weights())
     """)
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -92,18 +92,20 @@ class ClusterRun:
         self.output_dir = output_dir
         cmd = [sys.executable, "-m", "paradl_tf.cli", "train", f"--config={CONFIG}",
                "--set", f"output_dir={output_dir}", *[a for o in overrides for a in ("--set", o)]]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.lines: list[str] = []
+        self.errors: list[str] = []  # stderr
         self.seen: dict[int, psutil.Process] = {}
         self._new_line = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
+        threading.Thread(target=self._read, args=(self.proc.stdout, self.lines), daemon=True).start()
+        threading.Thread(target=self._read, args=(self.proc.stderr, self.errors), daemon=True).start()
         threading.Thread(target=self._watch, daemon=True).start()
 
-    def _read(self):
-        for line in self.proc.stdout:
+    def _read(self, stream, lines: list[str]):
+        for line in stream:
             with self._new_line:
-                self.lines.append(line.rstrip("\n"))
+                lines.append(line.rstrip("\n"))
                 self._new_line.notify_all()
 
     def _watch(self):
@@ -118,12 +120,12 @@ class ClusterRun:
             while True:
                 hit = next((ln for ln in self.lines if re.search(pattern, ln)), None)
                 if hit or self.proc.poll() is not None or time.monotonic() > deadline:
-                    assert hit, f"no line matching {pattern!r}; output:\n" + "\n".join(self.lines[-40:])
+                    assert hit, f"no line matching {pattern!r}; output:\n" + "\n".join(self.lines[-40:] + self.errors[-40:])
                     return hit
                 self._new_line.wait(0.5)
 
     def task(self, job: str, index: int) -> psutil.Process:
-        marker = f"serve --job={job} --task={index}"
+        marker = f"paradl-tf serve {job}:{index}"  # the task's process title
         for p in cl.descendants(self.proc.pid):
             if marker in command_line(p):
                 return p
@@ -141,7 +143,7 @@ class ClusterRun:
             self.proc.wait()
 
     def error_line(self) -> str:
-        return next(ln for ln in reversed(self.lines) if ln.startswith("error: "))
+        return next(ln for ln in reversed(self.errors) if ln.startswith("error: "))
 
     def results(self) -> dict:
         return json.loads((self.output_dir / "results.json").read_text())
@@ -238,7 +240,11 @@ def test_ps_killed_fails_fast_and_a_rerun_resumes_from_the_checkpoint(tmp_path):
     run = ClusterRun(*settings, output_dir=tmp_path)
     try:
         run.wait_for_line(r"^Epoch 4/")
-        run.task("ps", 0).send_signal(signal.SIGKILL)
+        # The drill as a user runs it: the ps's pid on the host, from cluster.json.
+        cluster = json.loads((tmp_path / "cluster" / "cluster.json").read_text())
+        assert "ps-0.log" in cluster["task_logs"]["ps:0"]
+        assert psutil.Process(cluster["host_pids"]["ps:0"]).cmdline()[0] == "paradl-tf serve ps:0"
+        os.kill(cluster["host_pids"]["ps:0"], signal.SIGKILL)
         killed = time.monotonic()
         assert run.finish() == 2
         failed_after = time.monotonic() - killed
@@ -247,7 +253,9 @@ def test_ps_killed_fails_fast_and_a_rerun_resumes_from_the_checkpoint(tmp_path):
     run.assert_nothing_left()
     assert re.match(r"error: task ps:0 \(127\.0\.0\.1:\d+, pid \d+\) exited: killed by SIGKILL; ParameterServerStrategy "
                     r"cannot go on without it .*: rerun the same command to resume from the last epoch backup in "
-                    r"checkpoint\.dir=", run.error_line()), run.error_line()
+                    r"checkpoint\.dir=.* \(logs: .*/cluster\)$", run.error_line()), run.error_line()
+    assert run.errors == [run.error_line()]  # one line: TensorFlow's RPC errors stay in cluster/driver.log
+    assert "UnavailableError" in (tmp_path / "cluster" / "driver.log").read_text()
     assert failed_after < 45, failed_after  # bounded: the watchdog fails the run after 30 s at most
     assert not (tmp_path / "results.json").exists()
 
@@ -293,8 +301,9 @@ def test_a_task_that_never_comes_up_is_named(tmp_path):
         run.kill()
     run.assert_nothing_left()
     assert re.fullmatch(r"error: task ps:0 \(127\.0\.0\.1:\d+\) did not accept connections within "
-                        r"cluster\.start_timeout_s=0\.5 s; also not up: worker:0, worker:1", run.error_line())
-    assert not any("Traceback" in ln for ln in run.lines)
+                        r"cluster\.start_timeout_s=0\.5 s; also not up: worker:0, worker:1 \(logs: .*/cluster\)",
+                        run.error_line())
+    assert not any("Traceback" in ln for ln in run.lines + run.errors)
 
 
 # ---------------------------------------------------------------- in-process mode, in its own Python process

@@ -18,7 +18,7 @@ def train_steps(strategy_overrides, keras="keras3", initial=None):
     if initial is not None:
         job.model.set_weights(initial)
     before = [w.copy() for w in job.model.get_weights()]
-    history = job.model.fit(job.datasets.train, epochs=1, steps_per_epoch=STEPS, shuffle=False, verbose=0)
+    history = job.model.fit(job.datasets.train_stream, epochs=1, steps_per_epoch=STEPS, shuffle=False, verbose=0)
     return before, job.model.get_weights(), history.history["loss"][0], job
 
 
