@@ -127,7 +127,7 @@ def test_a_pod_without_what_it_needs_is_a_one_line_error(resolver, env, message)
 def test_cluster_resolver_sets_tf_config_in_the_pod(monkeypatch):
     """TensorFlow gets a TFConfigClusterResolver over the pod's TF_CONFIG (it counts the pod's GPUs)."""
     cfg = load_config(os.path.join(ROOT, SYNC), ["cluster.resolver=jobset", "cluster.kubernetes_name=mnist"])
-    monkeypatch.delenv("TF_CONFIG", raising=False)
+    monkeypatch.setenv("TF_CONFIG", "")  # recorded, so the TF_CONFIG the resolver sets is undone after the test
     for name, value in {"JOBSET_NAME": "mnist", "REPLICATED_JOB_NAME": "worker", "JOB_INDEX": "0",
                         "JOB_COMPLETION_INDEX": "1"}.items():
         monkeypatch.setenv(name, value)
