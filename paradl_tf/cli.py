@@ -7,7 +7,8 @@
     paradl-tf train --config=configs/async_ps.yaml                       # parameter servers: 2 workers, 1 ps, local
     paradl-tf train --config=configs/sync_multiworker.yaml               # MultiWorkerMirroredStrategy: 2 processes
     paradl-tf tf-config --config=configs/sync_multiworker.yaml --hosts=10.0.0.1,10.0.0.2   # TF_CONFIG per task
-    paradl-tf export --config=configs/sync_multiworker.yaml --format=tfjob --image=IMAGE  # Kubeflow TFJob (or slurm)
+    paradl-tf export --config=configs/sync_multiworker.yaml --format=jobset --image=IMAGE  # JobSet (or indexed-job,
+                                                                         # tfjob, slurm)
     TF_CONFIG='{"cluster": ..., "task": {"type": "ps", "index": 0}}' paradl-tf serve   # one cluster task per host
     paradl-tf bench [--quick] [--out=bench]                              # every method measured: results.json, RESULTS.md, plots
 
@@ -37,9 +38,17 @@ flags.DEFINE_string("out", "bench", "bench: directory for results.json, RESULTS.
 flags.DEFINE_bool("virtual_gpus", False, "bench: on a GPU machine, split GPU 0 into logical GPUs for multi-device methods.")
 flags.DEFINE_list("hosts", [], "tf-config: the hosts of the cluster, one task each ('host' or 'host:port'), "
                   "in order chief, workers, ps.")
-flags.DEFINE_enum("format", "tfjob", ["tfjob", "slurm"], "export: a Kubeflow TFJob manifest or an sbatch script.")
-flags.DEFINE_string("image", None, "export --format=tfjob: the container image with paradl-tf installed.")
+flags.DEFINE_enum("format", "tfjob", ["tfjob", "jobset", "indexed-job", "slurm"],
+                  "export: a Kubeflow TFJob (needs the legacy operator), a JobSet, an Indexed Job and headless "
+                  "Service (multi-worker), or an sbatch script.")
+flags.DEFINE_string("image", None, "export to Kubernetes: the container image with paradl-tf installed.")
 flags.DEFINE_string("command", "paradl-tf", "export: the command that runs paradl-tf on a node or in a pod.")
+flags.DEFINE_string("cpu", None, "export to Kubernetes: CPU each pod requests, e.g. 4.")
+flags.DEFINE_string("memory", None, "export to Kubernetes: memory each pod requests and is limited to, e.g. 16Gi.")
+flags.DEFINE_integer("gpus", None, "export to Kubernetes: nvidia.com/gpu per worker pod; default 1 where "
+                     "devices.type is GPU, else none.", lower_bound=0)
+flags.DEFINE_string("checkpoint_claim", None, "export to Kubernetes: a ReadWriteMany PersistentVolumeClaim mounted "
+                    "on checkpoint.dir's parent in every pod that trains, so a restarted run resumes.")
 flags.DEFINE_bool("tiny", False, "bench: tiny models and concurrent processes, for tests; the speeds mean nothing.")
 
 
@@ -134,7 +143,8 @@ def _run(command: str) -> None:
         from paradl_tf import deploy
 
         if command == "export":
-            print(deploy.export(cfg, FLAGS.format, FLAGS.config, FLAGS.image, FLAGS.command), end="")
+            print(deploy.export(cfg, FLAGS.format, FLAGS.config, FLAGS.image, FLAGS.command, FLAGS.set, cpu=FLAGS.cpu,
+                                memory=FLAGS.memory, gpus=FLAGS.gpus, checkpoint_claim=FLAGS.checkpoint_claim), end="")
         else:
             for task, text in deploy.tf_configs(cfg, FLAGS.hosts).items():
                 print(f"{task}\tTF_CONFIG='{text}'")

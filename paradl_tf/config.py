@@ -336,15 +336,17 @@ class TrainConfig(Section):
 class ClusterConfig(Section):
     """The tasks of a multi-process strategy (parameter_server) and how to start or find them."""
 
-    resolver: Literal["local", "tf_config", "slurm", "kubernetes"] = "local"
+    resolver: Literal["local", "tf_config", "slurm", "kubernetes", "jobset", "indexed_job"] = "local"
     """local: the toolkit starts the cluster on this machine (127.0.0.1); tf_config: TF_CONFIG from the
-    environment (one process per host, tasks run `paradl-tf serve`); slurm, kubernetes: TensorFlow's resolvers."""
+    environment (one process per host, tasks run `paradl-tf serve`); slurm, kubernetes: TensorFlow's resolvers;
+    jobset, indexed_job: TF_CONFIG built inside a pod of `paradl-tf export --format=jobset|indexed-job` from its
+    role, index and stable hostname (no Kubernetes API access)."""
     mode: Literal["process", "in_process"] = "process"
     """local only: process = each task its own OS process; in_process = servers in this process (notebooks, tests)."""
     workers: PositiveInt = 2
-    """local, slurm, kubernetes: worker tasks (tf_config: TF_CONFIG says)."""
+    """local, slurm, kubernetes, jobset, indexed_job: worker tasks (tf_config: TF_CONFIG says)."""
     ps: Annotated[int, Field(ge=0)] = 1
-    """local, slurm, kubernetes: parameter-server tasks (tf_config: TF_CONFIG says)."""
+    """local, slurm, kubernetes, jobset: parameter-server tasks (tf_config: TF_CONFIG says)."""
     start_timeout_s: PositiveFloat = 60.0
     """How long to wait for every task to accept connections before failing with the name of the one that did not."""
     timeout_s: PositiveFloat | None = None
@@ -353,11 +355,17 @@ class ClusterConfig(Section):
     """local: run the cluster in a private network namespace with only loopback (unshare). auto falls back to
     the host network with a loud warning where that is impossible, required fails instead, off never isolates."""
     restart_workers: Annotated[int, Field(ge=0)] = 3
-    """local, process mode: restart a worker process that dies, at most this many times per worker (0: never)."""
+    """local, process mode: restart a worker process that dies, at most this many times per worker (0: never).
+    Exported JobSet / Indexed Job: the restarts their failure policies allow (see the README, Kubernetes)."""
     port: PositiveInt = 8888
-    """slurm: the first task port (port_base); kubernetes: the port every task serves on."""
+    """The port every task serves on: kubernetes, jobset, indexed_job, and the containerPort of exported manifests
+    (TFJob included: its operator writes it into TF_CONFIG); tf-config --hosts without a port; slurm: the first
+    port on each node (port_base)."""
     kubernetes_labels: dict[str, str] = {}
     """kubernetes: job name -> pod label selector, e.g. {worker: 'job-name=worker', ps: 'job-name=ps'}."""
+    kubernetes_name: Annotated[str, Field(pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$", max_length=63)] = "paradl-tf"
+    """metadata.name of the exported TFJob, JobSet or Indexed Job (and its headless Service); jobset and
+    indexed_job task hostnames derive from it (a DNS-1035 label: lowercase letters, digits, '-')."""
 
 
 # ---------------------------------------------------------------- checkpoint
@@ -533,6 +541,12 @@ def _check_parameter_server(cfg: Config) -> None:
         raise ValueError(
             "cluster.ps must be at least 1 with strategy.kind: parameter_server: the variables live on the ps "
             f"tasks. Received: cluster.ps={cfg.cluster.ps}"
+        )
+    if cfg.cluster.resolver == "indexed_job":
+        raise ValueError(
+            "cluster.resolver: indexed_job runs synchronous training only (one Indexed Job of workers); parameter "
+            "servers need a chief that ends the run and a ps whose loss fails it: use jobset. "
+            "Received: cluster.resolver='indexed_job'"
         )
 
 

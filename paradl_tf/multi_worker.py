@@ -256,7 +256,7 @@ def plan(cfg: Config) -> dict[str, Any]:
     local = setup_devices(cfg.devices)  # what each worker would see, assuming this host's devices
     c = cfg.cluster
     tasks = (cl.parse_tf_config(os.environ.get("TF_CONFIG"), JOBS).cluster if c.resolver == "tf_config"
-             else {"worker": [cl.planned_address(c)] * c.workers})
+             else cl.planned_spec(c, {"worker": c.workers}))
     replica_devices = [f"/job:worker/replica:0/task:{t}/device:{cfg.devices.type}:{i}"
                        for t in range(len(tasks["worker"])) for i in range(len(local))]
     per_replica = check_global_batch(cfg.train.global_batch_size, len(replica_devices))

@@ -481,8 +481,7 @@ def planned_spec(cfg: Config) -> cl.Spec:
     c = cfg.cluster
     if c.resolver == "tf_config":
         return cl.parse_tf_config(os.environ.get("TF_CONFIG"), JOBS).cluster
-    host = cl.planned_address(c)
-    return {"chief": [host], "worker": [host] * c.workers, "ps": [host] * c.ps}
+    return cl.planned_spec(c, {"chief": 1, "worker": c.workers, "ps": c.ps})
 
 
 def format_cluster_plan(p: dict[str, Any]) -> list[str]:

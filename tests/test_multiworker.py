@@ -348,7 +348,7 @@ def test_tfjob_manifest_fields():
     container = spec["template"]["spec"]["containers"][0]
     assert container["name"] == "tensorflow" and container["image"] == "reg/paradl:1"
     assert container["command"] == ["paradl-tf", "train", "--config=/cfg/mw.yaml", "--set", "cluster.resolver=tf_config"]
-    ps = deploy.tfjob(load_config("configs/async_ps.yaml"), "img", "/c.yaml")["spec"]["tfReplicaSpecs"]
+    ps = deploy.tfjob(load_config("configs/async_ps.yaml"), deploy.Pod("img"), "/c.yaml")["spec"]["tfReplicaSpecs"]
     assert {r: s["replicas"] for r, s in ps.items()} == {"Chief": 1, "Worker": 2, "PS": 1}
     assert ps["PS"]["template"]["spec"]["containers"][0]["command"] == ["paradl-tf", "serve"]
     with pytest.raises(ConfigError, match=r"needs --image"):
