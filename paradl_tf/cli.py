@@ -86,9 +86,10 @@ COMMANDS = {
         ("paradl-tf tf-config --config=configs/sync_multiworker.yaml --hosts=10.0.0.1,10.0.0.2",),
     ),
     "export": Command(
-        "Write what launches the config on a cluster: a Kubeflow TFJob manifest or a Slurm sbatch script.",
-        ("config", "set", "format", "image", "command"),
-        ("paradl-tf export --config=configs/sync_multiworker.yaml --format=tfjob --image=registry/paradl:1 > job.yaml",
+        "Write what launches the config on a cluster: a JobSet, an Indexed Job, a Kubeflow TFJob or an sbatch script.",
+        ("config", "set", "format", "image", "command", "cpu", "memory", "gpus", "checkpoint_claim"),
+        ("paradl-tf export --config=configs/sync_multiworker.yaml --format=jobset --image=registry/paradl:1 > jobset.yaml",
+         "paradl-tf export --config=configs/sync_multiworker.yaml --format=indexed-job --image=registry/paradl:1 > job.yaml",
          "paradl-tf export --config=configs/async_ps.yaml --format=slurm > job.sbatch"),
     ),
     "bench": Command(
@@ -213,7 +214,7 @@ def usage(command: str | None = None) -> str:
         flag = FLAGS[name]
         default = "" if flag.default in (None, [], False) else f" (default: {flag.default_as_str})"
         text = flag.help.split(";\n")[0]  # absl appends "repeat this option ..." to a multi flag's help
-        lines.append(f"  --{name:<13} {text}{default}")
+        lines.append(f"  --{name:<17} {text}{default}")
     lines += ["", "examples:"] + [f"  {e}" for e in c.examples]
     return "\n".join(lines) + "\n"
 
