@@ -64,9 +64,7 @@ def drive(cfg: Config, status_path: Path) -> None:
     if cl.in_private_network():
         cl.loopback_up()
     spec = cl.local_cluster_spec({"worker": cfg.cluster.workers})
-    run_dir = Path(cfg.output_dir) / "cluster"
-    for old in [*run_dir.glob("*.log"), *run_dir.glob("worker-*.status.json")]:
-        old.unlink()
+    run_dir = Path(cfg.output_dir) / "cluster"  # the launcher removed a previous run's logs and statuses
     config_path = Path(cfg.output_dir) / "config.yaml"
 
     def argv_for(job: str, index: int) -> list[str]:

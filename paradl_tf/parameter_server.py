@@ -83,7 +83,8 @@ def launch(cfg: Config, driver: str = "paradl_tf.parameter_server") -> dict[str,
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path, status_path, results_path = out / "config.yaml", run_dir / "status.json", out / "results.json"
     config_path.write_text(dump_config(cfg))
-    for stale in (status_path, results_path, run_dir / "cluster.json"):
+    for stale in (status_path, results_path, run_dir / "cluster.json", *run_dir.glob("*.log"),
+                  *run_dir.glob("*.status.json")):  # a previous run's
         stale.unlink(missing_ok=True)
     start = time.perf_counter()
     argv = [sys.executable, "-m", driver, str(config_path), str(status_path)]
@@ -154,8 +155,6 @@ def drive(cfg: Config, status_path: Path) -> dict[str, Any]:
         cl.loopback_up()
     spec = cl.local_cluster_spec({"chief": 1, "worker": c.workers, "ps": c.ps})
     run_dir = Path(cfg.output_dir) / "cluster"
-    for old_log in run_dir.glob("*.log"):
-        old_log.unlink()
     tasks = cl.make_tasks(spec, ("ps", "worker"), _serve_argv, run_dir)
     local = cl.LocalCluster(tasks, max_restarts=c.restart_workers, on_fatal=_watchdog(status_path, cfg))
     try:
