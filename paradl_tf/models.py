@@ -43,6 +43,11 @@ def compile_model(model, train_cfg: TrainConfig, keras: ModuleType, **compile_ar
     return model
 
 
+def _logits(layers, num_classes: int, x):
+    # float32 under every precision policy: a softmax and loss over bfloat16/float16 logits lose accuracy.
+    return layers.Dense(num_classes, name="logits", dtype="float32")(x)
+
+
 def _image_shape(input_shape: tuple[int, ...], kind: str) -> tuple[int, ...]:
     if len(input_shape) != 3:
         raise ConfigError(
@@ -60,7 +65,7 @@ def _mlp(cfg: MLPConfig, input_shape, num_classes: int, keras: ModuleType):
         x = layers.Dense(units, activation=cfg.activation, name=f"hidden_{i}")(x)
         if cfg.dropout:
             x = layers.Dropout(cfg.dropout, name=f"dropout_{i}")(x)
-    outputs = layers.Dense(num_classes, name="logits")(x)
+    outputs = _logits(layers, num_classes, x)
     return keras.Model(inputs, outputs, name="mlp")
 
 
@@ -74,7 +79,7 @@ def _cnn(cfg: CNNConfig, input_shape, num_classes: int, keras: ModuleType):
             x = layers.MaxPooling2D(name=f"pool_{i}")(x)
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(cfg.dense, activation="relu", name="dense")(x)
-    outputs = layers.Dense(num_classes, name="logits")(x)
+    outputs = _logits(layers, num_classes, x)
     return keras.Model(inputs, outputs, name="cnn")
 
 
@@ -95,7 +100,7 @@ def _inception(cfg: InceptionConfig, input_shape, num_classes: int, keras: Modul
         b4 = conv(f, 1, "b4_1x1", pooled)
         x = layers.Concatenate(name=f"block{b}_concat")([b1, b2, b3, b4])
     x = layers.GlobalAveragePooling2D(name="gap")(x)
-    outputs = layers.Dense(num_classes, name="logits")(x)
+    outputs = _logits(layers, num_classes, x)
     return keras.Model(inputs, outputs, name="inception")
 
 
