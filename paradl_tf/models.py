@@ -25,22 +25,24 @@ def build_model(model_cfg, input_shape: tuple[int, ...], num_classes: int, keras
     raise ConfigError(f"model.kind: unknown model kind {model_cfg.kind!r}; choose one of: mlp, cnn, inception, user")
 
 
-def compile_model(model, train_cfg: TrainConfig, keras: ModuleType, **compile_args):
-    """Compile with the optimizer, loss and metrics of `train`; call inside `strategy.scope()`."""
-    optimizers = {
-        "sgd": keras.optimizers.SGD,
-        "adam": keras.optimizers.Adam,
-        "rmsprop": keras.optimizers.RMSprop,
-        "adagrad": keras.optimizers.Adagrad,
-    }
+def compile_model(model, train_cfg: TrainConfig, keras: ModuleType, optimizer=None, **compile_args):
+    """Compile with the optimizer (default: build_optimizer's), loss and metrics of `train`; call inside
+    `strategy.scope()`."""
     model.compile(
-        optimizer=optimizers[train_cfg.optimizer](learning_rate=train_cfg.learning_rate),
+        optimizer=optimizer or build_optimizer(train_cfg, keras),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
         steps_per_execution=train_cfg.steps_per_execution,
         **compile_args,
     )
     return model
+
+
+def build_optimizer(train_cfg: TrainConfig, keras: ModuleType, legacy: bool = False):
+    """The optimizer of `train`; legacy: tf_keras's legacy (OptimizerV2) class of the same name."""
+    module = keras.optimizers.legacy if legacy else keras.optimizers
+    name = {"sgd": "SGD", "adam": "Adam", "rmsprop": "RMSprop", "adagrad": "Adagrad"}[train_cfg.optimizer]
+    return getattr(module, name)(learning_rate=train_cfg.learning_rate)
 
 
 def _logits(layers, num_classes: int, x):

@@ -37,6 +37,9 @@ EVALUATION = (
     "by the chief: after every epoch it copies the weights from the ps tasks into a local model and evaluates "
     "that on the whole validation split (the workers only train)"
 )
+# tf_keras's legacy optimizers whose update equals the new ones' to float32 rounding (a test checks it): under
+# ParameterServerStrategy they run faster, as TensorFlow's parameter-server tutorial advises (bench/BEFORE_AFTER.md).
+LEGACY_SAME_UPDATE = ("sgd", "adam", "adagrad")
 PROGRESS = (
     "per epoch (verbose=2): TensorFlow refuses verbose=1 and batch-level Keras callbacks under ParameterServerStrategy"
 )
@@ -170,7 +173,7 @@ def coordinate(cfg: Config, resolver, cluster_info: dict, local: cl.LocalCluster
     from paradl_tf.data import build_dataset, load_splits
     from paradl_tf.devices import setup_devices
     from paradl_tf.keras_version import import_keras, resolve_keras
-    from paradl_tf.models import build_model, compile_model
+    from paradl_tf.models import build_model, build_optimizer, compile_model
     from paradl_tf.precision import check_model_precision, precision_policy, resolve_precision
     from paradl_tf.strategies import build_strategy, check_global_batch
     from paradl_tf.training import Job, run_results
@@ -189,7 +192,8 @@ def coordinate(cfg: Config, resolver, cluster_info: dict, local: cl.LocalCluster
     precision = resolve_precision(cfg.train.precision, cfg.devices.type)
     with strategy.scope(), precision_policy(keras, precision):  # the workers run the chief's traced steps
         model = build_model(cfg.model, datasets.input_shape, datasets.num_classes, keras)
-        compile_model(model, train_cfg, keras)
+        legacy = cfg.train.optimizer in LEGACY_SAME_UPDATE
+        compile_model(model, train_cfg, keras, build_optimizer(train_cfg, keras, legacy))
         counter = _worker_step_counter(tf)
     if counter is not None:
         _count_steps(model, counter)
@@ -356,6 +360,7 @@ def _ps_results(cfg: Config, model, history: dict, counter, cluster_info: dict, 
         "resumed_from_epoch": cfg.train.epochs - epochs_run,
         "steps_this_run": epochs_run * cfg.train.steps_per_epoch,
         "optimizer_iterations": iterations,
+        "optimizer_class": f"{type(model.optimizer).__module__}.{type(model.optimizer).__name__}",
         "extra_steps": iterations - requested,
         "worker_steps": {
             f"worker:{i}": {

@@ -159,6 +159,8 @@ def run_results(job: Job, history: dict, epoch_seconds: list[float], fit_seconds
         "fit_seconds": fit_seconds,
         "wall_seconds": wall,
         "output_dir": cfg.output_dir,
+        "threads": {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),  # 0: TensorFlow's default
+                    "inter_op": tf.config.threading.get_inter_op_parallelism_threads()},
         **({"precision": job.precision} if job.precision else {}),
         **({"placement": job.placement} if job.placement else {}),
     }
