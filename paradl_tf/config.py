@@ -29,6 +29,22 @@ class Section(BaseModel):
 
 
 # ---------------------------------------------------------------- devices
+class ThreadsConfig(Section):
+    """TensorFlow's two CPU thread pools, set in every process of the run before TensorFlow starts (cluster
+    tasks inherit them as TF_NUM_INTRAOP_THREADS/TF_NUM_INTEROP_THREADS). One process has one pool of each, shared
+    by all its logical CPUs: devices.count: 4 with intra_op: 2 gives 4 devices that split 2 threads, not 8."""
+
+    intra_op: PositiveInt | None = None
+    """Threads inside one op (a matmul split over cores); default: TensorFlow's, one per core."""
+    inter_op: PositiveInt | None = None
+    """Independent ops run at once (replicas on logical devices, parallel branches); default: TensorFlow's."""
+
+    def environment(self) -> dict[str, str]:
+        """The variables TensorFlow reads for its pools when nothing sets them: what child processes inherit."""
+        wanted = {"TF_NUM_INTRAOP_THREADS": self.intra_op, "TF_NUM_INTEROP_THREADS": self.inter_op}
+        return {name: str(n) for name, n in wanted.items() if n is not None}
+
+
 class DevicesConfig(Section):
     """Logical devices to create before TensorFlow starts."""
 
@@ -38,6 +54,8 @@ class DevicesConfig(Section):
     """Logical devices per physical device (CPU: split the one CPU; GPU: split each GPU)."""
     memory_limit_mb: PositiveInt | None = None
     """GPU only: memory of each logical GPU; needed to split a GPU into more than one."""
+    threads: ThreadsConfig = ThreadsConfig()
+    """Intra-op and inter-op thread pools of every process; default: TensorFlow's."""
 
 
 # ---------------------------------------------------------------- strategy
@@ -324,6 +342,10 @@ class TrainConfig(Section):
     """Seeds Python, NumPy, TensorFlow, the data split, synthetic data and shuffling."""
     steps_per_execution: PositiveInt = 1
     """Training steps per tf.function call; >1 cuts per-step Python overhead."""
+    precision: Literal["float32", "mixed_bfloat16", "mixed_float16", "auto"] = "float32"
+    """Keras mixed-precision policy: variables stay float32, layers compute in bfloat16 or float16 (with loss
+    scaling); logits and loss stay float32. auto: bfloat16 on CPUs and GPUs that have it, float16 on older GPUs,
+    float32 otherwise (plan and results.json say which ran and why)."""
     deterministic: bool = False
     """tf.config.experimental.enable_op_determinism(): bitwise-repeatable runs, slower."""
     tensorboard: bool = False
@@ -577,6 +599,15 @@ def _check_multi_worker(cfg: Config) -> None:
         )
 
 
+def _check_loss_scaling(cfg: Config) -> None:
+    # tf_keras's LossScaleOptimizer refuses strategies whose variables are not one copy per replica
+    # (loss_scale_optimizer.strategy_supports_loss_scaling): ParameterServerStrategy among them.
+    if cfg.train.precision == "mixed_float16" and cfg.strategy.kind == "parameter_server":
+        raise ValueError("train.precision: mixed_float16 needs loss scaling, which Keras does not support under "
+                         "ParameterServerStrategy; use mixed_bfloat16 (no loss scaling) or float32. "
+                         "Received: train.precision='mixed_float16'")
+
+
 def _check_keras_for_strategy(cfg: Config) -> None:
     """An explicit keras: keras3 with a strategy Keras 3 cannot run fails here, before anything starts."""
     from paradl_tf.keras_version import KERAS3_UNSUPPORTED
@@ -588,7 +619,7 @@ def _check_keras_for_strategy(cfg: Config) -> None:
 
 _COMBINATION_CHECKS = [
     _check_memory_limit, _check_nccl, _check_mirrored_device_count, _check_microbatches, _check_placement_devices,
-    _check_parameter_server, _check_multi_worker, _check_keras_for_strategy,
+    _check_parameter_server, _check_multi_worker, _check_loss_scaling, _check_keras_for_strategy,
 ]
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import tensorflow as tf
 
-from paradl_tf.config import DevicesConfig
+from paradl_tf.config import DevicesConfig, ThreadsConfig
 from paradl_tf.errors import ConfigError, DeviceSetupError
 
 _TOO_LATE = (
@@ -53,8 +55,31 @@ def setup_virtual_devices(n: int, device_type: str = "CPU", memory_limit_mb: int
 
 
 def setup_devices(cfg: DevicesConfig) -> list[str]:
-    """setup_virtual_devices from the config's `devices` section."""
+    """setup_threads and setup_virtual_devices from the config's `devices` section."""
+    setup_threads(cfg.threads)
     return setup_virtual_devices(cfg.count, cfg.type, cfg.memory_limit_mb)
+
+
+def setup_threads(cfg: ThreadsConfig) -> None:
+    """Size TensorFlow's intra-op and inter-op pools (before its runtime starts) and export the sizes to the
+    processes this one starts. Asking again for the sizes already in place is a no-op."""
+    os.environ.update(cfg.environment())
+    threading = tf.config.threading
+    pools = (("intra_op", cfg.intra_op, threading.get_intra_op_parallelism_threads,
+              threading.set_intra_op_parallelism_threads),
+             ("inter_op", cfg.inter_op, threading.get_inter_op_parallelism_threads,
+              threading.set_inter_op_parallelism_threads))
+    for key, wanted, get, set_threads in pools:
+        if wanted is None or get() == wanted:
+            continue
+        try:
+            set_threads(wanted)
+        except RuntimeError:
+            raise DeviceSetupError(
+                f"cannot set devices.threads.{key}: the TensorFlow runtime is already initialized with "
+                f"{get() or 'its default'} threads; set it before anything touches TensorFlow devices or tensors. "
+                f"Received: devices.threads.{key}={wanted}"
+            ) from None
 
 
 def logical_device_names(device_type: str = "CPU") -> list[str]:

@@ -35,6 +35,7 @@ from paradl_tf.models import compile_model
 from paradl_tf.placement import (
     LayerInfo, Stage, auto_stages, balance_ratio, branch_stages, explicit_stages, stage_table,
 )
+from paradl_tf.precision import dtype_name
 
 KEY = "strategy.placement"
 
@@ -49,7 +50,19 @@ def compile_placed_model(model, cfg, keras: ModuleType):
     # Keras 3's jit_compile="auto" turns XLA on when a GPU is present.
     compile_model(placed, cfg.train, keras, jit_compile=False)
     build_optimizer_on_stage_devices(placed)
-    return placed, placement_summary(placed, layers, stages, cfg.strategy)
+    summary = placement_summary(placed, layers, stages, cfg.strategy)
+    # Activations cross devices in the dtype the layers compute in (sends_bytes_per_example counts them so):
+    # bfloat16 and float16 halve the bytes sent.
+    summary["activation_dtypes"] = _sent_dtypes(model, layers, stages)
+    return placed, summary
+
+
+def _sent_dtypes(model, layers: Sequence[LayerInfo], stages: Sequence[Stage]) -> list[str]:
+    """The dtypes of the layer outputs that another stage reads."""
+    stage_of = {name: i for i, stage in enumerate(stages) for name in stage.layers}
+    sent = {src for layer in layers for src in layer.inputs
+            if stage_of.get(src, stage_of[layer.name]) != stage_of[layer.name]}
+    return sorted({dtype_name(t.dtype) for src in sent for t in tf.nest.flatten(model.get_layer(src).output)})
 
 
 def plan_stages(strategy_cfg, devices_cfg, layers: Sequence[LayerInfo]) -> list[Stage]:
@@ -278,6 +291,8 @@ def _define_placed_model(keras: ModuleType, keras3: bool) -> type:
                 total = grads if total is None else [_add(a, b, v) for a, b, v in zip(total, grads, variables)]
             if self.microbatches > 1:
                 total = [None if g is None else g / self.microbatches for g in total]
+            if not keras3 and hasattr(self.optimizer, "get_unscaled_gradients"):  # tf_keras mixed_float16
+                total = [None if g is None else self.optimizer.get_unscaled_gradients([g])[0] for g in total]
             self.optimizer.apply_gradients([(g, v) for g, v in zip(total, variables) if g is not None])
             return self.get_metrics_result()
 
@@ -298,7 +313,10 @@ def _define_placed_model(keras: ModuleType, keras3: bool) -> type:
 
         def _loss(self, x, y, y_pred, sample_weight):
             if not keras3:  # tf_keras: compute_loss also updates the loss metric
-                return self.compute_loss(x, y, y_pred, sample_weight)
+                loss = self.compute_loss(x, y, y_pred, sample_weight)
+                # tf_keras's LossScaleOptimizer scales only inside minimize(); this step differentiates itself.
+                scale = getattr(self.optimizer, "get_scaled_loss", None)
+                return scale(loss) if scale else loss
             loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
             batch = tf.shape(tf.nest.flatten(x)[0])[0]
             next(m for m in self.metrics if m.name == "loss").update_state(loss, sample_weight=batch)

@@ -25,22 +25,29 @@ def build_model(model_cfg, input_shape: tuple[int, ...], num_classes: int, keras
     raise ConfigError(f"model.kind: unknown model kind {model_cfg.kind!r}; choose one of: mlp, cnn, inception, user")
 
 
-def compile_model(model, train_cfg: TrainConfig, keras: ModuleType, **compile_args):
-    """Compile with the optimizer, loss and metrics of `train`; call inside `strategy.scope()`."""
-    optimizers = {
-        "sgd": keras.optimizers.SGD,
-        "adam": keras.optimizers.Adam,
-        "rmsprop": keras.optimizers.RMSprop,
-        "adagrad": keras.optimizers.Adagrad,
-    }
+def compile_model(model, train_cfg: TrainConfig, keras: ModuleType, optimizer=None, **compile_args):
+    """Compile with the optimizer (default: build_optimizer's), loss and metrics of `train`; call inside
+    `strategy.scope()`."""
     model.compile(
-        optimizer=optimizers[train_cfg.optimizer](learning_rate=train_cfg.learning_rate),
+        optimizer=optimizer or build_optimizer(train_cfg, keras),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
         steps_per_execution=train_cfg.steps_per_execution,
         **compile_args,
     )
     return model
+
+
+def build_optimizer(train_cfg: TrainConfig, keras: ModuleType, legacy: bool = False):
+    """The optimizer of `train`; legacy: tf_keras's legacy (OptimizerV2) class of the same name."""
+    module = keras.optimizers.legacy if legacy else keras.optimizers
+    name = {"sgd": "SGD", "adam": "Adam", "rmsprop": "RMSprop", "adagrad": "Adagrad"}[train_cfg.optimizer]
+    return getattr(module, name)(learning_rate=train_cfg.learning_rate)
+
+
+def _logits(layers, num_classes: int, x):
+    # float32 under every precision policy: a softmax and loss over bfloat16/float16 logits lose accuracy.
+    return layers.Dense(num_classes, name="logits", dtype="float32")(x)
 
 
 def _image_shape(input_shape: tuple[int, ...], kind: str) -> tuple[int, ...]:
@@ -60,7 +67,7 @@ def _mlp(cfg: MLPConfig, input_shape, num_classes: int, keras: ModuleType):
         x = layers.Dense(units, activation=cfg.activation, name=f"hidden_{i}")(x)
         if cfg.dropout:
             x = layers.Dropout(cfg.dropout, name=f"dropout_{i}")(x)
-    outputs = layers.Dense(num_classes, name="logits")(x)
+    outputs = _logits(layers, num_classes, x)
     return keras.Model(inputs, outputs, name="mlp")
 
 
@@ -74,7 +81,7 @@ def _cnn(cfg: CNNConfig, input_shape, num_classes: int, keras: ModuleType):
             x = layers.MaxPooling2D(name=f"pool_{i}")(x)
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(cfg.dense, activation="relu", name="dense")(x)
-    outputs = layers.Dense(num_classes, name="logits")(x)
+    outputs = _logits(layers, num_classes, x)
     return keras.Model(inputs, outputs, name="cnn")
 
 
@@ -95,7 +102,7 @@ def _inception(cfg: InceptionConfig, input_shape, num_classes: int, keras: Modul
         b4 = conv(f, 1, "b4_1x1", pooled)
         x = layers.Concatenate(name=f"block{b}_concat")([b1, b2, b3, b4])
     x = layers.GlobalAveragePooling2D(name="gap")(x)
-    outputs = layers.Dense(num_classes, name="logits")(x)
+    outputs = _logits(layers, num_classes, x)
     return keras.Model(inputs, outputs, name="inception")
 
 

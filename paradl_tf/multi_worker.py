@@ -190,6 +190,7 @@ def run_worker(cfg: Config, resolver, cluster_info: dict) -> dict[str, Any]:
     from paradl_tf.data import build_dataset
     from paradl_tf.keras_version import import_keras, resolve_keras
     from paradl_tf.models import build_model, compile_model
+    from paradl_tf.precision import check_model_precision, precision_policy, resolve_precision
     from paradl_tf.strategies import build_strategy, check_global_batch
     from paradl_tf.training import Job, epoch_timer, run_results
 
@@ -206,7 +207,8 @@ def run_worker(cfg: Config, resolver, cluster_info: dict) -> dict[str, Any]:
     per_replica = check_global_batch(cfg.train.global_batch_size, strategy)
     done_steps = backed_up_steps(cfg.checkpoint.dir)
     datasets = build_dataset(cfg, strategy=strategy, skip_steps=done_steps)
-    with strategy.scope():
+    precision = resolve_precision(cfg.train.precision, cfg.devices.type)
+    with strategy.scope(), precision_policy(keras, precision):
         model = build_model(cfg.model, datasets.input_shape, datasets.num_classes, keras)
         compile_model(model, cfg.train, keras)
     timer = epoch_timer(keras)
@@ -228,7 +230,7 @@ def run_worker(cfg: Config, resolver, cluster_info: dict) -> dict[str, Any]:
     fit_seconds = time.perf_counter() - fit_start
     export_model(model, out / "model.keras", is_chief, cfg.checkpoint.export)
     job = Job(cfg=cfg, strategy=strategy, keras_name=keras_name, keras=keras, datasets=datasets, model=model,
-              per_replica_batch_size=per_replica)
+              per_replica_batch_size=per_replica, precision=check_model_precision(model, precision))
     results = run_results(job, history.history, timer.epoch_seconds, fit_seconds, time.perf_counter() - start)
     results.update(_mwm_results(cfg, model, strategy, datasets, cluster_info, done_steps, len(timer.epoch_seconds)))
     if is_chief:
@@ -247,6 +249,7 @@ def plan(cfg: Config) -> dict[str, Any]:
     from paradl_tf.keras_version import import_keras, resolve_keras
     from paradl_tf.models import build_model
     from paradl_tf.planning import describe_variable, plan_header
+    from paradl_tf.precision import check_model_precision, precision_policy, resolve_precision
     from paradl_tf.strategies import check_global_batch
 
     keras_name = resolve_keras(cfg.keras, KIND)
@@ -259,9 +262,12 @@ def plan(cfg: Config) -> dict[str, Any]:
                        for t in range(len(tasks["worker"])) for i in range(len(local))]
     per_replica = check_global_batch(cfg.train.global_batch_size, len(replica_devices))
     datasets = build_dataset(cfg)
-    model = build_model(cfg.model, datasets.input_shape, datasets.num_classes, keras)
+    precision = resolve_precision(cfg.train.precision, cfg.devices.type)
+    with precision_policy(keras, precision):
+        model = build_model(cfg.model, datasets.input_shape, datasets.num_classes, keras)
     variables = [describe_variable(v, replica_devices) for v in model.variables]
-    header = plan_header(cfg, tf.distribute.MultiWorkerMirroredStrategy.__name__, keras_name, variables)
+    header = plan_header(cfg, tf.distribute.MultiWorkerMirroredStrategy.__name__, keras_name, variables,
+                         check_model_precision(model, precision))
     trainable = {id(v) for v in model.trainable_variables}
     return {
         **header,
@@ -282,6 +288,9 @@ def _configure_devices(devices_cfg) -> None:
     does not start it)."""
     import tensorflow as tf
 
+    from paradl_tf.devices import setup_threads
+
+    setup_threads(devices_cfg.threads)  # the thread settings do not start the runtime either
     if devices_cfg.count == 1 and devices_cfg.memory_limit_mb is None:
         return
     wanted = [tf.config.LogicalDeviceConfiguration(memory_limit=devices_cfg.memory_limit_mb)] * devices_cfg.count

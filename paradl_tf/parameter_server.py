@@ -37,6 +37,9 @@ EVALUATION = (
     "by the chief: after every epoch it copies the weights from the ps tasks into a local model and evaluates "
     "that on the whole validation split (the workers only train)"
 )
+# tf_keras's legacy optimizers whose update equals the new ones' to float32 rounding (a test checks it): under
+# ParameterServerStrategy they run faster, as TensorFlow's parameter-server tutorial advises (bench/BEFORE_AFTER.md).
+LEGACY_SAME_UPDATE = ("sgd", "adam", "adagrad")
 PROGRESS = (
     "per epoch (verbose=2): TensorFlow refuses verbose=1 and batch-level Keras callbacks under ParameterServerStrategy"
 )
@@ -55,6 +58,9 @@ def train(cfg: Config) -> dict[str, Any]:
     if c.resolver == "local" and c.mode == "process":
         return launch(cfg)
     if c.resolver == "local":  # in_process: servers in this process, for notebooks and tests
+        from paradl_tf.devices import setup_threads
+
+        setup_threads(cfg.devices.threads)  # before the servers start the runtime
         if cl.in_private_network():
             cl.loopback_up()
         spec = cl.local_cluster_spec({"chief": 1, "worker": c.workers, "ps": c.ps})
@@ -89,7 +95,8 @@ def launch(cfg: Config, driver: str = "paradl_tf.parameter_server") -> dict[str,
     start = time.perf_counter()
     argv = [sys.executable, "-m", driver, str(config_path), str(status_path)]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
-           "PYTHONUNBUFFERED": "1"}  # per-epoch progress as it happens, also through a pipe
+           "PYTHONUNBUFFERED": "1",  # per-epoch progress as it happens, also through a pipe
+           **cfg.devices.threads.environment()}  # every task process sizes its thread pools from these
     with open(run_dir / "driver.log", "w") as driver_log:  # the terminal gets the one error line, not the RPC errors
         code = cl.run_isolated(argv, env=env, private_network=cfg.cluster.private_network,
                                timeout_s=cfg.cluster.timeout_s, stderr=driver_log,
@@ -183,7 +190,8 @@ def coordinate(cfg: Config, resolver, cluster_info: dict, local: cl.LocalCluster
     from paradl_tf.data import build_dataset, load_splits
     from paradl_tf.devices import setup_devices
     from paradl_tf.keras_version import import_keras, resolve_keras
-    from paradl_tf.models import build_model, compile_model
+    from paradl_tf.models import build_model, build_optimizer, compile_model
+    from paradl_tf.precision import check_model_precision, precision_policy, resolve_precision
     from paradl_tf.strategies import build_strategy, check_global_batch
     from paradl_tf.training import Job, run_results
 
@@ -198,13 +206,16 @@ def coordinate(cfg: Config, resolver, cluster_info: dict, local: cl.LocalCluster
     splits = load_splits(cfg.data, cfg.train.seed)
     datasets = build_dataset(cfg, splits)  # shapes and steps for the results; the workers build their own
     train_cfg = cfg.train.model_copy(update={"steps_per_execution": steps_per_execution(cfg)})
-    with strategy.scope():
+    precision = resolve_precision(cfg.train.precision, cfg.devices.type)
+    with strategy.scope(), precision_policy(keras, precision):  # the workers run the chief's traced steps
         model = build_model(cfg.model, datasets.input_shape, datasets.num_classes, keras)
-        compile_model(model, train_cfg, keras)
+        legacy = cfg.train.optimizer in LEGACY_SAME_UPDATE
+        compile_model(model, train_cfg, keras, build_optimizer(train_cfg, keras, legacy))
         counter = _worker_step_counter(tf)
     if counter is not None:
         _count_steps(model, counter)
-    evaluation = _chief_evaluation(keras, cfg, splits, model, build_model)
+    with precision_policy(keras, precision):  # the chief evaluates in the precision the workers train in
+        evaluation = _chief_evaluation(keras, cfg, splits, model, build_model)
     callbacks = [evaluation]
     out = Path(cfg.output_dir)
     if cfg.checkpoint.dir:
@@ -226,7 +237,7 @@ def coordinate(cfg: Config, resolver, cluster_info: dict, local: cl.LocalCluster
     )
     fit_seconds = time.perf_counter() - fit_start
     job = Job(cfg=cfg, strategy=strategy, keras_name=keras_name, keras=keras, datasets=datasets, model=model,
-              per_replica_batch_size=per_replica)
+              per_replica_batch_size=per_replica, precision=check_model_precision(model, precision))
     results = run_results(job, history.history, evaluation.epoch_seconds, fit_seconds, time.perf_counter() - start)
     results.update(_ps_results(cfg, model, history.history, counter, cluster_info, local))
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -366,6 +377,7 @@ def _ps_results(cfg: Config, model, history: dict, counter, cluster_info: dict, 
         "resumed_from_epoch": cfg.train.epochs - epochs_run,
         "steps_this_run": epochs_run * cfg.train.steps_per_epoch,
         "optimizer_iterations": iterations,
+        "optimizer_class": f"{type(model.optimizer).__module__}.{type(model.optimizer).__name__}",
         "extra_steps": iterations - requested,
         "worker_steps": {
             f"worker:{i}": {
@@ -428,6 +440,7 @@ def plan(cfg: Config) -> dict[str, Any]:
     from paradl_tf.keras_version import import_keras, resolve_keras
     from paradl_tf.models import build_model
     from paradl_tf.planning import plan_header
+    from paradl_tf.precision import check_model_precision, precision_policy, resolve_precision
     from paradl_tf.strategies import variable_partitioner
 
     keras_name = resolve_keras(cfg.keras, "parameter_server")
@@ -441,7 +454,8 @@ def plan(cfg: Config) -> dict[str, Any]:
         created.append(next_creator(**kwargs))
         return created[-1]
 
-    with tf.variable_creator_scope(record):
+    precision = resolve_precision(cfg.train.precision, cfg.devices.type)
+    with tf.variable_creator_scope(record), precision_policy(keras, precision):
         model = build_model(cfg.model, datasets.input_shape, datasets.num_classes, keras)
     partitioner = variable_partitioner(cfg.strategy.variable_partitioner, len(spec["ps"]))
     described = [{"name": v.name, "shape": [int(d) for d in v.shape], "itemsize": tf.as_dtype(v.dtype).size,
@@ -455,7 +469,8 @@ def plan(cfg: Config) -> dict[str, Any]:
         {"name": v.name, "shape": placed[id(v)]["shape"], "dtype": tf.as_dtype(v.dtype).name,
          "bytes": sum(s["bytes"] for s in placed[id(v)]["shards"]),
          "devices": [s["device"] for s in placed[id(v)]["shards"]], "shards": placed[id(v)]["shards"]}
-        for v in model.variables
+        # Under a mixed policy tf_keras wraps each variable in an AutoCastVariable; the creator saw the variable.
+        for v in (getattr(w, "_variable", w) for w in model.variables)
     ]
     ps_bytes = {f"/job:ps/replica:0/task:{i}/device:CPU:0": 0 for i in range(len(spec["ps"]))}
     for v in variables:
@@ -463,7 +478,8 @@ def plan(cfg: Config) -> dict[str, Any]:
             ps_bytes[shard["device"]] += shard["bytes"]
     c = cfg.cluster
     return {
-        **plan_header(cfg, tf.distribute.experimental.ParameterServerStrategy.__name__, keras_name, variables),
+        **plan_header(cfg, tf.distribute.experimental.ParameterServerStrategy.__name__, keras_name, variables,
+                      check_model_precision(model, precision)),
         "replicas": 1,
         "devices": [f"/job:worker/replica:0/task:{i}/device:CPU:0" for i in range(len(spec["worker"]))],
         "per_replica_batch_size": cfg.train.global_batch_size,

@@ -25,7 +25,7 @@ def plan(cfg: Config) -> dict[str, Any]:
     job = prepare(cfg)
     variables = [describe_variable(v, variable_devices(v, job.strategy)) for v in job.model.variables]
     return {
-        **plan_header(cfg, type(job.strategy).__name__, job.keras_name, variables),
+        **plan_header(cfg, type(job.strategy).__name__, job.keras_name, variables, job.precision),
         "replicas": job.replicas,
         "devices": job.devices,
         "per_replica_batch_size": job.per_replica_batch_size,
@@ -33,8 +33,9 @@ def plan(cfg: Config) -> dict[str, Any]:
     }
 
 
-def plan_header(cfg: Config, strategy_class: str, keras_name: str, variables: list[dict]) -> dict[str, Any]:
-    """The keys every plan has: the config with provenance, devices, strategy, Keras and the variables."""
+def plan_header(cfg: Config, strategy_class: str, keras_name: str, variables: list[dict],
+                precision: dict) -> dict[str, Any]:
+    """The keys every plan has: the config with provenance, devices, strategy, Keras, precision and the variables."""
     return {
         "config": cfg.model_dump(mode="json"),
         "provenance": cfg.provenance,
@@ -43,6 +44,7 @@ def plan_header(cfg: Config, strategy_class: str, keras_name: str, variables: li
         "strategy": cfg.strategy.kind,
         "strategy_class": strategy_class,
         "keras": keras_name,
+        "precision": precision,
         "global_batch_size": cfg.train.global_batch_size,
         "variables": variables,
         "parameter_bytes": sum(v["bytes"] for v in variables),
@@ -82,6 +84,7 @@ def format_plan(p: dict[str, Any], as_json: bool = False) -> str:
     lines.append("logical devices: " + ", ".join(p["logical_devices"]))
     lines.append(f"strategy: {p['strategy']} ({p['strategy_class']}), {p['replicas']} replica(s) on {', '.join(p['devices'])}")
     lines.append(f"keras: {p['keras']}")
+    lines.append(format_precision(p["precision"]))
     lines.append(f"batch: global {p['global_batch_size']}, per replica {p['per_replica_batch_size']}")
     rows = [(v["name"], "x".join(map(str, v["shape"])) or "scalar", str(v["bytes"]), ", ".join(v["devices"])) for v in p["variables"]]
     rows.insert(0, ("variable", "shape", "bytes", "device(s)"))
@@ -108,6 +111,13 @@ def format_plan(p: dict[str, Any], as_json: bool = False) -> str:
     return "\n".join(lines)
 
 
+def format_precision(precision: dict[str, Any]) -> str:
+    """One line: the policy, the dtypes it gives, and why it was chosen."""
+    scaling = ", loss scaling" if precision["loss_scaling"] else ""
+    return (f"precision: {precision['policy']} (variables {', '.join(precision['variable_dtypes'])}, activations "
+            f"{precision['activation_dtype']}, logits {precision['output_dtype']}{scaling}); {precision['why']}")
+
+
 def format_placement(placement: dict[str, Any]) -> list[str]:
     """Model parallel: one row per stage, then the balance and the pipeline's idle fraction."""
     stages = placement["stages"]
@@ -125,6 +135,8 @@ def format_placement(placement: dict[str, Any]) -> list[str]:
             f"  {r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:>{widths[3]}}  "
             f"{r[4]:>{widths[4]}}  {r[5]}"
         )
+    if placement.get("activation_dtypes"):
+        lines.append(f"activations sent between stages as: {', '.join(placement['activation_dtypes'])}")
     lines.append(f"balance (largest stage / mean, parameter bytes): {placement['balance']:.3f}")
     m, idle = placement["microbatches"], placement["idle_fraction"]
     if idle is None:

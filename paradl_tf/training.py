@@ -18,6 +18,7 @@ from paradl_tf.devices import setup_devices
 from paradl_tf.keras_version import import_keras, resolve_keras
 from paradl_tf.model_parallel import compile_placed_model
 from paradl_tf.models import build_model, compile_model
+from paradl_tf.precision import check_model_precision, precision_policy, resolve_precision
 from paradl_tf.strategies import build_strategy, check_global_batch
 
 
@@ -36,6 +37,8 @@ class Job:
     """Model parallel: the stage table (device, layers, parameter bytes per stage)."""
     resumed_from_step: int = 0
     """Training steps done by the run whose backup (checkpoint.dir) this one resumes; the data skip them."""
+    precision: dict | None = None
+    """The dtype policy that ran, why, and the dtypes of variables, activations and logits."""
 
     @property
     def replicas(self) -> int:
@@ -67,14 +70,16 @@ def prepare(cfg: Config) -> Job:
     splits = load_splits(cfg.data, cfg.train.seed)
     done = _backed_up_steps(cfg, keras_name, steps_per_epoch(cfg.train, len(splits.x_train)))
     datasets = build_dataset(cfg, splits, strategy=strategy, skip_steps=done)
-    with strategy.scope():
+    precision = resolve_precision(cfg.train.precision, cfg.devices.type)
+    with strategy.scope(), precision_policy(keras, precision):
         model = build_model(cfg.model, datasets.input_shape, datasets.num_classes, keras)
         placement = None
         if cfg.strategy.kind == "model_parallel":  # clone the layers onto their stages' devices
             model, placement = compile_placed_model(model, cfg, keras)
         else:
             compile_model(model, cfg.train, keras)
-    return Job(cfg, strategy, keras_name, keras, datasets, model, per_replica, placement, done)
+    return Job(cfg, strategy, keras_name, keras, datasets, model, per_replica, placement, done,
+               check_model_precision(model, precision))
 
 
 def _backed_up_steps(cfg: Config, keras_name: str, steps_per_epoch: int) -> int:
@@ -148,6 +153,9 @@ def run_results(job: Job, history: dict, epoch_seconds: list[float], fit_seconds
         "fit_seconds": fit_seconds,
         "wall_seconds": wall,
         "output_dir": cfg.output_dir,
+        "threads": {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),  # 0: TensorFlow's default
+                    "inter_op": tf.config.threading.get_inter_op_parallelism_threads()},
+        **({"precision": job.precision} if job.precision else {}),
         **({"placement": job.placement} if job.placement else {}),
     }
 

@@ -113,7 +113,7 @@ def test_cli_config_error_is_one_line_exit_2(cli, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: {path}: train.epoch: unknown key 'epoch' in train; did you mean 'epochs'? " \
         "Valid keys: epochs, steps_per_epoch, global_batch_size, optimizer, learning_rate, seed, steps_per_execution, " \
-        "deterministic, tensorboard, verbose"
+        "precision, deterministic, tensorboard, verbose"
     assert "Traceback" not in proc.stderr + proc.stdout
 
 

@@ -278,6 +278,17 @@ def test_mismatched_worker_configs_fail_before_training(tmp_path):
 
 @needs_isolation
 @pytest.mark.timeout(150)
+def test_workers_train_in_bfloat16_with_the_configured_threads(tmp_path):
+    """The chief's results come from a worker process: its thread pools and dtypes are the config's."""
+    results = _train(*SMALL, "train.epochs=2", "train.precision=mixed_bfloat16", "devices.threads.intra_op=1",
+                     "devices.threads.inter_op=3", f"output_dir={tmp_path}")
+    assert results["threads"] == {"intra_op": 1, "inter_op": 3}
+    assert results["precision"]["activation_dtype"] == "bfloat16" and results["precision"]["variable_dtypes"] == [
+        "float32"]
+    assert results["history"]["loss"][-1] < results["history"]["loss"][0]
+
+
+@pytest.mark.timeout(150)
 @pytest.mark.parametrize("cpus_per_worker", [1, 2])
 def test_two_workers_match_mirrored_in_one_process(tmp_path, cpus_per_worker):
     """2 worker processes x N logical CPUs give the weights of MirroredStrategy over 2N logical CPUs in one

@@ -32,6 +32,31 @@ needs_isolation = pytest.mark.skipif(ISOLATION is not None, reason=f"no private 
 
 
 # ---------------------------------------------------------------- config
+@pytest.mark.parametrize("name", ["sgd", "adam", "adagrad", "rmsprop"])
+def test_legacy_optimizers_the_chief_uses_compute_the_same_update(name):
+    """20 steps of the same gradients through tf_keras's new and legacy optimizer: equal to float32 rounding for
+    the ones the parameter-server chief swaps in (LEGACY_SAME_UPDATE); RMSprop's legacy kernel differs more."""
+    import numpy as np
+    import tensorflow as tf
+    import tf_keras
+
+    from paradl_tf.models import build_optimizer
+    from paradl_tf.parameter_server import LEGACY_SAME_UPDATE
+
+    train_cfg = load_config(CONFIG, [f"train.optimizer={name}"]).train
+    grads = [np.random.default_rng(i).normal(size=(5, 3)).astype("float32") for i in range(20)]
+    after = []
+    for legacy in (False, True):
+        variable = tf.Variable(np.ones((5, 3), "float32"))
+        optimizer = build_optimizer(train_cfg, tf_keras, legacy)
+        for g in grads:
+            optimizer.apply_gradients([(tf.constant(g), variable)])
+        after.append(variable.numpy())
+    moved = np.abs(after[0] - 1).max()
+    same = np.allclose(after[0], after[1], rtol=0, atol=1e-6)
+    assert moved > 1e-3 and same == (name in LEGACY_SAME_UPDATE), (name, np.abs(after[0] - after[1]).max())
+
+
 @pytest.mark.parametrize("overrides,message", [
     (["train.steps_per_epoch=null"], r"train\.steps_per_epoch is required with strategy\.kind: parameter_server"),
     (["keras=keras3"], r"keras: keras3 cannot run this: Keras 3 does not support ParameterServerStrategy.*"
@@ -206,6 +231,7 @@ def test_cli_trains_digits_on_an_isolated_local_cluster(tmp_path):
     executed = [w["executed_steps"] for w in r["worker_steps"].values()]
     assert sum(executed) == r["optimizer_iterations"] and all(n > 0 for n in executed), r["worker_steps"]
     assert "progress" in r and "chief" in r["evaluation"]
+    assert r["optimizer_class"] == "tf_keras.src.optimizers.legacy.adam.Adam"  # LEGACY_SAME_UPDATE
 
 
 @pytest.mark.timeout(360)
