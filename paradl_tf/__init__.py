@@ -12,16 +12,17 @@ import importlib
 
 _EXPORTS = {
     "Config": "config", "load_config": "config", "dump_config": "config",
-    "ParadlError": "errors", "ConfigError": "errors", "DeviceSetupError": "errors",
-    "setup_virtual_devices": "devices", "setup_devices": "devices", "logical_device_names": "devices",
-    "resolve_keras": "keras_version", "import_keras": "keras_version",
-    "build_strategy": "strategies", "register_strategy": "strategies",
-    "build_dataset": "data", "load_splits": "data",
-    "build_model": "models", "compile_model": "models",
-    "prepare": "training", "train": "training",
-    "plan": "planning", "format_plan": "planning", "variable_devices": "planning",
-    "format_placement": "planning",
-    "training_step_ops": "model_parallel", "variable_bytes_by_device": "model_parallel",
+    "ParadlError": "errors", "ConfigError": "errors", "DeviceSetupError": "errors", "ClusterError": "errors",
+    "setup_virtual_devices": "build.devices", "setup_devices": "build.devices",
+    "logical_device_names": "build.devices",
+    "resolve_keras": "build.keras_version", "import_keras": "build.keras_version",
+    "build_strategy": "build.strategies", "register_strategy": "build.strategies",
+    "build_dataset": "build.data", "load_splits": "build.data",
+    "build_model": "build.models", "compile_model": "build.models",
+    "prepare": "runs.fit", "train": "runs.fit",
+    "plan": "runs.plan", "format_plan": "runs.plan", "variable_devices": "runs.plan",
+    "format_placement": "runs.plan",
+    "training_step_ops": "model_parallel.placed", "variable_bytes_by_device": "model_parallel.placed",
 }
 
 __all__ = sorted(_EXPORTS)

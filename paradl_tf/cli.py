@@ -132,7 +132,7 @@ def _run(command: str) -> None:
         return
     if command == "bench":  # no run config: the benchmark builds one per measurement
         _start_tensorflow()
-        from paradl_tf.bench import run_bench
+        from paradl_tf.benchmark.runner import run_bench
 
         run_bench(quick=FLAGS.quick, out_dir=FLAGS.out, tiny=FLAGS.tiny, virtual_gpus=FLAGS.virtual_gpus)
         return
@@ -141,7 +141,7 @@ def _run(command: str) -> None:
     cfg = load_config(FLAGS.config, FLAGS.set)  # validated before TensorFlow starts
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if command in ("tf-config", "export"):  # what a multi-host run needs, from the config alone
-        from paradl_tf import deploy
+        from paradl_tf.cluster import deploy
 
         if command == "export":
             print(deploy.export(cfg, FLAGS.format, FLAGS.config, FLAGS.image, FLAGS.command, FLAGS.set, cpu=FLAGS.cpu,
@@ -152,18 +152,18 @@ def _run(command: str) -> None:
         return
     if command == "plan":
         _start_tensorflow()
-        from paradl_tf.planning import format_plan, plan
+        from paradl_tf.runs.plan import format_plan, plan
 
         print(format_plan(plan(cfg), as_json=FLAGS.json))
     elif command == "train":
         if not cfg.launches_local_cluster:  # a launcher only waits for its tasks: it needs no TensorFlow
             _start_tensorflow()
         if cfg.strategy.kind == "parameter_server":
-            from paradl_tf.parameter_server import train
+            from paradl_tf.runs.parameter_server import train
         elif cfg.strategy.kind == "multi_worker_mirrored":
-            from paradl_tf.multi_worker import train
+            from paradl_tf.runs.multi_worker import train
         else:
-            from paradl_tf.training import train
+            from paradl_tf.runs.fit import train
 
         results = train(cfg)
         where = f"{results['replicas']} replica(s)"

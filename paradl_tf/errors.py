@@ -11,3 +11,7 @@ class ConfigError(ParadlError, ValueError):
 
 class DeviceSetupError(ParadlError, RuntimeError):
     """Logical devices cannot be created as asked."""
+
+
+class ClusterError(ParadlError, RuntimeError):
+    """A cluster could not start, lost a task it cannot do without, or ran out of time."""

@@ -7,8 +7,8 @@ import time
 import psutil
 import pytest
 
-from paradl_tf import bench
-from paradl_tf.bench_reference import REFERENCES
+from paradl_tf.benchmark import runner as bench
+from paradl_tf.benchmark.reference import REFERENCES
 
 CPU_MACHINE = {"device_type": "CPU", "gpus": []}
 FIGURE = {"min", "median", "max", "n", "samples"}
@@ -149,7 +149,7 @@ def test_bench_tiny_writes_results_tables_and_plots(cli, tmp_path):
         assert heading in md
 
     # The hand-kept before/after record in the output folder closes RESULTS.md, rerun after rerun.
-    from paradl_tf import bench_report
+    from paradl_tf.benchmark import report as bench_report
 
     (out / bench_report.BEFORE_AFTER).write_text("## Before and after\n\n### 1. A fix\n")
     bench_report.write_all(results, out)

@@ -82,7 +82,7 @@ def test_cli_rejects_bad_tf_config_with_exit_2(cli, tmp_path):
 def test_private_network_policies(monkeypatch):
     with pytest.warns(cl.ClusterSecurityWarning, match=r"SECURITY: the local cluster serves unauthenticated gRPC"):
         assert cl.use_private_network("off") is False
-    monkeypatch.setattr(cl, "isolation_available", lambda: "user namespaces are disabled")
+    monkeypatch.setattr(cl.network, "isolation_available", lambda: "user namespaces are disabled")
     with pytest.raises(cl.ClusterError, match=r"private_network: required, but .*user namespaces are disabled"):
         cl.use_private_network("required")
     with pytest.warns(cl.ClusterSecurityWarning, match=r"cannot run in a private network namespace: user namespaces"):

@@ -131,15 +131,15 @@ def test_cli_errors_exit_2_without_traceback(cli, args, message):
 
 
 def test_readme_config_reference_is_current():
-    from paradl_tf.reference import BEGIN, END, config_reference
+    from paradl_tf.config.reference import BEGIN, END, config_reference
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     block = readme[readme.index(BEGIN) + len(BEGIN):readme.index(END)].strip()
-    assert block == config_reference(), "run: python -m paradl_tf.reference --update README.md"
+    assert block == config_reference(), "run: python -m paradl_tf.config.reference --update README.md"
 
 
 def test_every_config_key_has_a_meaning():
-    from paradl_tf.reference import config_reference
+    from paradl_tf.config.reference import config_reference
 
     undocumented = [row for row in config_reference().splitlines()[2:] if row.endswith("|  |")]
     assert not undocumented, undocumented

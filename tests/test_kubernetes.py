@@ -14,7 +14,7 @@ import yaml
 from k8s_schema import schema_errors, semantic_errors
 
 from paradl_tf import cluster as cl
-from paradl_tf import deploy
+from paradl_tf.cluster import deploy
 from paradl_tf.config import load_config
 from paradl_tf.errors import ConfigError
 

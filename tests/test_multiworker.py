@@ -58,7 +58,7 @@ def test_multi_worker_only_keys_elsewhere_are_errors(config, overrides, message)
 
 
 def test_keras_auto_resolves_to_tf_keras_and_config_defaults():
-    from paradl_tf.keras_version import resolve_keras
+    from paradl_tf.build.keras_version import resolve_keras
 
     cfg = load_config(CONFIG)
     assert cfg.strategy.kind == "multi_worker_mirrored" and cfg.cluster.workers == 2
@@ -82,7 +82,7 @@ def test_plan_without_a_cluster(cli):
 
 
 def test_one_line_error_finds_tensorflow_causes():
-    from paradl_tf.multi_worker import one_line_error
+    from paradl_tf.runs.multi_worker import one_line_error
 
     graph = ("Graph execution error:\n\nDetected at node CollectiveReduceV2 defined at (most recent call last):\n"
              '  File "x.py", line 1, in <module>\n\nCollective has timed out during execution.\n'
@@ -248,7 +248,7 @@ def test_mismatched_worker_configs_fail_before_training(tmp_path):
         cl.loopback_up()
         tmp = Path({str(tmp_path)!r})
         spec = cl.local_cluster_spec({{"worker": 2}})
-        argv = lambda job, i: [sys.executable, "-m", "paradl_tf.multi_worker", "worker",
+        argv = lambda job, i: [sys.executable, "-m", "paradl_tf.runs.multi_worker", "worker",
                                str(tmp / ("a.yaml" if i == 0 else "b.yaml")), str(tmp / f"w{{i}}.status.json")]
         local = cl.LocalCluster(cl.make_tasks(spec, ("worker",), argv, tmp), max_restarts=0, restartable=(),
                                 exit_0_is_done=True)
@@ -309,7 +309,7 @@ def test_two_workers_match_mirrored_in_one_process(tmp_path, cpus_per_worker):
     script = textwrap.dedent(f"""
         import numpy as np
         from paradl_tf.config import load_config
-        from paradl_tf.training import prepare
+        from paradl_tf.runs.fit import prepare
         job = prepare(load_config("configs/sync_mirrored.yaml", {overrides!r}))
         job.model.fit(**job.datasets.fit_kwargs(job.keras_name), epochs={epochs}, verbose=0)
         np.savez({str(tmp_path / 'mirrored.npz')!r}, *job.model.get_weights())
@@ -331,7 +331,7 @@ def test_two_workers_match_mirrored_in_one_process(tmp_path, cpus_per_worker):
 
 # ---------------------------------------------------------------- multi-host: TF_CONFIG, TFJob, Slurm
 def test_tf_config_per_host():
-    from paradl_tf import deploy
+    from paradl_tf.cluster import deploy
 
     configs = deploy.tf_configs(load_config(CONFIG), ["10.0.0.1", "10.0.0.2:3333"])
     assert list(configs) == ["worker:0", "worker:1"]
@@ -350,7 +350,7 @@ def test_tfjob_manifest_fields():
     whose container is named tensorflow (the operator's default container name)."""
     import yaml
 
-    from paradl_tf import deploy
+    from paradl_tf.cluster import deploy
 
     job = yaml.safe_load(deploy.export(load_config(CONFIG), "tfjob", "/cfg/mw.yaml", image="reg/paradl:1"))
     assert job["apiVersion"] == "kubeflow.org/v1" and job["kind"] == "TFJob" and job["metadata"]["name"]

@@ -23,7 +23,7 @@ import pytest
 from paradl_tf import cluster as cl
 from paradl_tf.config import load_config
 from paradl_tf.errors import ConfigError
-from paradl_tf.parameter_server import ps_placement
+from paradl_tf.runs.parameter_server import ps_placement
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "configs/async_ps.yaml"
@@ -40,8 +40,8 @@ def test_legacy_optimizers_the_chief_uses_compute_the_same_update(name):
     import tensorflow as tf
     import tf_keras
 
-    from paradl_tf.models import build_optimizer
-    from paradl_tf.parameter_server import LEGACY_SAME_UPDATE
+    from paradl_tf.build.models import build_optimizer
+    from paradl_tf.runs.parameter_server import LEGACY_SAME_UPDATE
 
     train_cfg = load_config(CONFIG, [f"train.optimizer={name}"]).train
     grads = [np.random.default_rng(i).normal(size=(5, 3)).astype("float32") for i in range(20)]
@@ -75,7 +75,7 @@ def test_parameter_server_config_errors(overrides, message):
 
 
 def test_keras_auto_resolves_tf_keras_and_keras3_exits_2(cli):
-    from paradl_tf.keras_version import resolve_keras
+    from paradl_tf.build.keras_version import resolve_keras
 
     assert resolve_keras("auto", "parameter_server") == "tf_keras"
     done = cli("train", f"--config={CONFIG}", "--set", "keras=keras3", timeout=60)

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from paradl_tf.errors import ConfigError
-from paradl_tf.placement import (
+from paradl_tf.model_parallel.placement import (
     LayerInfo, Stage, auto_stages, branch_stages, explicit_stages, find_branches, stage_table,
 )
 
@@ -214,6 +214,6 @@ def test_stage_table_counts_a_tensor_once_per_reading_stage():
 
 @pytest.mark.timeout(60)
 def test_the_planning_module_does_not_start_tensorflow():
-    code = "import sys, paradl_tf.placement; assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
+    code = "import sys, paradl_tf.model_parallel.placement; assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=50)
     assert proc.returncode == 0, proc.stderr

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import paradl_tf
-from paradl_tf import precision as pr
+from paradl_tf.build import precision as pr
 from paradl_tf.errors import ConfigError
 
 DIGITS = ["train.epochs=15", "train.verbose=0", "strategy.devices=2"]
@@ -135,12 +135,12 @@ def test_threads_after_tensorflow_started_are_a_clear_error():
 
 
 def test_cluster_tasks_inherit_the_threads(tmp_path, monkeypatch):
-    from paradl_tf import cluster, parameter_server
+    from paradl_tf import cluster
 
     seen = {}
-    monkeypatch.setattr(cluster, "run_isolated", lambda argv, env, **kw: seen.update(env) or 1)
+    monkeypatch.setattr(cluster.launcher, "run_isolated", lambda argv, env, **kw: seen.update(env) or 1)
     cfg = paradl_tf.load_config("configs/async_ps.yaml", [
         "devices.threads.intra_op=1", "devices.threads.inter_op=4", f"output_dir={tmp_path}"])
     with pytest.raises(cluster.ClusterError):
-        parameter_server.launch(cfg)
+        cluster.launch(cfg, driver="paradl_tf.runs.parameter_server")
     assert seen["TF_NUM_INTRAOP_THREADS"] == "1" and seen["TF_NUM_INTEROP_THREADS"] == "4"

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from paradl_tf.config import Config, DigitsConfig, SyntheticImagesConfig, SyntheticTabularConfig, UserDataConfig
 from paradl_tf.errors import ConfigError
-from paradl_tf.imports import import_callable
+from paradl_tf.build.imports import import_callable
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The config reference (every key, type, default, meaning), made from the schema itself.
 
-    python -m paradl_tf.reference             # print the markdown table
-    python -m paradl_tf.reference --update README.md
+    python -m paradl_tf.config.reference             # print the markdown table
+    python -m paradl_tf.config.reference --update README.md
 
 The README's table is this output; a test fails when they differ.
 """
@@ -17,7 +17,8 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from paradl_tf.config import Config, _union_members
+from paradl_tf.config.loading import union_members
+from paradl_tf.config.schema import Config
 
 BEGIN, END = "<!-- config-reference:begin -->", "<!-- config-reference:end -->"
 
@@ -33,7 +34,7 @@ def _rows(cls: type[BaseModel], prefix: str, tag: str = ""):
     for name, field in cls.model_fields.items():
         key = f"{prefix}{name}"
         annotation = field.annotation
-        members = [m for m in _union_members(annotation) if _is_section(m)]
+        members = [m for m in union_members(annotation) if _is_section(m)]
         if _is_section(annotation) or (len(members) == 1 and "kind" not in members[0].model_fields):
             inner = typing.get_args(annotation)[0] if typing.get_origin(annotation) is typing.Annotated else annotation
             items = "[]" if typing.get_origin(inner) is list else ""  # a list of sections

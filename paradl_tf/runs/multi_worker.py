@@ -9,7 +9,7 @@ Every worker runs the same training program; there is no coordinator. Worker 0 i
 results.json and the exported model; the others back up and export to temporary directories, as TensorFlow
 requires. A local run (cluster.resolver: local) goes like this:
   1. the calling process writes the resolved config and runs the driver in private user, network and PID
-     namespaces (paradl_tf.cluster.run_isolated, the launcher of the parameter-server path);
+     namespaces (paradl_tf.cluster.launch, the launcher of both cluster strategies);
   2. the driver starts one worker process per task, each with its TF_CONFIG, and watches them: a worker
      that dies (SIGKILL, OOM) is fatal, because every step all-reduces over all workers; every process is
      stopped at once and the error names the worker;
@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from paradl_tf import cluster as cl
-from paradl_tf.checkpoints import backed_up_steps, checkpoint_keeper, export_model
+from paradl_tf.build.checkpoints import backed_up_steps, checkpoint_keeper, export_model
 from paradl_tf.config import Config, dump_config, load_config
 from paradl_tf.errors import ConfigError, ParadlError
 
@@ -50,9 +50,7 @@ def train(cfg: Config) -> dict[str, Any]:
     Locally returns the chief's results; as one task (tf_config, slurm, kubernetes) returns this worker's results
     (the chief's carry results.json; the others' are not written)."""
     if cfg.cluster.resolver == "local":
-        from paradl_tf.parameter_server import launch
-
-        return launch(cfg, driver="paradl_tf.multi_worker")
+        return cl.launch(cfg, driver=__name__)
     resolver = cl.cluster_resolver(cfg.cluster, JOBS, use_gpus=cfg.devices.type == "GPU")
     info = {"resolver": cfg.cluster.resolver, "mode": "remote", "private_network": cl.in_private_network(),
             "tasks": cl.resolver_spec(resolver)}
@@ -69,7 +67,7 @@ def drive(cfg: Config, status_path: Path) -> None:
 
     def argv_for(job: str, index: int) -> list[str]:
         status = run_dir / f"{job}-{index}.status.json"
-        return [sys.executable, "-m", "paradl_tf.multi_worker", "worker", str(config_path), str(status)]
+        return [sys.executable, "-m", "paradl_tf.runs.multi_worker", "worker", str(config_path), str(status)]
 
     local = cl.LocalCluster(cl.make_tasks(spec, JOBS, argv_for, run_dir), max_restarts=0, restartable=(),
                             exit_0_is_done=True)
@@ -77,7 +75,7 @@ def drive(cfg: Config, status_path: Path) -> None:
         local.start()
         local.watch()
         cl_info = {"resolver": "local", "mode": "process", "private_network": cl.in_private_network(), "tasks": spec}
-        _write_json(run_dir / "cluster.json", {**cl_info, "pids": local.pids(), "task_logs": local.logs(),
+        cl.write_json(run_dir / "cluster.json", {**cl_info, "pids": local.pids(), "task_logs": local.logs(),
                                                "logs": str(run_dir)})
         chief_log = cl.LogFollower(run_dir / "worker-0.log")
         while not local.done() and local.fatal is None:
@@ -136,7 +134,7 @@ def _collective_abort(log_path: Path) -> str | None:
 
 
 def worker_main(config_path: str, status_path: str) -> None:
-    """One local worker (`python -m paradl_tf.multi_worker worker CONFIG STATUS`): train, then exit at once."""
+    """One local worker (`python -m paradl_tf.runs.multi_worker worker CONFIG STATUS`): train, then exit at once."""
     if "PARADL_TF_PARENT_PID" in os.environ:
         cl.die_with_parent(int(os.environ["PARADL_TF_PARENT_PID"]))
     code, status = 0, {"ok": True}
@@ -154,7 +152,7 @@ def worker_main(config_path: str, status_path: str) -> None:
     except BaseException as exc:  # noqa: BLE001 - report anything, then exit without TensorFlow's teardown
         traceback.print_exc()
         code, status = 1, {"error": one_line_error(exc)}
-    _write_json(Path(status_path), status)
+    cl.write_json(Path(status_path), status)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # TensorFlow's teardown of a collective cluster can block on the other workers
@@ -187,12 +185,12 @@ def run_worker(cfg: Config, resolver, cluster_info: dict) -> dict[str, Any]:
     """Train as one worker of the cluster; the chief writes results.json (and the exported model)."""
     import tensorflow as tf
 
-    from paradl_tf.data import build_dataset
-    from paradl_tf.keras_version import import_keras, resolve_keras
-    from paradl_tf.models import build_model, compile_model
-    from paradl_tf.precision import check_model_precision, precision_policy, resolve_precision
-    from paradl_tf.strategies import build_strategy, check_global_batch
-    from paradl_tf.training import Job, epoch_timer, run_results
+    from paradl_tf.build.data import build_dataset
+    from paradl_tf.build.keras_version import import_keras, resolve_keras
+    from paradl_tf.build.models import build_model, compile_model
+    from paradl_tf.build.precision import check_model_precision, precision_policy, resolve_precision
+    from paradl_tf.build.strategies import build_strategy, check_global_batch
+    from paradl_tf.runs.fit import Job, epoch_timer, run_results
 
     start = time.perf_counter()
     _configure_devices(cfg.devices)
@@ -244,13 +242,13 @@ def plan(cfg: Config) -> dict[str, Any]:
     mirrored on every replica of every worker (each worker: its logical CPUs, or every logical GPU it sees)."""
     import tensorflow as tf
 
-    from paradl_tf.data import build_dataset
-    from paradl_tf.devices import setup_devices
-    from paradl_tf.keras_version import import_keras, resolve_keras
-    from paradl_tf.models import build_model
-    from paradl_tf.planning import describe_variable, plan_header
-    from paradl_tf.precision import check_model_precision, precision_policy, resolve_precision
-    from paradl_tf.strategies import check_global_batch
+    from paradl_tf.build.data import build_dataset
+    from paradl_tf.build.devices import setup_devices
+    from paradl_tf.build.keras_version import import_keras, resolve_keras
+    from paradl_tf.build.models import build_model
+    from paradl_tf.runs.plan import describe_variable, plan_header
+    from paradl_tf.build.precision import check_model_precision, precision_policy, resolve_precision
+    from paradl_tf.build.strategies import check_global_batch
 
     keras_name = resolve_keras(cfg.keras, KIND)
     keras = import_keras(keras_name)
@@ -288,7 +286,7 @@ def _configure_devices(devices_cfg) -> None:
     does not start it)."""
     import tensorflow as tf
 
-    from paradl_tf.devices import setup_threads
+    from paradl_tf.build.devices import setup_threads
 
     setup_threads(devices_cfg.threads)  # the thread settings do not start the runtime either
     if devices_cfg.count == 1 and devices_cfg.memory_limit_mb is None:
@@ -344,19 +342,10 @@ def _mwm_results(cfg: Config, model, strategy, datasets, cluster_info: dict, don
     }
 
 
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
-
-
 def main(argv: Sequence[str]) -> None:
     if len(argv) == 4 and argv[1] == "worker":
         worker_main(argv[2], argv[3])
-    from paradl_tf.parameter_server import main as driver_main
-
-    driver_main(argv, drive_fn=drive)
+    cl.driver_main(argv, drive)
 
 
 if __name__ == "__main__":

@@ -23,13 +23,12 @@ import os
 import sys
 import threading
 import time
-import traceback
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from paradl_tf import cluster as cl
-from paradl_tf.config import Config, dump_config, load_config
-from paradl_tf.errors import ConfigError, ParadlError
+from paradl_tf.config import Config, dump_config
+from paradl_tf.errors import ConfigError
 
 JOBS = cl.REQUIRED_JOBS["parameter_server"]
 PS_LOSS_GRACE_S = 30.0  # after a ps dies, the run fails within this long even if TensorFlow hangs
@@ -56,9 +55,9 @@ def train(cfg: Config) -> dict[str, Any]:
     Writes config.yaml and results.json to cfg.output_dir and returns the results."""
     c = cfg.cluster
     if c.resolver == "local" and c.mode == "process":
-        return launch(cfg)
+        return cl.launch(cfg, driver=__name__)
     if c.resolver == "local":  # in_process: servers in this process, for notebooks and tests
-        from paradl_tf.devices import setup_threads
+        from paradl_tf.build.devices import setup_threads
 
         setup_threads(cfg.devices.threads)  # before the servers start the runtime
         if cl.in_private_network():
@@ -77,84 +76,6 @@ def train(cfg: Config) -> dict[str, Any]:
     return _clear_errors(coordinate, cfg, resolver, info)
 
 
-def launch(cfg: Config, driver: str = "paradl_tf.parameter_server") -> dict[str, Any]:
-    """The local process cluster, from the calling process: run the driver isolated, return its results.
-
-    `driver`: the module whose main() starts the tasks (paradl_tf.multi_worker reuses this launcher).
-
-    No process it starts outlives it (see cluster.run_isolated). Errors in the driver come back as the same
-    one-line ConfigError or ClusterError."""
-    out = Path(cfg.output_dir)
-    run_dir = out / "cluster"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_path, status_path, results_path = out / "config.yaml", run_dir / "status.json", out / "results.json"
-    config_path.write_text(dump_config(cfg))
-    for stale in (status_path, results_path, run_dir / "cluster.json", *run_dir.glob("*.log"),
-                  *run_dir.glob("*.status.json")):  # a previous run's
-        stale.unlink(missing_ok=True)
-    start = time.perf_counter()
-    argv = [sys.executable, "-m", driver, str(config_path), str(status_path)]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
-           "PYTHONUNBUFFERED": "1",  # per-epoch progress as it happens, also through a pipe
-           **cfg.devices.threads.environment()}  # every task process sizes its thread pools from these
-    with open(run_dir / "driver.log", "w") as driver_log:  # the terminal gets the one error line, not the RPC errors
-        code = cl.run_isolated(argv, env=env, private_network=cfg.cluster.private_network,
-                               timeout_s=cfg.cluster.timeout_s, stderr=driver_log,
-                               on_poll=lambda processes: _record_host_pids(run_dir / "cluster.json", processes))
-    status = json.loads(status_path.read_text()) if status_path.exists() else {}
-    if status.get("error"):
-        if status.get("type") == "ConfigError":
-            raise ConfigError(status["error"])
-        raise cl.ClusterError(f"{status['error']} (logs: {run_dir})")
-    if code != 0 or not results_path.exists():
-        raise cl.ClusterError(f"the local cluster's driver failed ({cl.describe_exit(code)}) without saying why; "
-                              f"task logs are in {run_dir}")
-    results = json.loads(results_path.read_text())
-    # The chief timed itself; the run also started the processes and TensorFlow in each of them.
-    results["chief_seconds"], results["wall_seconds"] = results["wall_seconds"], time.perf_counter() - start
-    results_path.write_text(json.dumps(results, indent=2) + "\n")
-    return results
-
-
-def _record_host_pids(path: Path, processes) -> None:
-    """Add each task's pid on the host to cluster.json (the driver, in its PID namespace, knows only its own
-    numbering), so that a fault drill can `kill` a task from outside."""
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, ValueError):  # not written yet, or being written
-        return
-    found = cl.host_pids(info.get("pids", {}), processes)
-    if found and found != info.get("host_pids"):
-        _write_json(path, {**info, "host_pids": found})
-
-
-def main(argv: Sequence[str], drive_fn: Callable[[Config, Path], Any] | None = None) -> None:
-    """The driver (`python -m paradl_tf.parameter_server CONFIG STATUS`): start the tasks, be the chief, stop all.
-
-    `drive_fn` (default: drive) does the work; paradl_tf.multi_worker passes its own."""
-    config_path, status_path = argv[1], Path(argv[2])
-    cl.raise_on_interrupt()
-    cl.set_process_title("paradl-tf driver")
-    code, status, error = 0, {"ok": True}, None
-    try:
-        (drive_fn or drive)(load_config(config_path), status_path)
-    except ParadlError as exc:
-        code, status, error = 2, {"error": str(exc), "type": type(exc).__name__}, exc
-    except KeyboardInterrupt as exc:
-        code, error = 130, exc
-        status = {"error": f"interrupted ({exc or 'SIGINT'}); every task of the local cluster was stopped"}
-    except BaseException as exc:  # noqa: BLE001 - report anything, then exit without TensorFlow's teardown
-        traceback.print_exc()
-        code, error = 1, exc
-        status = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
-    _write_json(status_path, status)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # Exit without TensorFlow's teardown: it would try to remove every function from the stopped tasks and log
-    # an error for each. (`error` keeps a failed run's TensorFlow objects alive until here for the same reason.)
-    os._exit(code)
-
-
 def drive(cfg: Config, status_path: Path) -> dict[str, Any]:
     """Inside the namespace: start the worker and ps processes, coordinate training as the chief, stop them."""
     c = cfg.cluster
@@ -169,7 +90,7 @@ def drive(cfg: Config, status_path: Path) -> dict[str, Any]:
         local.wait_until_reachable(c.start_timeout_s)
         local.watch()
         info = {"resolver": "local", "mode": "process", "private_network": cl.in_private_network(), "tasks": spec}
-        _write_json(run_dir / "cluster.json", {**info, "pids": local.pids(), "task_logs": local.logs(),
+        cl.write_json(run_dir / "cluster.json", {**info, "pids": local.pids(), "task_logs": local.logs(),
                                                "logs": str(run_dir)})
         os.environ["TF_CONFIG"] = cl.tf_config(spec, "chief", 0)  # the chief finds its cluster as on real hosts
         resolver = cl.cluster_resolver(c.model_copy(update={"resolver": "tf_config"}), JOBS)
@@ -187,13 +108,13 @@ def coordinate(cfg: Config, resolver, cluster_info: dict, local: cl.LocalCluster
     """As the chief: build the strategy and the model, fit with a dataset function per worker, write results."""
     import tensorflow as tf
 
-    from paradl_tf.data import build_dataset, load_splits
-    from paradl_tf.devices import setup_devices
-    from paradl_tf.keras_version import import_keras, resolve_keras
-    from paradl_tf.models import build_model, build_optimizer, compile_model
-    from paradl_tf.precision import check_model_precision, precision_policy, resolve_precision
-    from paradl_tf.strategies import build_strategy, check_global_batch
-    from paradl_tf.training import Job, run_results
+    from paradl_tf.build.data import build_dataset, load_splits
+    from paradl_tf.build.devices import setup_devices
+    from paradl_tf.build.keras_version import import_keras, resolve_keras
+    from paradl_tf.build.models import build_model, build_optimizer, compile_model
+    from paradl_tf.build.precision import check_model_precision, precision_policy, resolve_precision
+    from paradl_tf.build.strategies import build_strategy, check_global_batch
+    from paradl_tf.runs.fit import Job, run_results
 
     start = time.perf_counter()
     keras_name = resolve_keras(cfg.keras, "parameter_server")
@@ -254,7 +175,7 @@ def worker_dataset_fn(splits, global_batch_size: int, seed: int) -> Callable:
     every epoch a fresh permutation of the training split, batched to the global batch size."""
     import tensorflow as tf
 
-    from paradl_tf.data import shuffled_batches
+    from paradl_tf.build.data import shuffled_batches
 
     x, y = splits.x_train, splits.y_train
 
@@ -435,13 +356,13 @@ def plan(cfg: Config) -> dict[str, Any]:
     variable and shard (computed as ParameterServerStrategy places them; a test checks it on a real cluster)."""
     import tensorflow as tf
 
-    from paradl_tf.data import build_dataset
-    from paradl_tf.devices import setup_devices
-    from paradl_tf.keras_version import import_keras, resolve_keras
-    from paradl_tf.models import build_model
-    from paradl_tf.planning import plan_header
-    from paradl_tf.precision import check_model_precision, precision_policy, resolve_precision
-    from paradl_tf.strategies import variable_partitioner
+    from paradl_tf.build.data import build_dataset
+    from paradl_tf.build.devices import setup_devices
+    from paradl_tf.build.keras_version import import_keras, resolve_keras
+    from paradl_tf.build.models import build_model
+    from paradl_tf.runs.plan import plan_header
+    from paradl_tf.build.precision import check_model_precision, precision_policy, resolve_precision
+    from paradl_tf.build.strategies import variable_partitioner
 
     keras_name = resolve_keras(cfg.keras, "parameter_server")
     keras = import_keras(keras_name)
@@ -563,7 +484,7 @@ def _watchdog(status_path: Path, cfg: Config) -> Callable[[str], None]:
 
     def on_fatal(message: str) -> None:
         def expire():
-            _write_json(status_path, {"error": _fatal_message(message, cfg) + f" (no response from TensorFlow "
+            cl.write_json(status_path, {"error": _fatal_message(message, cfg) + f" (no response from TensorFlow "
                                       f"within {PS_LOSS_GRACE_S:g} s)", "type": "ClusterError"})
             print(f"error: {message}", file=sys.stderr, flush=True)
             os._exit(2)  # pid 1 of the namespace: its end kills every task
@@ -575,12 +496,5 @@ def _watchdog(status_path: Path, cfg: Config) -> Callable[[str], None]:
     return on_fatal
 
 
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
-
-
-if __name__ == "__main__":
-    main(sys.argv)
+if __name__ == "__main__":  # the driver of a local cluster, started by cluster.launch
+    cl.driver_main(sys.argv, drive)

@@ -9,17 +9,17 @@ import numpy as np
 import tensorflow as tf
 
 from paradl_tf.config import Config
-from paradl_tf.training import prepare
+from paradl_tf.runs.fit import prepare
 
 
 def plan(cfg: Config) -> dict[str, Any]:
     """Build the strategy and the model (no training) and describe them."""
     if cfg.strategy.kind == "parameter_server":  # placement computed without starting the cluster
-        from paradl_tf.parameter_server import plan as plan_parameter_server
+        from paradl_tf.runs.parameter_server import plan as plan_parameter_server
 
         return plan_parameter_server(cfg)
     if cfg.strategy.kind == "multi_worker_mirrored":
-        from paradl_tf.multi_worker import plan as plan_multi_worker
+        from paradl_tf.runs.multi_worker import plan as plan_multi_worker
 
         return plan_multi_worker(cfg)
     job = prepare(cfg)
@@ -99,7 +99,7 @@ def format_plan(p: dict[str, Any], as_json: bool = False) -> str:
         for job, addresses in c["tasks"].items():
             lines.extend(f"  {job}:{i}  {address}" for i, address in enumerate(addresses))
     if p["strategy"] == "parameter_server":
-        from paradl_tf.parameter_server import format_cluster_plan
+        from paradl_tf.runs.parameter_server import format_cluster_plan
 
         lines.extend(format_cluster_plan(p))
     if p.get("all_reduce"):

@@ -7,7 +7,7 @@ No TensorFlow here. A plan is computed, and tested, from plain strings and numbe
     table = stage_table(layers, stages, microbatches=4)
 
 `layers` are in topological order (every layer after the layers it reads); a name in
-`inputs` that is no layer's name is a model input. paradl_tf.model_parallel describes a
+`inputs` that is no layer's name is a model input. paradl_tf.model_parallel.placed describes a
 Keras model this way and builds the model the plan says.
 """
 

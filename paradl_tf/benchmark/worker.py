@@ -1,12 +1,12 @@
 """One benchmark measurement in a fresh process; prints one result line.
 
-    python -m paradl_tf.bench_worker --spec='{"kind": "train", "impl": "toolkit", "config": {...}, ...}'
+    python -m paradl_tf.benchmark.worker --spec='{"kind": "train", "impl": "toolkit", "config": {...}, ...}'
 
 Fresh, because logical devices must be configured before TensorFlow starts and a process
-holds one device layout for its whole life. paradl_tf.bench starts one of these per
+holds one device layout for its whole life. paradl_tf.benchmark.runner starts one of these per
 measurement and reads the line that starts with MARK; everything else goes to the log.
 Kinds: `train` (impl `toolkit`: paradl_tf.train on the config; impl `reference`: the
-hand-written script of paradl_tf.bench_reference) and `matmul` (the float32 matmul peak).
+hand-written script of paradl_tf.benchmark.reference) and `matmul` (the float32 matmul peak).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ MARK = "PARADL_BENCH_RESULT "
 def main(argv: list[str]) -> int:
     args = [a for a in argv[1:] if a.startswith("--spec=")]
     if len(args) != 1:
-        print("usage: python -m paradl_tf.bench_worker --spec=JSON", file=sys.stderr)
+        print("usage: python -m paradl_tf.benchmark.worker --spec=JSON", file=sys.stderr)
         return 2
     spec = json.loads(args[0].removeprefix("--spec="))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -72,7 +72,7 @@ def measure_train(spec: dict) -> dict[str, Any]:
     if spec["impl"] == "toolkit":
         out.update(_toolkit(spec))
     else:
-        from paradl_tf.bench_reference import REFERENCES
+        from paradl_tf.benchmark.reference import REFERENCES
 
         out.update(REFERENCES[spec["reference"]](spec["config"], keras))
     epochs = out["epoch_seconds"]
@@ -98,8 +98,8 @@ def _toolkit_prepare(cfg) -> dict[str, Any]:
     """paradl_tf.prepare builds what the toolkit controls (devices, strategy, Keras, data, model, compile); then the
     same model.fit call as paradl_tf.train makes, without validation_data: only training steps are measured, and
     Keras 3's validation under MirroredStrategy costs seconds per epoch that no figure here would show."""
-    from paradl_tf.bench_reference import epoch_timer
-    from paradl_tf.training import prepare
+    from paradl_tf.benchmark.reference import epoch_timer
+    from paradl_tf.runs.fit import prepare
 
     t = time.perf_counter()
     job = prepare(cfg)
@@ -123,7 +123,7 @@ def _toolkit_prepare(cfg) -> dict[str, Any]:
 
 def _toolkit_train(cfg) -> dict[str, Any]:
     """paradl_tf.train, the only public path of a multi-process strategy (it starts the local cluster)."""
-    from paradl_tf.training import train
+    from paradl_tf.runs.fit import train
 
     t = time.perf_counter()
     results = train(cfg)

@@ -8,7 +8,7 @@ from typing import Callable, Iterator
 import tensorflow as tf
 
 from paradl_tf.config import Config, DevicesConfig
-from paradl_tf.devices import select_devices
+from paradl_tf.build.devices import select_devices
 from paradl_tf.errors import ConfigError
 
 StrategyBuilder = Callable[..., tf.distribute.Strategy]
@@ -68,7 +68,7 @@ def _mirrored(strategy_cfg, devices_cfg: DevicesConfig) -> tf.distribute.Strateg
 
 @register_strategy("model_parallel")
 def _model_parallel(strategy_cfg, devices_cfg: DevicesConfig) -> tf.distribute.Strategy:
-    # One replica: the model itself is split, each layer pinned with tf.device (paradl_tf.model_parallel).
+    # One replica: the model itself is split, each layer pinned with tf.device (paradl_tf.model_parallel.placed).
     return tf.distribute.get_strategy()
 
 

@@ -23,7 +23,8 @@ from typing import Sequence
 
 import yaml
 
-from paradl_tf.cluster import POD_LABELS, REQUIRED_JOBS, Spec, job_counts, tf_config
+from paradl_tf.cluster.resolvers import POD_LABELS, job_counts
+from paradl_tf.cluster.spec import REQUIRED_JOBS, Spec, tf_config
 from paradl_tf.config import Config
 from paradl_tf.errors import ConfigError
 

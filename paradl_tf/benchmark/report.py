@@ -1,9 +1,9 @@
 """The benchmark's report: RESULTS.md (tables with ratios), the console table, and PNG plots (matplotlib, Agg).
 
-Everything here reads the results dict that paradl_tf.bench.run_bench builds (and writes as results.json),
+Everything here reads the results dict that paradl_tf.benchmark.runner.run_bench builds (and writes as results.json),
 so a report can be redrawn from a saved run:
 
-    python -m paradl_tf.bench_report bench/results.json
+    python -m paradl_tf.benchmark.report bench/results.json
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def _throughput_tables(results: dict) -> str:
            "toolkit = `paradl_tf.prepare(cfg)` then the `model.fit` call of `paradl_tf.train` without validation "
            "(parameter servers, MultiWorkerMirrored: `paradl_tf.train`, which starts the local cluster; only the "
            "training part of each epoch is timed); hand-written = "
-           "`paradl_tf/bench_reference.py` (plain tf.distribute + Keras: same data, model, optimizer and Keras, with "
+           "`paradl_tf/benchmark/reference.py` (plain tf.distribute + Keras: same data, model, optimizer and Keras, with "
            "the input pipeline a user writes: shuffle, batch, prefetch). Steady state: the first epoch of each process (tracing) is not timed. `tk/hw` = toolkit / "
            f"hand-written (target >= {results['targets']['toolkit_over_reference']}); `vs 1 dev` = toolkit / "
            "hand-written one device with no strategy; `plain TF before` = the issue's figures measured with plain "
@@ -144,7 +144,7 @@ def results_target(results: dict, workload: str, method: str) -> float | None:
 
 
 def _plain_tf(workload: str, method: str) -> str:
-    from paradl_tf.bench import PLAIN_TF_BEFORE
+    from paradl_tf.benchmark.runner import PLAIN_TF_BEFORE
 
     return PLAIN_TF_BEFORE.get((method, workload), "")
 

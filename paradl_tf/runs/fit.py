@@ -11,15 +11,15 @@ from typing import Any
 
 import tensorflow as tf
 
-from paradl_tf.checkpoints import backed_up_steps, export_model, keras3_backed_up_epochs
+from paradl_tf.build.checkpoints import backed_up_steps, export_model, keras3_backed_up_epochs
 from paradl_tf.config import Config, dump_config
-from paradl_tf.data import Datasets, build_dataset, load_splits, steps_per_epoch
-from paradl_tf.devices import setup_devices
-from paradl_tf.keras_version import import_keras, resolve_keras
-from paradl_tf.model_parallel import compile_placed_model
-from paradl_tf.models import build_model, compile_model
-from paradl_tf.precision import check_model_precision, precision_policy, resolve_precision
-from paradl_tf.strategies import build_strategy, check_global_batch
+from paradl_tf.build.data import Datasets, build_dataset, load_splits, steps_per_epoch
+from paradl_tf.build.devices import setup_devices
+from paradl_tf.build.keras_version import import_keras, resolve_keras
+from paradl_tf.model_parallel.placed import compile_placed_model
+from paradl_tf.build.models import build_model, compile_model
+from paradl_tf.build.precision import check_model_precision, precision_policy, resolve_precision
+from paradl_tf.build.strategies import build_strategy, check_global_batch
 
 
 @dataclass
@@ -92,12 +92,12 @@ def _backed_up_steps(cfg: Config, keras_name: str, steps_per_epoch: int) -> int:
 
 def train(cfg: Config) -> dict[str, Any]:
     """Train with model.fit as `cfg` says; writes config.yaml and results.json to cfg.output_dir and returns the results."""
-    if cfg.strategy.kind == "parameter_server":  # a cluster to start or find first: paradl_tf.parameter_server
-        from paradl_tf.parameter_server import train as train_parameter_server
+    if cfg.strategy.kind == "parameter_server":  # a cluster to start or find first: paradl_tf.runs.parameter_server
+        from paradl_tf.runs.parameter_server import train as train_parameter_server
 
         return train_parameter_server(cfg)
-    if cfg.strategy.kind == "multi_worker_mirrored":  # every worker runs the training: paradl_tf.multi_worker
-        from paradl_tf.multi_worker import train as train_multi_worker
+    if cfg.strategy.kind == "multi_worker_mirrored":  # every worker runs the training: paradl_tf.runs.multi_worker
+        from paradl_tf.runs.multi_worker import train as train_multi_worker
 
         return train_multi_worker(cfg)
     start = time.perf_counter()

@@ -4,17 +4,17 @@
     paradl-tf bench --out=bench          # the full run: under 30 minutes on 2 cores
     make bench
 
-    from paradl_tf.bench import run_bench
+    from paradl_tf.benchmark.runner import run_bench
     results = run_bench(quick=True, out_dir="bench")   # the same, from Python
 
 Writes <out>/results.json (machine, every figure as min/median/max), <out>/RESULTS.md (the
 tables, with ratios) and <out>/*.png (throughput per method, scaling curves, pipeline curve).
 
-How: every measurement is one fresh process (`python -m paradl_tf.bench_worker`), because
+How: every measurement is one fresh process (`python -m paradl_tf.benchmark.worker`), because
 logical devices must be set before TensorFlow starts and a process keeps one layout. The
 toolkit side builds everything with paradl_tf.prepare(cfg) and runs train()'s model.fit call
 (parameter servers, MultiWorkerMirrored: paradl_tf.train, which starts the local cluster); the
-hand-written side runs paradl_tf.bench_reference (plain tf.distribute + Keras, the same data,
+hand-written side runs paradl_tf.benchmark.reference (plain tf.distribute + Keras, the same data,
 model, optimizer; its own local cluster of processes on 127.0.0.1 where the toolkit starts one).
 Processes run one at a time, interleaved (A B C A B C ...), so slow drift of the machine hits
 every method alike; each process trains one warm-up epoch (tracing) and then timed epochs.
@@ -46,7 +46,7 @@ from typing import Any, Callable, Sequence
 
 import psutil
 
-from paradl_tf.bench_worker import MARK
+from paradl_tf.benchmark.worker import MARK
 from paradl_tf.cluster import preexec_die_with_parent
 
 # ================================================================ workloads
@@ -121,7 +121,7 @@ class Method:
     devices: int = 1
     """Logical devices (CPU) or GPUs this method needs in one process."""
     reference: str | None = None
-    """Key of paradl_tf.bench_reference.REFERENCES; None: no hand-written reference yet (ratio n/a)."""
+    """Key of paradl_tf.benchmark.reference.REFERENCES; None: no hand-written reference yet (ratio n/a)."""
     workloads: tuple[str, ...] = ("mlp", "cnn")
     cluster: dict | None = None
     curve: tuple[str, int] | None = None
@@ -374,7 +374,7 @@ def config_error(cfg: dict) -> str | None:
 
 def resolved_keras(cfg: dict) -> str:
     """The Keras the toolkit picks for this config (keras: auto); the hand-written reference uses the same one."""
-    from paradl_tf.keras_version import resolve_keras
+    from paradl_tf.build.keras_version import resolve_keras
 
     strategy = cfg["strategy"]
     replicas = strategy.get("devices", 1) if strategy["kind"] == "mirrored" else 1
@@ -454,7 +454,7 @@ def run_worker(worker: dict, log_path: Path, timeout_s: float) -> dict:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     run_dir = tempfile.mkdtemp(prefix="paradl_bench_")
     spec = {**worker, "run_dir": run_dir, "spawned_at": time.time()}
-    argv = [sys.executable, "-m", "paradl_tf.bench_worker", "--spec=" + json.dumps(spec)]
+    argv = [sys.executable, "-m", "paradl_tf.benchmark.worker", "--spec=" + json.dumps(spec)]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": _package_root()}
     start = time.perf_counter()
     with open(log_path, "w") as log:
@@ -699,7 +699,7 @@ def run_bench(quick: bool = False, out_dir: str | Path = "bench", *, tiny: bool 
 
 
 def _run_bench(mode: Mode, out: Path, virtual_gpus: bool, gpu_memory_mb: int, log: Callable[[str], None]) -> dict:
-    from paradl_tf import bench_report
+    from paradl_tf.benchmark import report as bench_report
 
     out.mkdir(parents=True, exist_ok=True)
     started, t0 = datetime.datetime.now(datetime.timezone.utc), time.perf_counter()
