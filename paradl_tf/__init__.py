@@ -19,8 +19,8 @@ _EXPORTS = {
     "build_strategy": "build.strategies", "register_strategy": "build.strategies",
     "build_dataset": "build.data", "load_splits": "build.data",
     "build_model": "build.models", "compile_model": "build.models",
-    "prepare": "runs.fit", "train": "runs.fit",
-    "plan": "runs.plan", "format_plan": "runs.plan", "variable_devices": "runs.plan",
+    "train": "api", "plan": "api", "prepare": "runs.fit",
+    "format_plan": "runs.plan", "variable_devices": "runs.plan",
     "format_placement": "runs.plan",
     "training_step_ops": "model_parallel.placed", "variable_bytes_by_device": "model_parallel.placed",
 }

@@ -152,31 +152,18 @@ def _run(command: str) -> None:
         return
     if command == "plan":
         _start_tensorflow()
-        from paradl_tf.runs.plan import format_plan, plan
+        from paradl_tf.api import plan
+        from paradl_tf.runs.plan import format_plan
 
         print(format_plan(plan(cfg), as_json=FLAGS.json))
     elif command == "train":
         if not cfg.launches_local_cluster:  # a launcher only waits for its tasks: it needs no TensorFlow
             _start_tensorflow()
-        if cfg.strategy.kind == "parameter_server":
-            from paradl_tf.runs.parameter_server import train
-        elif cfg.strategy.kind == "multi_worker_mirrored":
-            from paradl_tf.runs.multi_worker import train
-        else:
-            from paradl_tf.runs.fit import train
+        from paradl_tf.api import train
 
         results = train(cfg)
-        where = f"{results['replicas']} replica(s)"
-        if "workers" in results and "ps" in results:  # parameter servers: asynchronous workers
-            where = f"{results['workers']} worker(s) and {results['ps']} ps"
-        elif "workers" in results:  # multi-worker mirrored
-            where += f" on {results['workers']} worker process(es)"
-        elif "placement" in results:  # model parallel: one model over its stages' devices
-            where = f"{len(results['placement']['stages'])} stage(s)"
-        print(
-            f"val_accuracy {results['val_accuracy']:.4f}, {results['examples_per_sec']:.0f} examples/s "
-            f"on {where} with {results['keras']}"
-        )
+        print(f"val_accuracy {results['val_accuracy']:.4f}, {results['examples_per_sec']:.0f} examples/s "
+              f"on {results['runs_on']} with {results['keras']}")
         print(f"results: {os.path.join(cfg.output_dir, 'results.json')}")
 
 

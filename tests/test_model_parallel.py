@@ -12,7 +12,8 @@ from paradl_tf import ConfigError, load_config, prepare
 from paradl_tf.build.devices import canonical_device
 from paradl_tf.model_parallel.placed import plan_stages, variable_bytes_by_device
 from paradl_tf.model_parallel.placement import LayerInfo
-from paradl_tf.runs.plan import format_plan, plan
+from paradl_tf.api import plan
+from paradl_tf.runs.plan import format_plan
 from test_placement import brute_force_largest  # tests/ is on sys.path under pytest
 
 DEV = [f"/device:CPU:{i}" for i in range(4)]

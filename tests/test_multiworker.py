@@ -248,7 +248,7 @@ def test_mismatched_worker_configs_fail_before_training(tmp_path):
         cl.loopback_up()
         tmp = Path({str(tmp_path)!r})
         spec = cl.local_cluster_spec({{"worker": 2}})
-        argv = lambda job, i: [sys.executable, "-m", "paradl_tf.runs.multi_worker", "worker",
+        argv = lambda job, i: [sys.executable, "-m", "paradl_tf.runs.multi_worker",
                                str(tmp / ("a.yaml" if i == 0 else "b.yaml")), str(tmp / f"w{{i}}.status.json")]
         local = cl.LocalCluster(cl.make_tasks(spec, ("worker",), argv, tmp), max_restarts=0, restartable=(),
                                 exit_0_is_done=True)

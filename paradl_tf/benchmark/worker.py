@@ -123,7 +123,7 @@ def _toolkit_prepare(cfg) -> dict[str, Any]:
 
 def _toolkit_train(cfg) -> dict[str, Any]:
     """paradl_tf.train, the only public path of a multi-process strategy (it starts the local cluster)."""
-    from paradl_tf.runs.fit import train
+    from paradl_tf.api import train
 
     t = time.perf_counter()
     results = train(cfg)

@@ -1,4 +1,7 @@
-"""A training run: config -> devices -> strategy -> Keras -> data -> model -> model.fit -> results.json."""
+"""The one fit skeleton: config -> devices -> strategy -> Keras -> data -> model -> model.fit -> results.json.
+
+Every strategy kind runs through `prepare` and `fit_run`; a `Run` subclass overrides the hooks where a kind
+genuinely differs (starting or finding a cluster is its runner's business before that)."""
 
 from __future__ import annotations
 
@@ -39,6 +42,10 @@ class Job:
     """Training steps done by the run whose backup (checkpoint.dir) this one resumes; the data skip them."""
     precision: dict | None = None
     """The dtype policy that ran, why, and the dtypes of variables, activations and logits."""
+    splits: Any = None
+    """The training and validation arrays the datasets come from."""
+    is_chief: bool = True
+    """This process writes config.yaml, results.json and the exported model (MultiWorkerMirrored: worker 0)."""
 
     @property
     def replicas(self) -> int:
@@ -55,31 +62,92 @@ class Job:
         return list(self.strategy.extended.worker_devices)
 
 
-def prepare(cfg: Config) -> Job:
+class Run:
+    """How a strategy kind trains: hooks into the one fit skeleton (`prepare`, then `fit_run`).
+
+    The defaults are the single-process run (default, one_device, mirrored, model_parallel); the cluster
+    strategies override where they genuinely differ (paradl_tf.runs.multi_worker, .parameter_server)."""
+
+    deterministic_ops = True
+    """Op determinism when train.deterministic is set; parameter servers turn it off, as workers race anyway."""
+
+    def __init__(self, cfg: Config, resolver=None, cluster_info: dict | None = None):
+        self.cfg, self.resolver, self.cluster_info = cfg, resolver, cluster_info
+
+    # ---------------------------------------------------------------- building the job
+    def setup_devices(self) -> None:
+        setup_devices(self.cfg.devices)
+
+    def strategy(self) -> tf.distribute.Strategy:
+        return build_strategy(self.cfg, cluster_resolver=self.resolver)
+
+    def check(self, strategy: tf.distribute.Strategy) -> None:
+        """Before the data and the model: what must hold across processes."""
+
+    def is_chief(self, strategy: tf.distribute.Strategy) -> bool:
+        return True
+
+    def datasets(self, strategy: tf.distribute.Strategy, splits, done_steps: int) -> Datasets:
+        return build_dataset(self.cfg, splits, strategy=strategy, skip_steps=done_steps)
+
+    def compile(self, model, keras: ModuleType) -> tuple[Any, dict | None]:
+        """Inside the strategy's scope and the precision policy: the compiled model and its placement, if any."""
+        if self.cfg.strategy.kind == "model_parallel":  # clone the layers onto their stages' devices
+            return compile_placed_model(model, self.cfg, keras)
+        compile_model(model, self.cfg.train, keras)
+        return model, None
+
+    # ---------------------------------------------------------------- fitting it
+    def timer(self, job: Job):
+        """The callback whose `epoch_seconds` time each epoch's training."""
+        return epoch_timer(job.keras)
+
+    def callbacks(self, job: Job) -> list:
+        """Callbacks of this kind besides the timer, the backup and TensorBoard."""
+        return []
+
+    def backup(self, job: Job):
+        """A rerun resumes at the epoch after the last backup; the backup is removed when fit ends."""
+        return job.keras.callbacks.BackupAndRestore(backup_dir=self.cfg.checkpoint.dir)
+
+    def fit_data(self, job: Job) -> dict[str, Any]:
+        return job.datasets.fit_kwargs(job.keras_name)  # one iterator for the whole run
+
+    def verbose(self, job: Job) -> int:
+        return self.cfg.train.verbose
+
+    def results(self, job: Job, history: dict, epochs_run: int) -> dict[str, Any]:
+        """What results.json says besides run_results' keys; `runs_on` is the CLI's summary of where it ran."""
+        stages = job.placement["stages"] if job.placement else None
+        extra = {"runs_on": f"{len(stages)} stage(s)" if stages else f"{job.replicas} replica(s)"}
+        if self.cfg.checkpoint.dir:
+            extra.update(resumed_from_step=job.resumed_from_step, steps_this_run=epochs_run * job.datasets.steps_per_epoch)
+        return extra
+
+
+def prepare(cfg: Config, run: Run | None = None) -> Job:
     """Set up devices, build the strategy, pick Keras, build the data and the compiled model."""
-    setup_devices(cfg.devices)
-    strategy = build_strategy(cfg)
-    per_replica = check_global_batch(cfg.train.global_batch_size, strategy)
+    run = run or Run(cfg)
+    run.setup_devices()
+    strategy = run.strategy()  # before anything starts TensorFlow's runtime (MultiWorkerMirrored needs it)
     keras_name = resolve_keras(
         cfg.keras, cfg.strategy.kind, strategy.num_replicas_in_sync, cfg.train.steps_per_execution
     )
     keras = import_keras(keras_name)
     keras.utils.set_random_seed(cfg.train.seed)
-    if cfg.train.deterministic:
+    if cfg.train.deterministic and run.deterministic_ops:
         tf.config.experimental.enable_op_determinism()
+    run.check(strategy)
+    per_replica = check_global_batch(cfg.train.global_batch_size, strategy)
     splits = load_splits(cfg.data, cfg.train.seed)
     done = _backed_up_steps(cfg, keras_name, steps_per_epoch(cfg.train, len(splits.x_train)))
-    datasets = build_dataset(cfg, splits, strategy=strategy, skip_steps=done)
+    datasets = run.datasets(strategy, splits, done)
     precision = resolve_precision(cfg.train.precision, cfg.devices.type)
     with strategy.scope(), precision_policy(keras, precision):
         model = build_model(cfg.model, datasets.input_shape, datasets.num_classes, keras)
-        placement = None
-        if cfg.strategy.kind == "model_parallel":  # clone the layers onto their stages' devices
-            model, placement = compile_placed_model(model, cfg, keras)
-        else:
-            compile_model(model, cfg.train, keras)
+        model, placement = run.compile(model, keras)
     return Job(cfg, strategy, keras_name, keras, datasets, model, per_replica, placement, done,
-               check_model_precision(model, precision))
+               check_model_precision(model, precision), splits=splits, is_chief=run.is_chief(strategy))
 
 
 def _backed_up_steps(cfg: Config, keras_name: str, steps_per_epoch: int) -> int:
@@ -91,40 +159,36 @@ def _backed_up_steps(cfg: Config, keras_name: str, steps_per_epoch: int) -> int:
 
 
 def train(cfg: Config) -> dict[str, Any]:
-    """Train with model.fit as `cfg` says; writes config.yaml and results.json to cfg.output_dir and returns the results."""
-    if cfg.strategy.kind == "parameter_server":  # a cluster to start or find first: paradl_tf.runs.parameter_server
-        from paradl_tf.runs.parameter_server import train as train_parameter_server
+    """Train in this process (default, one_device, mirrored, model_parallel); paradl_tf.train picks the runner
+    for every kind."""
+    return fit_run(Run(cfg))
 
-        return train_parameter_server(cfg)
-    if cfg.strategy.kind == "multi_worker_mirrored":  # every worker runs the training: paradl_tf.runs.multi_worker
-        from paradl_tf.runs.multi_worker import train as train_multi_worker
 
-        return train_multi_worker(cfg)
+def fit_run(run: Run) -> dict[str, Any]:
+    """The one fit skeleton: prepare, callbacks, model.fit, export, results. The chief writes config.yaml,
+    results.json and the exported model to output_dir; every process returns its results."""
+    cfg = run.cfg
     start = time.perf_counter()
-    job = prepare(cfg)
+    job = prepare(cfg, run)
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(dump_config(cfg))
-    timer = epoch_timer(job.keras)
-    callbacks = [timer]
-    if cfg.checkpoint.dir:  # a rerun resumes at the epoch after the last backup; removed when fit ends
-        callbacks.append(job.keras.callbacks.BackupAndRestore(backup_dir=cfg.checkpoint.dir))
+    if job.is_chief:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(dump_config(cfg))
+    timer = run.timer(job)
+    callbacks = [timer, *run.callbacks(job)]
+    if cfg.checkpoint.dir:
+        callbacks.append(run.backup(job))
     if cfg.train.tensorboard:
         callbacks.append(job.keras.callbacks.TensorBoard(log_dir=str(out / "tensorboard")))
     fit_start = time.perf_counter()
-    history = job.model.fit(
-        **job.datasets.fit_kwargs(job.keras_name),  # one iterator for the whole run
-        epochs=cfg.train.epochs,
-        callbacks=callbacks,
-        verbose=cfg.train.verbose,
-    )
+    history = job.model.fit(**run.fit_data(job), epochs=cfg.train.epochs, callbacks=callbacks,
+                            verbose=run.verbose(job))
     fit_seconds = time.perf_counter() - fit_start
-    export_model(job.model, out / "model.keras", True, cfg.checkpoint.export)
+    export_model(job.model, out / "model.keras", job.is_chief, cfg.checkpoint.export)
     results = run_results(job, history.history, timer.epoch_seconds, fit_seconds, time.perf_counter() - start)
-    if cfg.checkpoint.dir:
-        results["resumed_from_step"] = job.resumed_from_step
-        results["steps_this_run"] = len(timer.epoch_seconds) * job.datasets.steps_per_epoch
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    results.update(run.results(job, history.history, len(timer.epoch_seconds)))
+    if job.is_chief:
+        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
 
 

@@ -25,19 +25,28 @@ Keras 3's fit fails under this strategy (keras-team/keras#20585), so this path r
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import sys
-import time
 import traceback
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
 
 from paradl_tf import cluster as cl
-from paradl_tf.build.checkpoints import backed_up_steps, checkpoint_keeper, export_model
+from paradl_tf.build.checkpoints import checkpoint_keeper
+from paradl_tf.build.data import build_dataset
+from paradl_tf.build.devices import setup_devices, setup_threads
+from paradl_tf.build.keras_version import import_keras, resolve_keras
+from paradl_tf.build.models import build_model
+from paradl_tf.build.precision import check_model_precision, precision_policy, resolve_precision
+from paradl_tf.build.strategies import check_global_batch
 from paradl_tf.config import Config, dump_config, load_config
 from paradl_tf.errors import ConfigError, ParadlError
+from paradl_tf.runs.fit import Job, Run, fit_run
+from paradl_tf.runs.plan import describe_variable, plan_header
 
 KIND = "multi_worker_mirrored"
 JOBS = cl.REQUIRED_JOBS[KIND]
@@ -45,96 +54,17 @@ JOBS = cl.REQUIRED_JOBS[KIND]
 
 # ================================================================ entry points
 def train(cfg: Config) -> dict[str, Any]:
-    """Train `cfg` (strategy.kind: multi_worker_mirrored): start the local workers, or be one task of a cluster.
-
-    Locally returns the chief's results; as one task (tf_config, slurm, kubernetes) returns this worker's results
-    (the chief's carry results.json; the others' are not written)."""
-    if cfg.cluster.resolver == "local":
-        return cl.launch(cfg, driver=__name__)
+    """Train as one task of the cluster `cfg.cluster` names (tf_config, slurm, kubernetes, jobset, ...); returns
+    this worker's results (the chief's carry results.json; the others' are not written). A local cluster is
+    launched by paradl_tf.train, whose driver (paradl_tf.runs.multi_worker_driver) starts these workers."""
     resolver = cl.cluster_resolver(cfg.cluster, JOBS, use_gpus=cfg.devices.type == "GPU")
     info = {"resolver": cfg.cluster.resolver, "mode": "remote", "private_network": cl.in_private_network(),
             "tasks": cl.resolver_spec(resolver)}
     return run_worker(cfg, resolver, info)
 
 
-def drive(cfg: Config, status_path: Path) -> None:
-    """The driver, inside the namespace: start one process per worker, wait until all finish; a lost one is fatal."""
-    if cl.in_private_network():
-        cl.loopback_up()
-    spec = cl.local_cluster_spec({"worker": cfg.cluster.workers})
-    run_dir = Path(cfg.output_dir) / "cluster"  # the launcher removed a previous run's logs and statuses
-    config_path = Path(cfg.output_dir) / "config.yaml"
-
-    def argv_for(job: str, index: int) -> list[str]:
-        status = run_dir / f"{job}-{index}.status.json"
-        return [sys.executable, "-m", "paradl_tf.runs.multi_worker", "worker", str(config_path), str(status)]
-
-    local = cl.LocalCluster(cl.make_tasks(spec, JOBS, argv_for, run_dir), max_restarts=0, restartable=(),
-                            exit_0_is_done=True)
-    try:
-        local.start()
-        local.watch()
-        cl_info = {"resolver": "local", "mode": "process", "private_network": cl.in_private_network(), "tasks": spec}
-        cl.write_json(run_dir / "cluster.json", {**cl_info, "pids": local.pids(), "task_logs": local.logs(),
-                                               "logs": str(run_dir)})
-        chief_log = cl.LogFollower(run_dir / "worker-0.log")
-        while not local.done() and local.fatal is None:
-            chief_log.poll()
-            time.sleep(0.1)
-        chief_log.poll()
-        if local.fatal is not None:
-            raise _fatal_error(local, cfg, run_dir)
-    finally:
-        local.stop()
-
-
-def _fatal_error(local: cl.LocalCluster, cfg: Config, run_dir: Path) -> ParadlError:
-    """The root cause: a worker that died without a word (SIGKILL, OOM) comes first, since the others then fail
-    in their collectives; otherwise the first failed worker's own one-line error."""
-    time.sleep(0.5)  # let a worker that died at the same moment show up
-    failed = [t for t in local.tasks if t.process is not None and t.process.poll() not in (None, 0)]
-    silent = [t for t in failed if not (run_dir / f"{t.job}-{t.index}.status.json").exists()]
-    if silent:
-        t = silent[0]
-        resume = (f"rerun the same command to resume from the last backup in checkpoint.dir={cfg.checkpoint.dir}"
-                  if cfg.checkpoint.dir else "set checkpoint.dir so that a rerun resumes from the last backup")
-        aborted = _collective_abort(t.log_path)
-        if aborted:  # it crashed while TensorFlow aborted its collectives: the abort is the cause
-            return cl.ClusterError(
-                f"task {t.name} ({t.address}, pid {t.process.pid}) exited: {cl.describe_exit(t.process.returncode)} "
-                f"after TensorFlow aborted its collectives: {aborted}; every worker was stopped: {resume} "
-                f"(logs: {run_dir})")
-        return cl.ClusterError(
-            f"task {t.name} ({t.address}, pid {t.process.pid}) exited: {cl.describe_exit(t.process.returncode)}; "
-            "MultiWorkerMirroredStrategy cannot go on without it (every step all-reduces over all workers), so "
-            f"every worker was stopped: {resume} (logs: {run_dir})"
-        )
-    first = next((t for t in failed if local.fatal.startswith(f"task {t.name} ")), failed[0] if failed else None)
-    status = json.loads((run_dir / f"{first.job}-{first.index}.status.json").read_text()) if first else {}
-    if status.get("type") == "ConfigError":
-        return ConfigError(f"{first.name}: {status['error']}")
-    return cl.ClusterError(f"{first.name if first else 'a worker'} failed: {status.get('error') or local.fatal} "
-                           f"(logs: {run_dir})")
-
-
-# How TensorFlow logs the abort of a worker's collectives: strategy.collective_timeout_s, or the
-# coordination service's heartbeat naming a peer that stopped answering.
-_COLLECTIVE_ABORT = re.compile(r"Collective has timed out during execution\.|"
-                               r"The following tasks are unhealthy \(stopped sending heartbeats\):\s*\S+")
-
-
-def _collective_abort(log_path: Path) -> str | None:
-    """The first collective abort in a worker's log: a worker that then crashes (TensorFlow can segfault
-    tearing down aborted collectives) did not fail by itself."""
-    try:
-        found = _COLLECTIVE_ABORT.search(log_path.read_text(errors="replace"))
-    except OSError:
-        return None
-    return " ".join(found.group(0).split()) if found else None
-
-
 def worker_main(config_path: str, status_path: str) -> None:
-    """One local worker (`python -m paradl_tf.runs.multi_worker worker CONFIG STATUS`): train, then exit at once."""
+    """One local worker (`python -m paradl_tf.runs.multi_worker CONFIG STATUS`): train, then exit at once."""
     if "PARADL_TF_PARENT_PID" in os.environ:
         cl.die_with_parent(int(os.environ["PARADL_TF_PARENT_PID"]))
     code, status = 0, {"ok": True}
@@ -183,72 +113,48 @@ def one_line_error(exc: BaseException) -> str:
 # ================================================================ one worker
 def run_worker(cfg: Config, resolver, cluster_info: dict) -> dict[str, Any]:
     """Train as one worker of the cluster; the chief writes results.json (and the exported model)."""
-    import tensorflow as tf
+    return fit_run(MultiWorkerRun(cfg, resolver, cluster_info))
 
-    from paradl_tf.build.data import build_dataset
-    from paradl_tf.build.keras_version import import_keras, resolve_keras
-    from paradl_tf.build.models import build_model, compile_model
-    from paradl_tf.build.precision import check_model_precision, precision_policy, resolve_precision
-    from paradl_tf.build.strategies import build_strategy, check_global_batch
-    from paradl_tf.runs.fit import Job, epoch_timer, run_results
 
-    start = time.perf_counter()
-    _configure_devices(cfg.devices)
-    strategy = build_strategy(cfg, cluster_resolver=resolver)  # before anything starts TensorFlow's runtime
-    is_chief = strategy.extended.should_checkpoint
-    keras_name = resolve_keras(cfg.keras, KIND)
-    keras = import_keras(keras_name)
-    keras.utils.set_random_seed(cfg.train.seed)
-    if cfg.train.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    check_same_config(strategy, cfg, max(len(cluster_info["tasks"].get("worker", [])), 1))
-    per_replica = check_global_batch(cfg.train.global_batch_size, strategy)
-    done_steps = backed_up_steps(cfg.checkpoint.dir)
-    datasets = build_dataset(cfg, strategy=strategy, skip_steps=done_steps)
-    precision = resolve_precision(cfg.train.precision, cfg.devices.type)
-    with strategy.scope(), precision_policy(keras, precision):
-        model = build_model(cfg.model, datasets.input_shape, datasets.num_classes, keras)
-        compile_model(model, cfg.train, keras)
-    timer = epoch_timer(keras)
-    callbacks = [timer]
-    if cfg.checkpoint.dir:  # non-chief workers back up to temporary directories (tf_keras does it)
-        callbacks.append(keras.callbacks.BackupAndRestore(
-            backup_dir=cfg.checkpoint.dir, save_freq=cfg.checkpoint.backup_and_restore.save_freq))
-    out = Path(cfg.output_dir)
-    if cfg.checkpoint.keep:
-        callbacks.append(checkpoint_keeper(keras, out / "checkpoints", cfg.checkpoint.keep,
-                                           cfg.checkpoint.backup_and_restore.save_freq, is_chief))
-    if cfg.train.tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(out / "tensorboard")))
-    fit_start = time.perf_counter()
-    history = model.fit(
-        **datasets.fit_kwargs(keras_name), epochs=cfg.train.epochs, callbacks=callbacks,
-        verbose=cfg.train.verbose if is_chief else 0,
-    )
-    fit_seconds = time.perf_counter() - fit_start
-    export_model(model, out / "model.keras", is_chief, cfg.checkpoint.export)
-    job = Job(cfg=cfg, strategy=strategy, keras_name=keras_name, keras=keras, datasets=datasets, model=model,
-              per_replica_batch_size=per_replica, precision=check_model_precision(model, precision))
-    results = run_results(job, history.history, timer.epoch_seconds, fit_seconds, time.perf_counter() - start)
-    results.update(_mwm_results(cfg, model, strategy, datasets, cluster_info, done_steps, len(timer.epoch_seconds)))
-    if is_chief:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    return results
+class MultiWorkerRun(Run):
+    """Where a MultiWorkerMirrored worker differs from a one-process run: its devices are configured without
+    starting the runtime, the workers first check they run the same config, every worker trains and backs up
+    (the others to temporary directories), the chief alone shows progress and keeps checkpoints."""
+
+    def setup_devices(self) -> None:
+        _configure_devices(self.cfg.devices)
+
+    def check(self, strategy) -> None:
+        check_same_config(strategy, self.cfg, max(len(self.cluster_info["tasks"].get("worker", [])), 1))
+
+    def is_chief(self, strategy) -> bool:
+        return strategy.extended.should_checkpoint
+
+    def callbacks(self, job: Job) -> list:
+        c = self.cfg.checkpoint
+        if not c.keep:
+            return []
+        return [checkpoint_keeper(job.keras, Path(self.cfg.output_dir) / "checkpoints", c.keep,
+                                  c.backup_and_restore.save_freq, job.is_chief)]
+
+    def backup(self, job: Job):
+        # Non-chief workers back up to temporary directories (tf_keras does it); save_freq may be in steps.
+        return job.keras.callbacks.BackupAndRestore(
+            backup_dir=self.cfg.checkpoint.dir, save_freq=self.cfg.checkpoint.backup_and_restore.save_freq)
+
+    def verbose(self, job: Job) -> int:
+        return self.cfg.train.verbose if job.is_chief else 0
+
+    def results(self, job: Job, history: dict, epochs_run: int) -> dict[str, Any]:
+        workers = len(self.cluster_info["tasks"].get("worker", []))
+        return {"runs_on": f"{job.replicas} replica(s) on {workers} worker process(es)",
+                **_mwm_results(self.cfg, job.model, job.strategy, job.datasets, self.cluster_info,
+                               job.resumed_from_step, epochs_run)}
 
 
 def plan(cfg: Config) -> dict[str, Any]:
     """The plan of a multi_worker_mirrored config without starting a cluster: the tasks, and every variable
     mirrored on every replica of every worker (each worker: its logical CPUs, or every logical GPU it sees)."""
-    import tensorflow as tf
-
-    from paradl_tf.build.data import build_dataset
-    from paradl_tf.build.devices import setup_devices
-    from paradl_tf.build.keras_version import import_keras, resolve_keras
-    from paradl_tf.build.models import build_model
-    from paradl_tf.runs.plan import describe_variable, plan_header
-    from paradl_tf.build.precision import check_model_precision, precision_policy, resolve_precision
-    from paradl_tf.build.strategies import check_global_batch
 
     keras_name = resolve_keras(cfg.keras, KIND)
     keras = import_keras(keras_name)
@@ -284,9 +190,6 @@ def _configure_devices(devices_cfg) -> None:
     first: that starts the runtime, and MultiWorkerMirroredStrategy must configure collective ops before it starts
     ("Collective ops must be configured at program startup", tensorflow/tensorflow#34568; list_physical_devices
     does not start it)."""
-    import tensorflow as tf
-
-    from paradl_tf.build.devices import setup_threads
 
     setup_threads(devices_cfg.threads)  # the thread settings do not start the runtime either
     if devices_cfg.count == 1 and devices_cfg.memory_limit_mb is None:
@@ -298,9 +201,6 @@ def _configure_devices(devices_cfg) -> None:
 
 def check_same_config(strategy, cfg: Config, workers: int) -> None:
     """Every worker must run the same resolved config: compare a hash of it over all replicas (one collective)."""
-    import numpy as np
-    import tensorflow as tf
-
     digest = int(hashlib.sha256(dump_config(cfg).encode()).hexdigest()[:7], 16)  # fits an int32
     def my_hash():
         return tf.constant([digest], tf.int32)
@@ -342,11 +242,5 @@ def _mwm_results(cfg: Config, model, strategy, datasets, cluster_info: dict, don
     }
 
 
-def main(argv: Sequence[str]) -> None:
-    if len(argv) == 4 and argv[1] == "worker":
-        worker_main(argv[2], argv[3])
-    cl.driver_main(argv, drive)
-
-
-if __name__ == "__main__":
-    main(sys.argv)
+if __name__ == "__main__":  # one worker process of a local cluster, started by multi_worker_driver
+    worker_main(sys.argv[1], sys.argv[2])

@@ -18,7 +18,6 @@ Keras 3 has no parameter-server support (keras-team/keras#18624), so this path r
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import threading
@@ -26,9 +25,20 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
+import tensorflow as tf
+
 from paradl_tf import cluster as cl
-from paradl_tf.config import Config, dump_config
+from paradl_tf.build.data import build_dataset, shuffled_batches
+from paradl_tf.build.devices import setup_devices, setup_threads
+from paradl_tf.build.keras_version import import_keras, resolve_keras
+from paradl_tf.build.models import build_model, build_optimizer, compile_model
+from paradl_tf.build.precision import check_model_precision, precision_policy, resolve_precision
+from paradl_tf.build.strategies import variable_partitioner
+from paradl_tf.config import Config
 from paradl_tf.errors import ConfigError
+from paradl_tf.runs.fit import Job, Run, fit_run
+from paradl_tf.runs.plan import plan_header
 
 JOBS = cl.REQUIRED_JOBS["parameter_server"]
 PS_LOSS_GRACE_S = 30.0  # after a ps dies, the run fails within this long even if TensorFlow hangs
@@ -50,14 +60,11 @@ WORKER_STEPS_NOTE = (
 
 # ================================================================ entry points
 def train(cfg: Config) -> dict[str, Any]:
-    """Train `cfg` (strategy.kind: parameter_server) on the cluster its `cluster` section names.
-
-    Writes config.yaml and results.json to cfg.output_dir and returns the results."""
+    """Train as the chief of the cluster `cfg.cluster` names, or of an in-process cluster (cluster.mode:
+    in_process); writes config.yaml and results.json to cfg.output_dir and returns the results. A local process
+    cluster is launched by paradl_tf.train, whose driver (this module's `drive`) ends up here too."""
     c = cfg.cluster
-    if c.resolver == "local" and c.mode == "process":
-        return cl.launch(cfg, driver=__name__)
     if c.resolver == "local":  # in_process: servers in this process, for notebooks and tests
-        from paradl_tf.build.devices import setup_threads
 
         setup_threads(cfg.devices.threads)  # before the servers start the runtime
         if cl.in_private_network():
@@ -106,63 +113,57 @@ def drive(cfg: Config, status_path: Path) -> dict[str, Any]:
 # ================================================================ the chief
 def coordinate(cfg: Config, resolver, cluster_info: dict, local: cl.LocalCluster | None = None) -> dict[str, Any]:
     """As the chief: build the strategy and the model, fit with a dataset function per worker, write results."""
-    import tensorflow as tf
+    return fit_run(ParameterServerRun(cfg, resolver, cluster_info, local))
 
-    from paradl_tf.build.data import build_dataset, load_splits
-    from paradl_tf.build.devices import setup_devices
-    from paradl_tf.build.keras_version import import_keras, resolve_keras
-    from paradl_tf.build.models import build_model, build_optimizer, compile_model
-    from paradl_tf.build.precision import check_model_precision, precision_policy, resolve_precision
-    from paradl_tf.build.strategies import build_strategy, check_global_batch
-    from paradl_tf.runs.fit import Job, run_results
 
-    start = time.perf_counter()
-    keras_name = resolve_keras(cfg.keras, "parameter_server")
-    keras = import_keras(keras_name)
-    setup_devices(cfg.devices)
-    keras.utils.set_random_seed(cfg.train.seed)
-    strategy = build_strategy(cfg, cluster_resolver=resolver)
-    tf.distribute.experimental.coordinator.ClusterCoordinator(strategy)  # the one coordinator of this strategy
-    per_replica = check_global_batch(cfg.train.global_batch_size, strategy)
-    splits = load_splits(cfg.data, cfg.train.seed)
-    datasets = build_dataset(cfg, splits)  # shapes and steps for the results; the workers build their own
-    train_cfg = cfg.train.model_copy(update={"steps_per_execution": steps_per_execution(cfg)})
-    precision = resolve_precision(cfg.train.precision, cfg.devices.type)
-    with strategy.scope(), precision_policy(keras, precision):  # the workers run the chief's traced steps
-        model = build_model(cfg.model, datasets.input_shape, datasets.num_classes, keras)
-        legacy = cfg.train.optimizer in LEGACY_SAME_UPDATE
+class ParameterServerRun(Run):
+    """Where the chief of a parameter-server cluster differs from a one-process run: a ClusterCoordinator
+    dispatches the steps, each worker builds its own pipeline (DatasetCreator), the chief evaluates its own copy
+    of the weights, progress is per epoch, and op determinism is off (workers apply updates in any order)."""
+
+    deterministic_ops = False
+
+    def __init__(self, cfg: Config, resolver, cluster_info: dict, local: cl.LocalCluster | None = None):
+        super().__init__(cfg, resolver, cluster_info)
+        self.local, self.counter = local, None
+
+    def strategy(self):
+        strategy = super().strategy()
+        tf.distribute.experimental.coordinator.ClusterCoordinator(strategy)  # the one coordinator of this strategy
+        return strategy
+
+    def datasets(self, strategy, splits, done_steps: int):
+        return build_dataset(self.cfg, splits)  # shapes and steps for the results; the workers build their own
+
+    def compile(self, model, keras):
+        train_cfg = self.cfg.train.model_copy(update={"steps_per_execution": steps_per_execution(self.cfg)})
+        legacy = train_cfg.optimizer in LEGACY_SAME_UPDATE
         compile_model(model, train_cfg, keras, build_optimizer(train_cfg, keras, legacy))
-        counter = _worker_step_counter(tf)
-    if counter is not None:
-        _count_steps(model, counter)
-    with precision_policy(keras, precision):  # the chief evaluates in the precision the workers train in
-        evaluation = _chief_evaluation(keras, cfg, splits, model, build_model)
-    callbacks = [evaluation]
-    out = Path(cfg.output_dir)
-    if cfg.checkpoint.dir:
-        callbacks.append(keras.callbacks.BackupAndRestore(backup_dir=cfg.checkpoint.dir))
-    if cfg.train.tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(out / "tensorboard")))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(dump_config(cfg))
-    verbose = 2 if cfg.train.verbose == 1 else cfg.train.verbose
-    if verbose != cfg.train.verbose:
+        self.counter = _worker_step_counter(tf)
+        if self.counter is not None:
+            _count_steps(model, self.counter)
+        return model, None
+
+    def timer(self, job: Job):
+        """Batch-level callbacks are refused here: the chief's evaluation times each epoch."""
+        precision = resolve_precision(self.cfg.train.precision, self.cfg.devices.type)
+        with precision_policy(job.keras, precision):  # the chief evaluates in the precision the workers train in
+            return _chief_evaluation(job.keras, self.cfg, job.splits, job.model, build_model)
+
+    def fit_data(self, job: Job) -> dict[str, Any]:
+        creator = worker_dataset_fn(job.splits, self.cfg.train.global_batch_size, self.cfg.train.seed)
+        return {"x": job.keras.utils.experimental.DatasetCreator(creator),
+                "steps_per_epoch": self.cfg.train.steps_per_epoch}
+
+    def verbose(self, job: Job) -> int:
+        if self.cfg.train.verbose != 1:
+            return self.cfg.train.verbose
         print(f"progress: {PROGRESS}", flush=True)
-    fit_start = time.perf_counter()
-    history = model.fit(
-        keras.utils.experimental.DatasetCreator(worker_dataset_fn(splits, cfg.train.global_batch_size, cfg.train.seed)),
-        epochs=cfg.train.epochs,
-        steps_per_epoch=cfg.train.steps_per_epoch,
-        callbacks=callbacks,
-        verbose=verbose,
-    )
-    fit_seconds = time.perf_counter() - fit_start
-    job = Job(cfg=cfg, strategy=strategy, keras_name=keras_name, keras=keras, datasets=datasets, model=model,
-              per_replica_batch_size=per_replica, precision=check_model_precision(model, precision))
-    results = run_results(job, history.history, evaluation.epoch_seconds, fit_seconds, time.perf_counter() - start)
-    results.update(_ps_results(cfg, model, history.history, counter, cluster_info, local))
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    return results
+        return 2
+
+    def results(self, job: Job, history: dict, epochs_run: int) -> dict[str, Any]:
+        extra = _ps_results(self.cfg, job.model, history, self.counter, self.cluster_info, self.local)
+        return {"runs_on": f"{extra['workers']} worker(s) and {extra['ps']} ps", **extra}
 
 
 def steps_per_execution(cfg: Config) -> int:
@@ -173,9 +174,7 @@ def steps_per_execution(cfg: Config) -> int:
 def worker_dataset_fn(splits, global_batch_size: int, seed: int) -> Callable:
     """The dataset function every worker runs (through DatasetCreator) to make its own endless pipeline:
     every epoch a fresh permutation of the training split, batched to the global batch size."""
-    import tensorflow as tf
 
-    from paradl_tf.build.data import shuffled_batches
 
     x, y = splits.x_train, splits.y_train
 
@@ -229,8 +228,6 @@ def _chief_evaluation(keras, cfg: Config, splits, model, build_model):
 
     The copy is called directly: Keras's evaluate() inside fit would run under the strategy and be sent to the
     workers. Adds val_loss and val_accuracy to the epoch's logs (and so to the history)."""
-    import numpy as np
-    import tensorflow as tf
 
     local = build_model(cfg.model, splits.input_shape, splits.num_classes, keras)  # outside the strategy
 
@@ -262,7 +259,6 @@ def _chief_evaluation(keras, cfg: Config, splits, model, build_model):
 def _whole_weights(ps_values: list, shapes: list) -> list:
     """The ps model's weight values as whole arrays: a sharded variable's shards (consecutive, in order, split
     along axis 0) are concatenated back to the shape of the local model's weight."""
-    import numpy as np
 
     values, i = [], 0
     for shape in shapes:
@@ -354,15 +350,8 @@ def ps_placement(variables: Sequence[dict], num_ps: int, shards_for: Callable[[d
 def plan(cfg: Config) -> dict[str, Any]:
     """The plan of a parameter_server config, without starting a cluster: the tasks, and which ps holds each
     variable and shard (computed as ParameterServerStrategy places them; a test checks it on a real cluster)."""
-    import tensorflow as tf
 
-    from paradl_tf.build.data import build_dataset
-    from paradl_tf.build.devices import setup_devices
-    from paradl_tf.build.keras_version import import_keras, resolve_keras
     from paradl_tf.build.models import build_model
-    from paradl_tf.runs.plan import plan_header
-    from paradl_tf.build.precision import check_model_precision, precision_policy, resolve_precision
-    from paradl_tf.build.strategies import variable_partitioner
 
     keras_name = resolve_keras(cfg.keras, "parameter_server")
     keras = import_keras(keras_name)
@@ -420,21 +409,6 @@ def planned_spec(cfg: Config) -> cl.Spec:
     return cl.planned_spec(c, {"chief": 1, "worker": c.workers, "ps": c.ps})
 
 
-def format_cluster_plan(p: dict[str, Any]) -> list[str]:
-    """Text lines for `paradl-tf plan` after the cluster's: the shards of split variables, the bytes per ps."""
-    lines = []
-    split = [v for v in p["variables"] if len(v["shards"]) > 1]
-    if split:
-        lines.append("shards (axis 0):")
-        for v in split:
-            for s in v["shards"]:
-                rows = f"rows {s['offset']}-{s['offset'] + s['shape'][0] - 1}"
-                lines.append(f"  {v['name']}  {rows}  {s['bytes']} bytes  {s['device']}")
-    lines.append("bytes per ps: " + ", ".join(f"{d}: {b}" for d, b in p["ps_bytes"].items()))
-    lines.append(f"steps per dispatch: {p['steps_per_execution']}; evaluation {p['evaluation']}")
-    return lines
-
-
 # ================================================================ helpers
 def _serve_argv(job: str, index: int) -> list[str]:
     return [sys.executable, "-m", "paradl_tf.cli", "serve", f"--job={job}", f"--task={index}"]
@@ -456,7 +430,6 @@ def _check_is_chief(resolver, kind: str) -> None:
 def _clear_errors(coordinate_fn: Callable, cfg: Config, *args) -> dict[str, Any]:
     """Where no launcher watches the tasks: a task lost for good surfaces from TensorFlow as an RPC error;
     make it one line that says what to do."""
-    import tensorflow as tf
 
     try:
         return coordinate_fn(cfg, *args)

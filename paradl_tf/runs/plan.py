@@ -13,15 +13,8 @@ from paradl_tf.runs.fit import prepare
 
 
 def plan(cfg: Config) -> dict[str, Any]:
-    """Build the strategy and the model (no training) and describe them."""
-    if cfg.strategy.kind == "parameter_server":  # placement computed without starting the cluster
-        from paradl_tf.runs.parameter_server import plan as plan_parameter_server
-
-        return plan_parameter_server(cfg)
-    if cfg.strategy.kind == "multi_worker_mirrored":
-        from paradl_tf.runs.multi_worker import plan as plan_multi_worker
-
-        return plan_multi_worker(cfg)
+    """Build the strategy and the model in this process (no training) and describe them; the cluster strategies
+    plan without starting their cluster (paradl_tf.runs.multi_worker.plan, .parameter_server.plan)."""
     job = prepare(cfg)
     variables = [describe_variable(v, variable_devices(v, job.strategy)) for v in job.model.variables]
     return {
@@ -98,9 +91,7 @@ def format_plan(p: dict[str, Any], as_json: bool = False) -> str:
                      + ", ".join(f"{job} x{len(addrs)}" for job, addrs in c["tasks"].items()))
         for job, addresses in c["tasks"].items():
             lines.extend(f"  {job}:{i}  {address}" for i, address in enumerate(addresses))
-    if p["strategy"] == "parameter_server":
-        from paradl_tf.runs.parameter_server import format_cluster_plan
-
+    if p.get("ps_bytes"):
         lines.extend(format_cluster_plan(p))
     if p.get("all_reduce"):
         a = p["all_reduce"]
@@ -154,3 +145,18 @@ def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+def format_cluster_plan(p: dict[str, Any]) -> list[str]:
+    """Parameter servers: the shards of split variables, the bytes per ps, steps per dispatch, evaluation."""
+    lines = []
+    split = [v for v in p["variables"] if len(v["shards"]) > 1]
+    if split:
+        lines.append("shards (axis 0):")
+        for v in split:
+            for s in v["shards"]:
+                rows = f"rows {s['offset']}-{s['offset'] + s['shape'][0] - 1}"
+                lines.append(f"  {v['name']}  {rows}  {s['bytes']} bytes  {s['device']}")
+    lines.append("bytes per ps: " + ", ".join(f"{d}: {b}" for d, b in p["ps_bytes"].items()))
+    lines.append(f"steps per dispatch: {p['steps_per_execution']}; evaluation {p['evaluation']}")
+    return lines
