@@ -18,6 +18,7 @@ of the terminal unless --tf_logs is given.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from dataclasses import dataclass
@@ -131,6 +132,8 @@ def _run(command: str) -> None:
         serve(FLAGS.job, FLAGS.task, environ)
         return
     if command == "bench":  # no run config: the benchmark builds one per measurement
+        if importlib.util.find_spec("matplotlib") is None:
+            raise ParadlError("paradl-tf bench needs its extra for the plots: pip install 'paradl_tf[bench]'")
         _start_tensorflow()
         from paradl_tf.benchmark.runner import run_bench
 

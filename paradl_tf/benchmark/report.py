@@ -13,6 +13,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+# Measured with plain TensorFlow on a 2-core CPU before any toolkit code (issue 7): the figures to beat.
+PLAIN_TF_BEFORE = {("mirrored_4", "mlp"): "0.33x", ("mirrored_4", "cnn"): "1.00x",
+                   ("multi_worker_mirrored_2", "mlp"): "0.12x", ("multi_worker_mirrored_2", "cnn"): "0.63x",
+                   ("parameter_server", "mlp"): "0.18-0.38x", ("parameter_server", "cnn"): "0.74-0.85x"}
+
+
 MIB = 1 << 20
 
 
@@ -144,7 +150,6 @@ def results_target(results: dict, workload: str, method: str) -> float | None:
 
 
 def _plain_tf(workload: str, method: str) -> str:
-    from paradl_tf.benchmark.runner import PLAIN_TF_BEFORE
 
     return PLAIN_TF_BEFORE.get((method, workload), "")
 

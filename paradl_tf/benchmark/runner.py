@@ -26,6 +26,7 @@ Adding a method is one entry in METHODS; a workload, one entry in WORKLOADS.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import json
@@ -47,7 +48,10 @@ from typing import Any, Callable, Sequence
 import psutil
 
 from paradl_tf.benchmark.worker import MARK
+from paradl_tf import cluster as cl
+from paradl_tf.benchmark import report as bench_report
 from paradl_tf.cluster import preexec_die_with_parent
+from paradl_tf.config import Config
 
 # ================================================================ workloads
 Widen = Callable[[dict, int], dict]
@@ -232,11 +236,6 @@ TARGETS = {
                       ("mirrored_4", "mlp"): 0.6, ("parameter_server", "cnn"): 0.8,
                       ("multi_worker_mirrored_2", "cnn"): 0.8},
 }
-# Measured with plain TensorFlow on a 2-core CPU before any toolkit code (issue 7): the figures to beat.
-PLAIN_TF_BEFORE = {("mirrored_4", "mlp"): "0.33x", ("mirrored_4", "cnn"): "1.00x",
-                   ("multi_worker_mirrored_2", "mlp"): "0.12x", ("multi_worker_mirrored_2", "cnn"): "0.63x",
-                   ("parameter_server", "mlp"): "0.18-0.38x", ("parameter_server", "cnn"): "0.74-0.85x"}
-
 
 # ================================================================ model cost, from the config alone
 def model_cost(model: dict, input_shape: Sequence[int], classes: int) -> dict[str, int]:
@@ -244,27 +243,28 @@ def model_cost(model: dict, input_shape: Sequence[int], classes: int) -> dict[st
 
     Counts the matmuls and convolutions, which dominate; activations and pooling are left out.
     A training step costs about 3x the forward pass (forward, gradients of inputs and of weights)."""
+    model = with_defaults("model", model)
     kind = model["kind"]
     if kind == "mlp":
-        sizes = [int(_prod(input_shape)), *model.get("hidden", [128, 64]), classes]
+        sizes = [int(_prod(input_shape)), *model["hidden"], classes]
         params = sum(a * b + b for a, b in zip(sizes, sizes[1:]))
         return {"params": params, "forward_flops": sum(2 * a * b for a, b in zip(sizes, sizes[1:]))}
     h, w, c = input_shape
     layers: list[tuple[int, int, int, int]] = []  # (kernel, c_in, c_out, output positions)
     if kind == "cnn":
-        k = model.get("kernel_size", 3)
-        for filters in model.get("filters", [32, 64]):
+        k = model["kernel_size"]
+        for filters in model["filters"]:
             layers.append((k, c, filters, h * w))
             c = filters
             if h >= 2 and w >= 2:
                 h, w = h // 2, w // 2
-        layers += [(1, h * w * c, model.get("dense", 128), 1), (1, model.get("dense", 128), classes, 1)]
+        layers += [(1, h * w * c, model["dense"], 1), (1, model["dense"], classes, 1)]
     elif kind == "inception":
-        f, stem = model.get("branch_filters", 16), model.get("stem_filters", 32)
+        f, stem = model["branch_filters"], model["stem_filters"]
         r, hw = f // 2 or 1, h * w
         layers.append((3, c, stem, hw))
         c = stem
-        for _ in range(model.get("blocks", 2)):
+        for _ in range(model["blocks"]):
             layers += [(1, c, f, hw), (1, c, r, hw), (3, r, f, hw), (1, c, r, hw), (5, r, f, hw), (1, c, f, hw)]
             c = 4 * f
         layers.append((1, c, classes, 1))
@@ -272,6 +272,11 @@ def model_cost(model: dict, input_shape: Sequence[int], classes: int) -> dict[st
         raise ValueError(f"no cost model for model kind {kind!r}")
     params = sum(k * k * ci * co + co for k, ci, co, _ in layers)
     return {"params": params, "forward_flops": sum(2 * k * k * ci * co * n for k, ci, co, n in layers)}
+
+
+def with_defaults(section: str, value: dict) -> dict:
+    """A config section as a dict with every default filled in, from the config schema."""
+    return getattr(Config.model_validate({section: value}), section).model_dump(mode="json")
 
 
 def _prod(values) -> int:
@@ -283,12 +288,13 @@ def _prod(values) -> int:
 
 def input_shape(data: dict) -> tuple[list[int], int]:
     """(example shape, classes) of a paradl_tf data config."""
+    data = with_defaults("data", data)
     if data["kind"] == "digits":
         return [8, 8, 1], 10
     if data["kind"] == "synthetic_images":
-        return list(data.get("image_shape", [32, 32, 3])), data.get("num_classes", 10)
+        return list(data["image_shape"]), data["num_classes"]
     if data["kind"] == "synthetic_tabular":
-        return [data.get("features", 64)], data.get("num_classes", 10)
+        return [data["features"]], data["num_classes"]
     raise ValueError(f"no shape for data kind {data['kind']!r}")
 
 
@@ -483,24 +489,18 @@ _RUNNING: set[subprocess.Popen] = set()  # worker processes now running (several
 
 def _kill(proc: subprocess.Popen) -> None:
     """Kill the worker and everything it started (its session, then any descendant that left it)."""
-    try:
-        children = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.Error:
-        children = []
-    try:  # the whole session, even after the worker exited: anything it left behind is still in it
+    processes = [proc.pid, *(c.pid for c in cl.descendants(proc.pid))]
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # the session, even after the worker exited
         os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        if proc.poll() is None:
-            proc.kill()
-    for child in children:
-        try:
-            child.kill()
-        except psutil.Error:
-            pass
-    try:
+    cl.kill_tree([p for pid in processes if (p := _process(pid))], grace_s=0)
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass
+
+
+def _process(pid: int) -> psutil.Process | None:
+    with contextlib.suppress(psutil.Error):
+        return psutil.Process(pid)
+    return None
 
 
 def _remove(path: str) -> None:
@@ -671,7 +671,7 @@ def ratios(rows: list[dict]) -> list[dict]:
             "toolkit_over_reference_target": TARGETS["toolkit_over_reference"],
             "vs_one_device": paired_ratio(row, baseline),
             "vs_one_device_target": target,
-            "plain_tf_before": PLAIN_TF_BEFORE.get((method, workload)),
+            "plain_tf_before": bench_report.PLAIN_TF_BEFORE.get((method, workload)),
         })
     return out
 
@@ -699,7 +699,6 @@ def run_bench(quick: bool = False, out_dir: str | Path = "bench", *, tiny: bool 
 
 
 def _run_bench(mode: Mode, out: Path, virtual_gpus: bool, gpu_memory_mb: int, log: Callable[[str], None]) -> dict:
-    from paradl_tf.benchmark import report as bench_report
 
     out.mkdir(parents=True, exist_ok=True)
     started, t0 = datetime.datetime.now(datetime.timezone.utc), time.perf_counter()
