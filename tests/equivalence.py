@@ -45,14 +45,18 @@ def float64():
     import keras
     import tf_keras
 
-    before = keras.config.floatx(), tf_keras.backend.floatx()
+    # Keras 3 fixes its default dtype policy from floatx when it builds its first layer (keras.config.dtype_policy
+    # caches it), so floatx alone changes nothing once a model exists: set the policy too. tf_keras reads floatx.
+    before = keras.config.floatx(), keras.config.dtype_policy(), tf_keras.backend.floatx()
     keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
     tf_keras.backend.set_floatx("float64")
     try:
         yield
     finally:
         keras.config.set_floatx(before[0])
-        tf_keras.backend.set_floatx(before[1])
+        keras.config.set_dtype_policy(before[1])
+        tf_keras.backend.set_floatx(before[2])
 
 
 def float64_env(directory: Path) -> dict[str, str]:
