@@ -33,3 +33,18 @@ def cli(tmp_path):
         )
 
     return run
+
+
+def pytest_addoption(parser):
+    parser.addoption("--equivalence-seed", type=int, default=None,
+                     help="train.seed for the checks that compare two runs (default: each check's own); "
+                          "tests/measure_margins.py measures their margins over several seeds")
+
+
+@pytest.fixture
+def equivalence(request, record_property):
+    """For a check that compares two runs: `.seed` (or the check's own default) and `.check(tolerance, **differences)`,
+    which records each difference (junitxml properties, read by tests/measure_margins.py) and asserts it."""
+    from equivalence import Check
+
+    return Check(request.config.getoption("--equivalence-seed"), record_property)

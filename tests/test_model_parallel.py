@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from equivalence import TOLERANCE, float64, max_abs_diff  # tests/ is on sys.path under pytest
 from paradl_tf import ConfigError, load_config, prepare
 from paradl_tf.build.devices import canonical_device
 from paradl_tf.model_parallel.placed import plan_stages, variable_bytes_by_device
@@ -23,9 +24,9 @@ CNN_STAGES = "strategy.placement={kind: stages, stages: [{device: /cpu:1, layers
              "{device: /cpu:2, layers: [dense, logits]}]}"
 
 
-def job(*overrides, keras="keras3"):
+def job(*overrides, keras="keras3", seed=3):
     cfg = load_config(None, [
-        "devices.count=4", "strategy.kind=model_parallel", f"keras={keras}", "train.verbose=0", "train.seed=3",
+        "devices.count=4", "strategy.kind=model_parallel", f"keras={keras}", "train.verbose=0", f"train.seed={seed}",
         *overrides,
     ])
     return prepare(cfg)
@@ -92,48 +93,49 @@ def test_traced_training_step_runs_each_stage_on_its_device(keras):
 
 # ---------------------------------------------------------------- same numbers as the unplaced model
 _REFERENCE = {}
+CNN = ["model.kind=cnn", "model.filters=[8, 16]", "model.dense=32", "train.optimizer=sgd", "train.learning_rate=0.1"]
+STEPS = 8
 
 
-def unplaced(keras, steps):
-    """The same model unplaced, under TensorFlow's default strategy (which model_parallel uses too).
+def unplaced(keras, seed=3):
+    """The same model unplaced, under TensorFlow's default strategy (which model_parallel uses too), in float64.
 
     Not OneDeviceStrategy: under it, Keras 3's fit reads the reshuffling dataset in another order.
     """
-    if keras not in _REFERENCE:
-        cfg = load_config(None, [
-            "devices.count=4", "strategy.kind=default", f"keras={keras}", "model.kind=cnn", "model.filters=[8, 16]",
-            "model.dense=32", "train.optimizer=sgd", "train.learning_rate=0.1", "train.seed=3", "train.verbose=0",
-        ])
-        j = prepare(cfg)
-        x = next(iter(j.datasets.validation))[0]
-        before = np.asarray(j.model(x, training=False))
-        history = fit(j, steps)
-        _REFERENCE[keras] = x, before, {l.name: l.get_weights() for l in j.model.layers}, history["loss"][0]
-    return _REFERENCE[keras]
+    if (keras, seed) not in _REFERENCE:
+        cfg = load_config(None, ["devices.count=4", "strategy.kind=default", f"keras={keras}", *CNN,
+                                 f"train.seed={seed}", "train.verbose=0"])
+        with float64():
+            j = prepare(cfg)
+            initial = {l.name: l.get_weights() for l in j.model.layers if l.name != "inputs"}
+            x = next(iter(j.datasets.validation))[0]
+            before = np.asarray(j.model(x, training=False))
+            history = fit(j, STEPS)
+        trained = {l.name: l.get_weights() for l in j.model.layers if l.name != "inputs"}
+        _REFERENCE[keras, seed] = initial, x, before, trained, history["loss"][0]
+    return _REFERENCE[keras, seed]
+
+
+def placed_vs_unplaced(keras, microbatches, seed=3):
+    """The CNN placed in 2 stages with `microbatches` micro-batches against the unplaced one, both in float64 (see
+    equivalence.py): how far the unplaced dense kernel moved, and how far apart the outputs before training, the weights
+    after STEPS SGD steps and the mean losses (relative) are."""
+    initial, x, before, weights, loss = unplaced(keras, seed)
+    with float64():
+        j = job(*CNN, CNN_STAGES, f"strategy.pipeline.microbatches={microbatches}", keras=keras, seed=seed)
+        output = np.asarray(j.model(x, training=False))
+        history = fit(j, STEPS)
+    placed = {l.name: l.get_weights() for l in j.model.layers}  # the same layers, max_abs_diff checks
+    assert j.model.layers[0].weights[0].dtype == "float64"
+    return {"moved": max_abs_diff(initial["dense"], weights["dense"]), "output": float(np.abs(output - before).max()),
+            "weights": max_abs_diff(placed, weights), "loss": abs(history["loss"][0] - loss) / loss}
 
 
 @pytest.mark.parametrize("keras,microbatches", [("keras3", 1), ("keras3", 4), ("tf_keras", 1), ("tf_keras", 4)])
-def test_placed_model_computes_what_the_unplaced_model_computes(keras, microbatches):
-    steps = 8
-    x, before, weights, loss = unplaced(keras, steps)
-    j = job("model.kind=cnn", "model.filters=[8, 16]", "model.dense=32", "train.optimizer=sgd",
-            "train.learning_rate=0.1", CNN_STAGES, f"strategy.pipeline.microbatches={microbatches}", keras=keras)
-    np.testing.assert_allclose(np.asarray(j.model(x, training=False)), before, rtol=1e-6, atol=1e-6)
-    history = fit(j, steps)
-    placed = {l.name: l.get_weights() for l in j.model.layers}
-    assert placed.keys() == {k for k, w in weights.items() if k != "inputs"}
-    for name, ws in placed.items():
-        for a, b in zip(ws, weights[name]):
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=name)
-    assert history["loss"][0] == pytest.approx(loss, rel=1e-5)
-
-
-def test_steps_changed_the_weights_enough_to_mean_something():
-    x, before, weights, _ = unplaced("keras3", 8)
-    cfg = load_config(None, ["devices.count=4", "strategy.kind=default", "model.kind=cnn", "model.filters=[8, 16]",
-                             "model.dense=32", "train.seed=3"])
-    initial = {l.name: l.get_weights() for l in prepare(cfg).model.layers}
-    assert max(np.abs(a - b).max() for a, b in zip(initial["dense"], weights["dense"])) > 1e-2
+def test_placed_model_computes_what_the_unplaced_model_computes(keras, microbatches, equivalence):
+    found = placed_vs_unplaced(keras, microbatches, equivalence.seed(3))
+    assert found.pop("moved") > 1e-2, "the steps must change the weights for the comparison to mean anything"
+    equivalence.check(TOLERANCE, **found)
 
 
 # ---------------------------------------------------------------- balance, from the real variables
