@@ -42,7 +42,7 @@ def variable_device(v, keras):
 
 
 def fit(j, steps):
-    return j.model.fit(j.datasets.train, epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0).history
+    return j.model.fit(j.datasets.train_stream, epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0).history
 
 
 # ---------------------------------------------------------------- variables and ops on their devices
