@@ -155,24 +155,20 @@ def units(block: Block) -> list[tuple[str, str]]:
     return []
 
 
-_POOL = ThreadPoolExecutor(max_workers=3)
-_FUTURES: dict = {}
-
-
-def _submit_all():
-    if _FUTURES:
-        return
-    for block in BLOCKS:
-        if block.not_run is None:
-            for kind, text in units(block):
-                if (kind, text) not in _FUTURES:
-                    argv = ["bash", "-c", text] if kind == "shell" else [sys.executable, "-"]
-                    _FUTURES[kind, text] = _POOL.submit(_run, argv, text if kind == "python" else None)
-
-
-def _result(unit) -> tuple[int | None, str]:
-    _submit_all()
-    return _FUTURES[unit].result()
+@pytest.fixture(scope="module")
+def started(request):
+    """Starts every unit of the selected blocks, three at a time; a unit shared by several blocks runs once."""
+    futures = {}
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        for item in request.session.items:
+            block = getattr(item, "callspec", None) and item.callspec.params.get("block")
+            if item.originalname == "test_code_block_runs" and block and block.lang != "yaml":
+                for kind, text in units(block):
+                    if (kind, text) not in futures:
+                        argv = ["bash", "-c", text] if kind == "shell" else [sys.executable, "-"]
+                        futures[kind, text] = pool.submit(_run, argv, text if kind == "python" else None)
+        yield futures
+        pool.shutdown(cancel_futures=True)
 
 
 def _expected_lines_appear(code: str, output: str) -> list[str]:
@@ -210,7 +206,7 @@ RUNNABLE = [b for b in BLOCKS if b.lang in RUN_LANGS and b.not_run is None]
 
 @pytest.mark.timeout(1200)
 @pytest.mark.parametrize("block", RUNNABLE, ids=[b.id for b in RUNNABLE])
-def test_code_block_runs(block):
+def test_code_block_runs(block, started):
     if block.lang == "yaml":
         from paradl_tf.config import load_config
 
@@ -220,7 +216,7 @@ def test_code_block_runs(block):
             load_config(f.name)  # a fragment fails here: mark it <!-- not-run: a fragment ... -->
         return
     for unit in units(block):
-        code, output = _result(unit)
+        code, output = started[unit].result()
         where = f"{block.id}: {unit[1][:200]!r}\n{output[-4000:]}"
         assert code is not None, f"timed out after {COMMAND_TIMEOUT_S} s: {where}"
         assert "Traceback (most recent call last)" not in output, f"traceback: {where}"
