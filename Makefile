@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONFIG ?= configs/sync_mirrored.yaml
 
-.PHONY: install run test notebooks bench clean
+.PHONY: install run test notebooks bench docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -13,7 +13,7 @@ $(BIN)/python:
 
 # Reinstall only when the package metadata changes.
 $(STAMP): $(BIN)/python setup.cfg pyproject.toml
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,docs]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -30,5 +30,9 @@ notebooks: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/paradl-tf bench
 
+# The documentation site (MkDocs + Material), into site/; tests/test_docs.py builds it with --strict.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs site .cache .pytest_cache

@@ -130,12 +130,12 @@ def test_cli_errors_exit_2_without_traceback(cli, args, message):
     assert "Traceback" not in proc.stderr
 
 
-def test_readme_config_reference_is_current():
+def test_docs_config_reference_is_current():
     from paradl_tf.config.reference import BEGIN, END, config_reference
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = readme[readme.index(BEGIN) + len(BEGIN):readme.index(END)].strip()
-    assert block == config_reference(), "run: python -m paradl_tf.config.reference --update README.md"
+    page = (Path(__file__).resolve().parents[1] / "docs" / "configs.md").read_text()
+    block = page[page.index(BEGIN) + len(BEGIN):page.index(END)].strip()
+    assert block == config_reference(), "run: python -m paradl_tf.config.reference --update docs/configs.md"
 
 
 def test_every_config_key_has_a_meaning():

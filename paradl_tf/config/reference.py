@@ -1,9 +1,9 @@
 """The config reference (every key, type, default, meaning), made from the schema itself.
 
     python -m paradl_tf.config.reference             # print the markdown table
-    python -m paradl_tf.config.reference --update README.md
+    python -m paradl_tf.config.reference --update docs/configs.md
 
-The README's table is this output; a test fails when they differ.
+The table in docs/configs.md is this output; a test fails when they differ.
 """
 
 from __future__ import annotations
