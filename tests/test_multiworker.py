@@ -113,10 +113,10 @@ class Run:
             self.seen.setdefault(p.pid, p)
 
     def worker(self, index: int) -> psutil.Process:
-        marker = f"worker-{index}.status.json"
+        title = f"paradl-tf worker:{index}"  # the worker's process title, as `ps` shows it
         for p in cl.descendants(self.proc.pid):
             try:
-                if marker in " ".join(p.cmdline()) and "unshare" not in p.cmdline()[0]:
+                if p.cmdline()[:1] == [title]:
                     return p
             except psutil.Error:
                 pass

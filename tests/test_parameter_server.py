@@ -66,7 +66,8 @@ def test_legacy_optimizers_the_chief_uses_compute_the_same_update(name):
     (["strategy.variable_partitioner={kind: even}"],
      r"strategy\.variable_partitioner\.kind: unknown .* kind 'even'; choose one of: none, min_size, max_size, fixed"),
     (["cluster.mode=threads"], r"cluster\.mode: input should be 'process' or 'in_process'"),
-    (["cluster.resolver=mpi"], r"cluster\.resolver: input should be 'local', 'tf_config', 'slurm' or 'kubernetes'"),
+    (["cluster.resolver=mpi"], r"cluster\.resolver: input should be 'local', 'tf_config', 'slurm', 'kubernetes', "
+                               r"'jobset' or 'indexed_job'"),
 ])
 def test_parameter_server_config_errors(overrides, message):
     with pytest.raises(ConfigError, match=message) as info:
@@ -306,7 +307,7 @@ def test_ctrl_c_stops_every_process(tmp_path):
         run.wait_for_line(r"^Epoch 2/")
         for p in cl.descendants(run.proc.pid):
             run.seen.setdefault(p.pid, p)
-        assert sum("serve --job" in command_line(p) for p in run.seen.values()) == 3
+        assert sum(command_line(p).startswith("paradl-tf serve ") for p in run.seen.values()) == 3
         run.proc.send_signal(signal.SIGINT)
         start = time.monotonic()
         assert run.finish(timeout=60) == 130
