@@ -46,17 +46,21 @@ def float64():
     import tf_keras
 
     # Keras 3 fixes its default dtype policy from floatx when it builds its first layer (keras.config.dtype_policy
-    # caches it), so floatx alone changes nothing once a model exists: set the policy too. tf_keras reads floatx.
-    before = keras.config.floatx(), keras.config.dtype_policy(), tf_keras.backend.floatx()
+    # caches it), so floatx alone changes nothing once a model exists: set the policy too. tf_keras derives its
+    # policy from floatx only until a policy is set (a mixed-precision run before this one sets and restores one).
+    before = (keras.config.floatx(), keras.config.dtype_policy(), tf_keras.backend.floatx(),
+              tf_keras.mixed_precision.global_policy())
     keras.config.set_floatx("float64")
     keras.config.set_dtype_policy("float64")
     tf_keras.backend.set_floatx("float64")
+    tf_keras.mixed_precision.set_global_policy("float64")
     try:
         yield
     finally:
         keras.config.set_floatx(before[0])
         keras.config.set_dtype_policy(before[1])
         tf_keras.backend.set_floatx(before[2])
+        tf_keras.mixed_precision.set_global_policy(before[3])
 
 
 def float64_env(directory: Path) -> dict[str, str]:

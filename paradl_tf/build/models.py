@@ -45,9 +45,11 @@ def build_optimizer(train_cfg: TrainConfig, keras: ModuleType, legacy: bool = Fa
     return getattr(module, name)(learning_rate=train_cfg.learning_rate)
 
 
-def _logits(layers, num_classes: int, x):
-    # float32 under every precision policy: a softmax and loss over bfloat16/float16 logits lose accuracy.
-    return layers.Dense(num_classes, name="logits", dtype="float32")(x)
+def _logits(keras: ModuleType, num_classes: int, x):
+    # float32 under a mixed policy: a softmax and loss over bfloat16/float16 logits lose accuracy. Otherwise
+    # the global policy's dtype, like every other layer (float32, or float64 where a user asks for it).
+    mixed = keras.mixed_precision.global_policy().name.startswith("mixed")
+    return keras.layers.Dense(num_classes, name="logits", dtype="float32" if mixed else None)(x)
 
 
 def _image_shape(input_shape: tuple[int, ...], kind: str) -> tuple[int, ...]:
@@ -67,7 +69,7 @@ def _mlp(cfg: MLPConfig, input_shape, num_classes: int, keras: ModuleType):
         x = layers.Dense(units, activation=cfg.activation, name=f"hidden_{i}")(x)
         if cfg.dropout:
             x = layers.Dropout(cfg.dropout, name=f"dropout_{i}")(x)
-    outputs = _logits(layers, num_classes, x)
+    outputs = _logits(keras, num_classes, x)
     return keras.Model(inputs, outputs, name="mlp")
 
 
@@ -81,7 +83,7 @@ def _cnn(cfg: CNNConfig, input_shape, num_classes: int, keras: ModuleType):
             x = layers.MaxPooling2D(name=f"pool_{i}")(x)
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(cfg.dense, activation="relu", name="dense")(x)
-    outputs = _logits(layers, num_classes, x)
+    outputs = _logits(keras, num_classes, x)
     return keras.Model(inputs, outputs, name="cnn")
 
 
@@ -102,7 +104,7 @@ def _inception(cfg: InceptionConfig, input_shape, num_classes: int, keras: Modul
         b4 = conv(f, 1, "b4_1x1", pooled)
         x = layers.Concatenate(name=f"block{b}_concat")([b1, b2, b3, b4])
     x = layers.GlobalAveragePooling2D(name="gap")(x)
-    outputs = _logits(layers, num_classes, x)
+    outputs = _logits(keras, num_classes, x)
     return keras.Model(inputs, outputs, name="inception")
 
 

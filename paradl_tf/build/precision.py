@@ -111,7 +111,11 @@ def _cpu_has(flags: tuple[str, ...]) -> bool:
 
 @contextlib.contextmanager
 def precision_policy(keras: ModuleType, precision: Precision) -> Iterator[None]:
-    """Set Keras's global dtype policy while the model is built and compiled; restore the previous one after."""
+    """Set Keras's global dtype policy while the model is built and compiled; restore the previous one after.
+    float32 sets nothing: the process's own policy stays (float32, unless a user set another, e.g. float64)."""
+    if precision.policy == "float32":
+        yield
+        return
     mp = keras.mixed_precision
     previous = mp.global_policy()
     mp.set_global_policy(precision.policy)
