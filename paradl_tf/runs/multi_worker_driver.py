@@ -1,0 +1,100 @@
+"""The driver of a local MultiWorkerMirrored cluster: one worker process per task, watched; a lost one is fatal.
+
+Runs as `python -m paradl_tf.runs.multi_worker_driver CONFIG STATUS` inside the private namespaces that
+paradl_tf.cluster.launch made. It never imports TensorFlow: the workers train (paradl_tf.runs.multi_worker).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+from paradl_tf import cluster as cl
+from paradl_tf.config import Config
+from paradl_tf.errors import ConfigError, ParadlError
+
+JOBS = cl.REQUIRED_JOBS["multi_worker_mirrored"]
+WORKER = "paradl_tf.runs.multi_worker"  # the module each worker process runs
+
+
+def drive(cfg: Config, status_path: Path) -> None:
+    """The driver, inside the namespace: start one process per worker, wait until all finish; a lost one is fatal."""
+    if cl.in_private_network():
+        cl.loopback_up()
+    spec = cl.local_cluster_spec({"worker": cfg.cluster.workers})
+    run_dir = Path(cfg.output_dir) / "cluster"  # the launcher removed a previous run's logs and statuses
+    config_path = Path(cfg.output_dir) / "config.yaml"
+
+    def argv_for(job: str, index: int) -> list[str]:
+        status = run_dir / f"{job}-{index}.status.json"
+        return [sys.executable, "-m", WORKER, str(config_path), str(status)]
+
+    local = cl.LocalCluster(cl.make_tasks(spec, JOBS, argv_for, run_dir), max_restarts=0, restartable=(),
+                            exit_0_is_done=True)
+    try:
+        local.start()
+        local.watch()
+        cl_info = {"resolver": "local", "mode": "process", "private_network": cl.in_private_network(), "tasks": spec}
+        cl.write_json(run_dir / "cluster.json", {**cl_info, "pids": local.pids(), "task_logs": local.logs(),
+                                               "logs": str(run_dir)})
+        chief_log = cl.LogFollower(run_dir / "worker-0.log")
+        while not local.done() and local.fatal is None:
+            chief_log.poll()
+            time.sleep(0.1)
+        chief_log.poll()
+        if local.fatal is not None:
+            raise _fatal_error(local, cfg, run_dir)
+    finally:
+        local.stop()
+
+
+def _fatal_error(local: cl.LocalCluster, cfg: Config, run_dir: Path) -> ParadlError:
+    """The root cause: a worker that died without a word (SIGKILL, OOM) comes first, since the others then fail
+    in their collectives; otherwise the first failed worker's own one-line error."""
+    time.sleep(0.5)  # let a worker that died at the same moment show up
+    failed = [t for t in local.tasks if t.process is not None and t.process.poll() not in (None, 0)]
+    silent = [t for t in failed if not (run_dir / f"{t.job}-{t.index}.status.json").exists()]
+    if silent:
+        t = silent[0]
+        resume = (f"rerun the same command to resume from the last backup in checkpoint.dir={cfg.checkpoint.dir}"
+                  if cfg.checkpoint.dir else "set checkpoint.dir so that a rerun resumes from the last backup")
+        aborted = _collective_abort(t.log_path)
+        if aborted:  # it crashed while TensorFlow aborted its collectives: the abort is the cause
+            return cl.ClusterError(
+                f"task {t.name} ({t.address}, pid {t.process.pid}) exited: {cl.describe_exit(t.process.returncode)} "
+                f"after TensorFlow aborted its collectives: {aborted}; every worker was stopped: {resume} "
+                f"(logs: {run_dir})")
+        return cl.ClusterError(
+            f"task {t.name} ({t.address}, pid {t.process.pid}) exited: {cl.describe_exit(t.process.returncode)}; "
+            "MultiWorkerMirroredStrategy cannot go on without it (every step all-reduces over all workers), so "
+            f"every worker was stopped: {resume} (logs: {run_dir})"
+        )
+    first = next((t for t in failed if local.fatal.startswith(f"task {t.name} ")), failed[0] if failed else None)
+    status = json.loads((run_dir / f"{first.job}-{first.index}.status.json").read_text()) if first else {}
+    if status.get("type") == "ConfigError":
+        return ConfigError(f"{first.name}: {status['error']}")
+    return cl.ClusterError(f"{first.name if first else 'a worker'} failed: {status.get('error') or local.fatal} "
+                           f"(logs: {run_dir})")
+
+
+# How TensorFlow logs the abort of a worker's collectives: strategy.collective_timeout_s, or the
+# coordination service's heartbeat naming a peer that stopped answering.
+_COLLECTIVE_ABORT = re.compile(r"Collective has timed out during execution\.|"
+                               r"The following tasks are unhealthy \(stopped sending heartbeats\):\s*\S+")
+
+
+def _collective_abort(log_path: Path) -> str | None:
+    """The first collective abort in a worker's log: a worker that then crashes (TensorFlow can segfault
+    tearing down aborted collectives) did not fail by itself."""
+    try:
+        found = _COLLECTIVE_ABORT.search(log_path.read_text(errors="replace"))
+    except OSError:
+        return None
+    return " ".join(found.group(0).split()) if found else None
+
+
+if __name__ == "__main__":
+    cl.driver_main(sys.argv, drive)
