@@ -80,6 +80,53 @@ def test_quick_mode_plans_few_processes():
         assert spec.worker["config"]["train"]["epochs"] == bench.MODES["quick"].epochs
 
 
+@pytest.mark.parametrize("native_float16", [False, True])
+def test_sections_plan_valid_configs_and_say_why_a_value_cannot_run(native_float16):
+    machine = {**CPU_MACHINE, "cpus_usable": 2, "native_float16": native_float16}
+    for mode in bench.MODES.values():
+        specs, missing = bench.section_specs(mode, machine, False, 0)
+        planned = {s.key for s in specs}
+        for section in mode.sections:
+            for w in section.workloads:
+                for m in section.methods:
+                    for value in section.values:
+                        key = (section.name, w, m, "toolkit", value)
+                        if section.name == "precision" and value == "mixed_float16" and not native_float16:
+                            assert key not in planned
+                            row = next(r for r in missing
+                                       if (r["section"], r["workload"], r["method"], r["impl"], r["x"]) == key)
+                            assert row["status"] == "not available" and "no native float16" in row["why"]
+                        else:
+                            assert key in planned, key
+        for spec in specs:  # every value lands in the config the toolkit validates
+            assert bench.config_error(spec.worker["config"]) is None
+            section, value = spec.key[0], spec.key[4]
+            cfg = spec.worker["config"]
+            set_to = cfg["train"]["precision"] if section == "precision" else cfg["devices"]["threads"]["intra_op"]
+            assert set_to == value
+    full = {s.key[1:3] for s in bench.section_specs(bench.MODES["full"], machine, False, 0)[0] if s.key[0] == "precision"}
+    assert full == {(w, m) for w in ("cnn", "mlp_wide") for m in ("no_strategy", "mirrored_2", "model_parallel_2")}
+    one_core = bench.section_specs(bench.MODES["tiny"], {**machine, "cpus_usable": 1}, False, 0)[1]
+    assert any(r["section"] == "threads" and r["x"] == 2 and "1 usable cores" in r["why"] for r in one_core)
+
+
+def test_section_ratios_pair_rounds_and_threads_say_how_close_to_the_cores_ceiling():
+    def row(section, x, samples):
+        return {"section": section, "workload": "mlp", "method": "no_strategy", "x": x,
+                "examples_per_sec": bench.stat(samples), "sample_keys": ["0.0", "0.1"],
+                "samples_over": "timed epochs of one process"}
+
+    rows = [row("threads", 1, [100, 100]), row("threads", 2, [150, 170]),
+            row("precision", "float32", [100, 200]), row("precision", "mixed_bfloat16", [130, 260])]
+    mode = bench.MODES["tiny"]
+    found = {q["section"]: q for q in bench.section_ratios(rows, mode, {"cpu_cores_physical": 2})}
+    assert found["threads"]["over_baseline"]["median"] == pytest.approx(1.6)
+    assert found["threads"]["ceiling"] == 2 and found["threads"]["of_ceiling"] == pytest.approx(0.8)
+    assert found["precision"]["over_baseline"] == bench.stat([1.3, 1.3]) and "ceiling" not in found["precision"]
+    one_core = bench.section_ratios(rows, mode, {"cpu_cores_physical": 1})
+    assert next(q for q in one_core if q["section"] == "threads")["ceiling"] == 1
+
+
 def test_a_worker_past_its_timeout_is_killed_with_everything_it_started(tmp_path):
     t = time.perf_counter()
     result = bench.run_worker({"kind": "matmul", "sizes": [64]}, tmp_path / "w.log", timeout_s=0.5)
@@ -130,12 +177,33 @@ def test_bench_tiny_writes_results_tables_and_plots(cli, tmp_path):
     # Every method runs here; tiny mode leaves out the local cluster (a process per worker on each side: too slow).
     mwm = next(r for r in rows if r["method"] == "multi_worker_mirrored_2")
     assert mwm["status"] == "skipped" and mwm["why"] == "skipped in tiny mode" and "examples_per_sec" not in mwm
-    assert not any(r["status"] == "not available" for r in rows)
+    assert not any(r["status"] == "not available" for r in rows if r["section"] == "main")
     for method in ("mirrored_2", "model_parallel_2"):
         ratio = next(r for r in results["ratios"] if r["method"] == method)
         assert {"toolkit_over_reference", "vs_one_device", "toolkit_over_reference_target"} <= ratio.keys()
         assert FIGURE <= ratio["toolkit_over_reference"].keys(), method
     assert {"batch", "width"} == results["sweeps"].keys() and results["sweeps"]["batch"]
+
+    # The sections: precision rows against their own dtype's peak, measured in this run; threads against the cores.
+    assert {"float32", "bfloat16"} <= results["peaks"].keys() and results["peak"] == results["peaks"]["float32"]
+    assert results["peaks"]["bfloat16"]["dtype"] == "bfloat16"
+    assert FIGURE <= results["peaks"]["bfloat16"]["flops_per_sec"].keys()
+    section_rows = {(r["section"], r["x"]): r for r in rows if r["section"] in ("precision", "threads")}
+    for key in (("precision", "float32"), ("precision", "mixed_bfloat16"), ("threads", 1), ("threads", 2)):
+        r = section_rows[key]
+        assert r["status"] == "ok" and r["impl"] == "toolkit" and r["workload"] == "mlp", r
+        assert FIGURE <= r["examples_per_sec"].keys() and FIGURE <= r["train_accuracy"].keys()
+    f32, bf16 = section_rows[("precision", "float32")], section_rows[("precision", "mixed_bfloat16")]
+    assert bf16["config"]["train"]["precision"] == "mixed_bfloat16"
+    for r, dtype in ((f32, "float32"), (bf16, "bfloat16")):  # % of the peak of the dtype it computes in
+        peak = results["peaks"][dtype]["flops_per_sec"]["median"]
+        assert r["fraction_of_peak"]["median"] == pytest.approx(r["flops_per_sec"]["median"] / peak)
+    if not results["machine"]["native_float16"]:
+        assert section_rows[("precision", "mixed_float16")]["status"] == "not available"
+    ratios = {(q["section"], q["x"]): q for q in results["section_ratios"]}
+    assert FIGURE <= ratios[("precision", "mixed_bfloat16")]["over_baseline"].keys()
+    assert ratios[("threads", 2)]["ceiling"] == min(2, results["machine"]["cpu_cores_physical"])
+    assert ratios[("threads", 2)]["of_ceiling"] > 0
 
     assert set(results["files"]) >= {"RESULTS.md", "throughput_per_method.png", "scaling_batch.png",
                                      "scaling_width.png"}
@@ -145,7 +213,9 @@ def test_bench_tiny_writes_results_tables_and_plots(cli, tmp_path):
             assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "RESULTS.md").read_text()
     for heading in ("# paradl_tf benchmark results", "## Throughput", "| method | keras | toolkit examples/s",
-                    "## Start-up cost and memory", "## Scaling with global batch size", "tk/hw", "vs 1 dev"):
+                    "## Start-up cost and memory", "## Scaling with global batch size", "tk/hw", "vs 1 dev",
+                    "| float32 matmul peak |", "| bfloat16 matmul peak |", "## Precision", "% own peak",
+                    "## Threads", "of ceiling"):
         assert heading in md
 
     # The hand-kept before/after record in the output folder closes RESULTS.md, rerun after rerun.

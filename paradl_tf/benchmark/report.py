@@ -62,8 +62,9 @@ RESULTS.md ends with it, so a rerun of the benchmark keeps the history."""
 
 def markdown(results: dict, plots: list[str] = (), before_after: str = "") -> str:
     images = "\n".join(f"![{name.removesuffix('.png')}]({name})" for name in plots)
-    parts = [_header(results), _throughput_tables(results), images, _startup_table(results), _model_parallel_table(results),
-             _pipeline_table(results), _sweep_tables(results), _reading(results), before_after.strip()]
+    parts = [_header(results), _throughput_tables(results), images, _precision_table(results), _threads_table(results),
+             _startup_table(results), _model_parallel_table(results), _pipeline_table(results), _sweep_tables(results),
+             _reading(results), before_after.strip()]
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
@@ -83,9 +84,13 @@ def _header(results: dict) -> str:
         f"| TensorFlow / Keras / tf_keras | {m['tensorflow_version']} / {m['keras_version']} / {m['tf_keras_version']} |",
         f"| multi-device layout | {m['multi_device_layout']} |",
         f"| load average at start | {', '.join(f'{x:.2f}' for x in m['load_average_at_start'] or [])} |",
-        f"| float32 matmul peak | {fmt(peak and peak['flops_per_sec'], 1e-9, 1)} GFLOP/s"
-        + (f" (n={peak['matmul_size']}, {peak['device']}, over {peak['samples_over']})" if peak else "") + " |",
     ]
+    # Results from before the precision section hold the float32 peak alone.
+    for dtype, p in (results.get("peaks") or {"float32": peak}).items():
+        lines.append(f"| {dtype} matmul peak | {fmt(p and p['flops_per_sec'], 1e-9, 1)} GFLOP/s"
+                     + (f" (n={p['matmul_size']}, {p['device']}, over {p['samples_over']})" if p else "") + " |")
+    if "native_float16" in m and "float16" not in (results.get("peaks") or {}):
+        lines.append(f"| float16 matmul peak | not measured: no native float16 on this {m['device_type']} |")
     return "\n".join(lines)
 
 
@@ -158,6 +163,60 @@ def _status(row: dict | None) -> str:
     if not row:
         return "-"
     return f"{row['status']}: {row.get('why', '')}".replace("|", "/")
+
+
+def _section_rows(results: dict, name: str) -> list[dict]:
+    return [r for r in results["rows"] if r["section"] == name]
+
+
+def _section_ratio(results: dict, name: str, row: dict) -> dict | None:
+    return next((q for q in results.get("section_ratios", []) if q["section"] == name and
+                 (q["workload"], q["method"], q["x"]) == (row["workload"], row["method"], row["x"])), None)
+
+
+def _precision_table(results: dict) -> str:
+    rows = _section_rows(results, "precision")
+    if not rows:
+        return ""
+    out = ["## Precision (toolkit, examples/s: median (min-max))", "",
+           "`train.precision` on the same workload and method, the values interleaved round by round. `vs float32` "
+           "= this precision / float32, paired by round; `% own peak` = achieved training FLOP/s over the matmul "
+           "peak of the dtype the row computes in (float32 rows: the float32 peak; mixed_bfloat16: the bfloat16 "
+           "peak), both measured in this run; `train acc` = training accuracy of the last epoch (same data, seed "
+           "and steps).", "",
+           "| workload | method | precision | keras | examples/s | vs float32 | % own peak | train acc | status |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = _section_ratio(results, "precision", r)
+        acc = r.get("train_accuracy")
+        why = f"{r['status']}: {r['why']}" if r.get("why") else r["status"]
+        out.append(f"| {r['workload']} | {r['method']} | {r['x']} | {r.get('keras') or '-'} "
+                   f"| {fmt(r.get('examples_per_sec'))} | {fmt_ratio(ratio and ratio['over_baseline'])} "
+                   f"| {fmt(r.get('fraction_of_peak'), 100, 1, spread=False)} "
+                   f"| {fmt(acc, digits=3, spread=False)} | {why.replace('|', '/')} |")
+    return "\n".join(out)
+
+
+def _threads_table(results: dict) -> str:
+    rows = _section_rows(results, "threads")
+    if not rows:
+        return ""
+    m = results["machine"]
+    out = ["## Threads (toolkit, one device, examples/s: median (min-max))", "",
+           f"`devices.threads.intra_op` (threads inside one op), interleaved round by round. `vs 1 thread` = this / "
+           f"1 thread, paired by round; `ceiling` = the speed-up the physical cores allow "
+           f"({m.get('cpu_cores_physical')} here); `of ceiling` = how much of it the speed-up reaches.", "",
+           "| workload | intra_op | examples/s | vs 1 thread | ceiling | of ceiling | status |",
+           "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = _section_ratio(results, "threads", r) or {}
+        why = f"{r['status']}: {r['why']}" if r.get("why") else r["status"]
+        ceiling = f"{ratio['ceiling']:.2f}x" if ratio.get("ceiling") else ""
+        of = f"{ratio['of_ceiling'] * 100:.0f}%" if ratio.get("of_ceiling") else ""
+        out.append(f"| {r['workload']} | {r['x']} | {fmt(r.get('examples_per_sec'))} "
+                   f"| {fmt_ratio(ratio.get('over_baseline')) if ratio else ''} | {ceiling} | {of} "
+                   f"| {why.replace('|', '/')} |")
+    return "\n".join(out)
 
 
 def _startup_table(results: dict) -> str:
@@ -265,9 +324,13 @@ def console_table(results: dict) -> str:
                and r["status"] == "skipped"]
     if skipped:
         lines.append(f"not run in {results['mode']} mode: {', '.join(skipped)}")
-    peak = results["peak"]
-    lines.append(f"float32 matmul peak: {fmt(peak and peak['flops_per_sec'], 1e-9, 1)} GFLOP/s; "
-                 f"{results['repetitions']['note']}")
+    for q in results.get("section_ratios", []):
+        extra = f" ({q['of_ceiling'] * 100:.0f}% of the {q['ceiling']:.1f}x ceiling)" if q.get("of_ceiling") else ""
+        lines.append(f"{q['section']:10} {q['workload']:10} {q['method']:18} {q['x']!s:>15} / {q['baseline']!s:<8} "
+                     f"{_short(q['over_baseline'])}{extra}")
+    peaks = results.get("peaks") or {"float32": results["peak"]}
+    lines.append("matmul peak: " + ", ".join(f"{d} {fmt(p and p['flops_per_sec'], 1e-9, 1)}" for d, p in peaks.items())
+                 + f" GFLOP/s; {results['repetitions']['note']}")
     return "\n".join(lines)
 
 

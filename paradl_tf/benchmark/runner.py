@@ -1,6 +1,6 @@
 """Benchmarks: every method measured side by side against one device and against hand-written tf.distribute.
 
-    paradl-tf bench --quick              # fewer repetitions and points: under 3 minutes on 2 cores
+    paradl-tf bench --quick              # fewer repetitions and points: under 4 minutes on 2 cores
     paradl-tf bench --out=bench          # the full run: under 30 minutes on 2 cores
     make bench
 
@@ -21,7 +21,11 @@ every method alike; each process trains one warm-up epoch (tracing) and then tim
 A figure is the min/median/max over the timed epochs of all its processes (quick mode: one
 process). A method that cannot run here is reported "not available", with why.
 
-Adding a method is one entry in METHODS; a workload, one entry in WORKLOADS.
+Beside the main table, sections vary one config key of the toolkit on a few workloads and methods
+(`Section`): precision (float32, mixed_bfloat16, mixed_float16 where native; each row against the matmul
+peak of the dtype it computes in) and threads (intra_op 1 against 2, against the physical cores' ceiling).
+
+Adding a method is one entry in METHODS; a workload, one entry in WORKLOADS; a section, one in a Mode.
 """
 
 from __future__ import annotations
@@ -87,6 +91,10 @@ def _inception_width(model: dict, w: int) -> dict:
     return {**model, "branch_filters": w}
 
 
+def _wide_mlp_width(model: dict, w: int) -> dict:
+    return {**model, "hidden": [w, w]}
+
+
 _TABULAR_64 = {"kind": "synthetic_tabular", "features": 64, "num_classes": 10, "train_examples": 4096,
                "validation_examples": 128}
 _IMAGES_32 = {"kind": "synthetic_images", "image_shape": [32, 32, 3], "num_classes": 10, "train_examples": 4096,
@@ -102,6 +110,9 @@ WORKLOADS: dict[str, Workload] = {w.name: w for w in [
     Workload("inception", "inception-style (32x32x3 synthetic images, 2 blocks of 4 branches)",
              {"kind": "inception", "stem_filters": 32, "blocks": 2, "branch_filters": 16}, _IMAGES_32, steps=12,
              width=16, widen=_inception_width),
+    # Compute-bound where the digits MLP is dispatch-bound (0.2 ms steps): the precision section's MLP.
+    Workload("mlp_wide", "wide MLP (256 features, hidden 1024-1024)", {"kind": "mlp", "hidden": [1024, 1024]},
+             {**_TABULAR_64, "features": 256}, steps=60, width=1024, widen=_wide_mlp_width, batch=256),
 ]}
 
 # Small enough for a test to run the whole pipeline in about a minute.
@@ -181,6 +192,36 @@ METHOD_BY_NAME = {m.name: m for m in METHODS}
 BASELINE = "no_strategy"
 
 
+# ================================================================ sections: one config key varied
+@dataclass(frozen=True)
+class Section:
+    """A table beside the main one: the toolkit on workloads x methods with one config key set to each value in
+    turn. Its processes run interleaved (every value once per round), so each row's ratio to the `baseline`
+    value pairs processes of the same round."""
+
+    name: str
+    title: str
+    key: tuple[str, ...]
+    """Where the value goes in the config, e.g. ("train", "precision")."""
+    values: tuple
+    baseline: Any
+    workloads: tuple[str, ...]
+    methods: tuple[str, ...]
+
+
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+
+
+def _precision(workloads: tuple[str, ...], methods: tuple[str, ...]) -> Section:
+    return Section("precision", "Precision: float32 against mixed precision", ("train", "precision"), PRECISIONS,
+                   "float32", workloads, methods)
+
+
+def _threads(workloads: tuple[str, ...]) -> Section:
+    return Section("threads", "Threads: intra-op pool of 1 against 2 threads", ("devices", "threads", "intra_op"),
+                   (1, 2), 1, workloads, (BASELINE,))
+
+
 # ================================================================ modes
 @dataclass(frozen=True)
 class Mode:
@@ -206,6 +247,8 @@ class Mode:
     jobs: int = 1
     """Processes at a time. More than 1 only for tests: concurrent processes make the timings meaningless."""
     note: str = ""
+    sections: tuple[Section, ...] = ()
+    """Measured after the main table, `sweep_reps` processes per row."""
 
 
 _ALL = tuple(m.name for m in METHODS)
@@ -214,20 +257,24 @@ MODES: dict[str, Mode] = {
         "full", WORKLOADS, {w: _ALL for w in WORKLOADS}, reps=3, sweep_reps=2, epochs=4, steps_scale=1.0,
         batches=(64, 256, 1024, 2048), width_factors=(1, 2, 4), sweep_workloads=("mlp", "cnn"),
         matmul_sizes=(1024, 2048, 4096), budget_s=28.5 * 60, timeout_s=300,
-        note="3 processes per figure (2 per sweep point), each 1 warm-up epoch + 3 timed epochs: a figure is "
-             "the min/median/max of 9 timed epochs (6 per sweep point)"),
+        note="3 processes per figure (2 per sweep point and section row), each 1 warm-up epoch + 3 timed epochs: "
+             "a figure is the min/median/max of 9 timed epochs (6 per sweep point and section row)",
+        sections=(_precision(("cnn", "mlp_wide"), (BASELINE, "mirrored_2", "model_parallel_2")),
+                  _threads(("mlp", "cnn")))),
     "quick": Mode(
         "quick", WORKLOADS, {"mlp": ("no_strategy", "mirrored_2", "multi_worker_mirrored_2", "model_parallel_2"),
                              "cnn": ("no_strategy", "mirrored_2", "pipeline_4")},
         reps=1, sweep_reps=1, epochs=3, steps_scale=0.5, batches=(64, 512), width_factors=(1, 4),
-        sweep_workloads=("mlp",), matmul_sizes=(2048, 4096), budget_s=165, timeout_s=120,
-        note="QUICK MODE: 1 process per figure, min/median/max over its 2 timed epochs; fewer methods "
-             "and sweep points. Run without --quick for the real figures (3 processes per figure)"),
+        sweep_workloads=("mlp",), matmul_sizes=(2048, 4096), budget_s=225, timeout_s=120,
+        note="QUICK MODE: 1 process per figure, min/median/max over its 2 timed epochs; fewer methods, "
+             "sweep points and section rows. Run without --quick for the real figures (3 processes per figure)",
+        sections=(_precision(("cnn", "mlp_wide"), (BASELINE,)), _threads(("mlp", "cnn")))),
     "tiny": Mode(
         "tiny", TINY_WORKLOADS, {"mlp": ("no_strategy", "mirrored_2", "model_parallel_2")}, reps=1, sweep_reps=1,
         epochs=2, steps_scale=1.0, batches=(32, 64), width_factors=(0.5, 1), sweep_workloads=("mlp",),
-        matmul_sizes=(256,), budget_s=150, timeout_s=150, jobs=2,
-        note="TINY MODE (tests): tiny models, processes run 2 at a time; the speeds mean nothing"),
+        matmul_sizes=(256,), budget_s=180, timeout_s=150, jobs=2,
+        note="TINY MODE (tests): tiny models, processes run 2 at a time; the speeds mean nothing",
+        sections=(_precision(("mlp",), (BASELINE,)), _threads(("mlp",)))),
 }
 
 TARGETS = {
@@ -444,14 +491,86 @@ def sweep_specs(mode: Mode, machine: dict, best: dict[str, str], virtual_gpus: b
     return specs
 
 
+def section_specs(mode: Mode, machine: dict, virtual_gpus: bool,
+                  gpu_memory_mb: int) -> tuple[list[Spec], list[dict]]:
+    """Every section's specs (key: (section, workload, method, "toolkit", value)), and a row for each value or
+    method that cannot run here."""
+    specs, missing = [], []
+    for section in mode.sections:
+        for wname in section.workloads:
+            workload = mode.workloads[wname]
+            for method in map(METHOD_BY_NAME.__getitem__, section.methods):
+                devices = devices_for(method, machine, virtual_gpus, gpu_memory_mb)
+                steps = steps_for(workload, mode, workload.batch, workload.width, machine["device_type"])
+                for value in section.values:
+                    cfg = build_config(workload, method, copy.deepcopy(devices), workload.batch, workload.width,
+                                       steps, mode.epochs)
+                    _set_key(cfg, section.key, value)
+                    why = (unavailable(method, workload, machine, virtual_gpus)
+                           or section_unavailable(section, value, machine) or config_error(cfg))
+                    if why:
+                        missing.append({"section": section.name, "workload": wname, "method": method.name,
+                                        "impl": "toolkit", "x": value, "status": "not available", "why": why})
+                        continue
+                    key = (section.name, wname, method.name, "toolkit", value)
+                    specs.append(_train_spec(key, cfg, method, mode.sweep_reps))
+    return specs, missing
+
+
+def _set_key(cfg: dict, key: tuple[str, ...], value) -> None:
+    for part in key[:-1]:
+        cfg = cfg.setdefault(part, {})
+    cfg[key[-1]] = value
+
+
+def section_unavailable(section: Section, value, machine: dict) -> str | None:
+    """Why a section's value is not measured here: float16 without native support (TensorFlow emulates it on
+    such CPUs, slower than float32: a figure of the emulation, not of mixed precision), more threads than cores."""
+    if section.name == "precision" and value == "mixed_float16" and not machine.get("native_float16"):
+        return (f"no native float16 on this {machine['device_type']} (TensorFlow would emulate it, slower than "
+                "float32); mixed_bfloat16 is the choice here")
+    if section.name == "threads" and value > (machine.get("cpus_usable") or 1):
+        return f"{value} threads on {machine.get('cpus_usable')} usable cores"
+    return None
+
+
+def compute_dtype(precision: str) -> str:
+    """The dtype a precision policy computes in, whose matmul peak its rows are measured against."""
+    return {"mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}.get(precision, "float32")
+
+
+def section_ratios(rows: list[dict], mode: Mode, machine: dict) -> list[dict]:
+    """Per section row other than its baseline: value / baseline, paired by round; threads: also the ceiling
+    (the physical cores the threads can use, against the baseline's) and how much of it the speed-up reaches."""
+    index = {(r["section"], r["workload"], r["method"], r["x"]): r for r in rows if r.get("examples_per_sec")}
+    cores = machine.get("cpu_cores_physical") or machine.get("cpus_usable") or 1
+    out = []
+    for section in mode.sections:
+        for (name, workload, method, x), row in index.items():
+            if name != section.name or x == section.baseline:
+                continue
+            ratio = paired_ratio(row, index.get((name, workload, method, section.baseline)))
+            entry = {"section": name, "workload": workload, "method": method, "x": x, "baseline": section.baseline,
+                     "over_baseline": ratio}
+            if name == "threads":
+                ceiling = min(x, cores) / min(section.baseline, cores)
+                entry.update(ceiling=ceiling, of_ceiling=ratio["median"] / ceiling if ratio else None)
+            out.append(entry)
+    return out
+
+
 def widths(workload: Workload, mode: Mode) -> list[int]:
     return [max(1, round(workload.width * f)) for f in mode.width_factors]
 
 
-def matmul_spec(mode: Mode, reps: int, device_type: str = "auto") -> Spec:
+def matmul_spec(mode: Mode, reps: int, device_type: str = "auto", dtypes: Sequence[str] = ("float32",)) -> Spec:
     return Spec(("peak", None, "matmul", None, None),
-                {"kind": "matmul", "sizes": list(mode.matmul_sizes), "device_type": device_type,
+                {"kind": "matmul", "sizes": list(mode.matmul_sizes), "device_type": device_type, "dtypes": list(dtypes),
                  "seconds_per_size": 1.0 if mode.name == "full" else 0.5}, reps)
+
+
+# The matmul peaks measured: float32, and the compute dtypes of mixed precision (float16 where it is native).
+PEAK_DTYPES = ("float32", "bfloat16", "float16")
 
 
 # ================================================================ running processes
@@ -561,8 +680,9 @@ def _safe(name: str) -> str:
 
 
 def _brief(result: dict) -> str:
-    if "matmul_flops_per_sec" in result:
-        return f"peak {max(result['matmul_flops_per_sec']) / 1e9:.1f} GFLOP/s"
+    if "matmul" in result:
+        return "peak " + ", ".join(f"{d} {max(m['flops_per_sec']) / 1e9:.1f}" for d, m in result["matmul"].items()) \
+            + " GFLOP/s"
     per_proc = _process_figures(result)
     return f"{per_proc['examples_per_sec']:.0f} examples/s, {per_proc['step_seconds'] * 1e3:.2f} ms/step"
 
@@ -628,6 +748,7 @@ def summarize_train(spec: Spec, peak: float | None, flops_per_example: int) -> d
                  ("process_start_seconds", "import_seconds", "build_seconds", "first_epoch_seconds",
                   "cluster_start_seconds", "process_wall_seconds")},
         peak_rss_bytes=stat([r["peak_rss_bytes"] for r in ok]),
+        train_accuracy=stat([r.get("train_accuracy") for r in ok]),
         children_peak_rss_bytes=stat([r.get("children_peak_rss_bytes") for r in ok]),
         keras=ok[0].get("keras"),
         replicas=ok[0].get("replicas"),
@@ -688,7 +809,7 @@ def run_bench(quick: bool = False, out_dir: str | Path = "bench", *, tiny: bool 
               virtual_gpus: bool = False, gpu_memory_mb: int = 2048, log: Callable[[str], None] = print) -> dict:
     """Measure every available method and write results.json, RESULTS.md and the plots to `out_dir`.
 
-    quick: fewer processes, methods and points (under 3 minutes on 2 cores); tiny: tiny models, for tests.
+    quick: fewer processes, methods and points (under 4 minutes on 2 cores); tiny: tiny models, for tests.
     reps: processes per figure (default: the mode's). virtual_gpus: on a GPU machine, split GPU 0 into
     logical GPUs of gpu_memory_mb each for the multi-device methods (default: the real GPUs only)."""
     mode = MODES["tiny" if tiny else "quick" if quick else "full"]
@@ -706,20 +827,33 @@ def _run_bench(mode: Mode, out: Path, virtual_gpus: bool, gpu_memory_mb: int, lo
     _WALLS.clear()
     _METHOD_WALLS.clear()
     log(f"paradl-tf bench ({mode.name}): {mode.note}")
-    log("machine: the float32 matmul peak (this process also finds the devices)")
-    probe = matmul_spec(mode, 1)
+    log("machine: the matmul peaks (float32, bfloat16, float16 where native; this process also finds the devices)")
+    probe = matmul_spec(mode, 1, dtypes=PEAK_DTYPES)
     _run_one(probe, 0, out, mode, deadline, log)
     machine = describe_machine(probe.results[0], virtual_gpus)
+    dtypes = [d for d in PEAK_DTYPES if d != "float16" or machine["native_float16"]]
 
     specs, missing = main_specs(mode, machine, virtual_gpus, gpu_memory_mb)
-    peak_spec = matmul_spec(mode, mode.reps - 1, machine["device_type"])
+    peak_spec = matmul_spec(mode, mode.reps - 1, machine["device_type"], dtypes)
     log(f"main table: {len(specs)} measurements x {mode.reps} process(es), interleaved")
     # Local clusters last in each round: they take several times longer, so a tight time budget skips them first.
     in_order = sorted(specs, key=lambda s: METHOD_BY_NAME[s.key[2]].cluster is not None)
     run_interleaved(in_order + ([peak_spec] if peak_spec.reps else []), out, mode, deadline, log)
-    peak = summarize_peak(Spec(peak_spec.key, peak_spec.worker, mode.reps, probe.results + peak_spec.results))
-    peak_flops = peak["flops_per_sec"]["median"] if peak else None
+    all_peaks = Spec(peak_spec.key, peak_spec.worker, mode.reps, probe.results + peak_spec.results)
+    peaks = {d: summarize_peak(all_peaks, d) for d in dtypes}
+    peak = peaks["float32"]
+    peak_flops = _median_flops(peak)
     rows = [summarize_train(s, peak_flops, _flops(s)) for s in specs]
+
+    extra, not_here = section_specs(mode, machine, virtual_gpus, gpu_memory_mb)
+    if extra:
+        log(f"sections ({', '.join(s.name for s in mode.sections)}): {len(extra)} measurements x "
+            f"{mode.sweep_reps} process(es), interleaved")
+        run_interleaved(extra, out, mode, deadline, log)
+    # A precision row against the peak of the dtype it computes in, a threads row against the float32 peak.
+    rows += [summarize_train(s, _median_flops(peaks.get(compute_dtype(s.key[4]) if s.key[0] == "precision"
+                                                        else "float32")), _flops(s)) for s in extra]
+    missing += not_here
 
     best = {w: best_strategy(rows, w) for w in mode.sweep_workloads}
     sweeps = sweep_specs(mode, machine, best, virtual_gpus, gpu_memory_mb)
@@ -727,7 +861,7 @@ def _run_bench(mode: Mode, out: Path, virtual_gpus: bool, gpu_memory_mb: int, lo
     run_interleaved(sweeps, out, mode, deadline, log)
     rows += [summarize_train(s, peak_flops, _flops(s)) for s in sweeps]
 
-    results = assemble(mode, started, machine, peak, rows, missing, best, time.perf_counter() - t0)
+    results = assemble(mode, started, machine, peaks, rows, missing, best, time.perf_counter() - t0)
     results["files"] = bench_report.write_all(results, out)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     log(bench_report.console_table(results))
@@ -736,8 +870,8 @@ def _run_bench(mode: Mode, out: Path, virtual_gpus: bool, gpu_memory_mb: int, lo
     return results
 
 
-def assemble(mode: Mode, started: datetime.datetime, machine: dict, peak: dict | None, rows: list[dict],
-             missing: list[dict], best: dict, wall: float) -> dict[str, Any]:
+def assemble(mode: Mode, started: datetime.datetime, machine: dict, peaks: dict[str, dict | None],
+             rows: list[dict], missing: list[dict], best: dict, wall: float) -> dict[str, Any]:
     """The results dict that results.json holds."""
     return {
         "schema": 1,
@@ -747,7 +881,8 @@ def assemble(mode: Mode, started: datetime.datetime, machine: dict, peak: dict |
                         "timed_epochs_per_process": mode.epochs - 1, "concurrent_processes": mode.jobs,
                         "note": mode.note},
         "machine": machine,
-        "peak": peak,
+        "peak": peaks["float32"],
+        "peaks": peaks,
         "workloads": _workload_table(mode),
         "methods": {m.name: {"title": m.title, "group": m.group, "devices": m.devices, "reference": m.reference,
                              "todo": m.todo} for m in METHODS},
@@ -756,6 +891,10 @@ def assemble(mode: Mode, started: datetime.datetime, machine: dict, peak: dict |
         "best_strategy": best,
         "sweeps": _sweep_curves(rows, best, mode),
         "pipeline": _pipeline_curve(rows),
+        "sections": [{"name": s.name, "title": s.title, "key": ".".join(s.key), "values": list(s.values),
+                      "baseline": s.baseline, "workloads": list(s.workloads), "methods": list(s.methods)}
+                     for s in mode.sections],
+        "section_ratios": section_ratios(rows, mode, machine),
         "targets": {"toolkit_over_reference": TARGETS["toolkit_over_reference"],
                     "vs_one_device": [{"method": m, "workload": w, "target": t}
                                       for (m, w), t in TARGETS["vs_one_device"].items()]},
@@ -816,6 +955,7 @@ def describe_machine(probe: dict, virtual_gpus: bool) -> dict[str, Any]:
         "device_type": device_type,
         "device_kind": (", ".join(gpus) if gpus else _cpu_model()) or device_type,
         "gpus": gpus,
+        "native_float16": bool(probe.get("native_float16")),
         "multi_device_layout": layout,
         "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
@@ -831,16 +971,21 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def summarize_peak(spec: Spec) -> dict | None:
-    ok = [r for r in spec.results if r.get("ok")]
+def summarize_peak(spec: Spec, dtype: str = "float32") -> dict | None:
+    """The matmul peak of one dtype over the probe processes that measured it."""
+    ok = [r["matmul"][dtype] for r in spec.results if r.get("ok") and dtype in r.get("matmul", {})]
     if not ok:
         return None
     if len(ok) >= 2:
-        samples, over = [max(r["matmul_flops_per_sec"]) for r in ok], "processes (best call of each)"
+        samples, over = [max(r["flops_per_sec"]) for r in ok], "processes (best call of each)"
     else:
-        samples, over = ok[0]["matmul_flops_per_sec"], "calls in one process"
-    return {"flops_per_sec": stat(samples), "samples_over": over, "matmul_size": ok[0]["matmul_size"],
-            "device": ok[0]["device"], "how": "tf.linalg.matmul of two n x n float32 matrices, 2 n^3 FLOPs per call"}
+        samples, over = ok[0]["flops_per_sec"], "calls in one process"
+    return {"flops_per_sec": stat(samples), "samples_over": over, "matmul_size": ok[0]["size"], "dtype": dtype,
+            "device": ok[0]["device"], "how": f"tf.linalg.matmul of two n x n {dtype} matrices, 2 n^3 FLOPs per call"}
+
+
+def _median_flops(peak: dict | None) -> float | None:
+    return peak["flops_per_sec"]["median"] if peak else None
 
 
 def _workload_table(mode: Mode) -> dict[str, Any]:

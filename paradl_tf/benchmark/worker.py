@@ -6,7 +6,7 @@ Fresh, because logical devices must be configured before TensorFlow starts and a
 holds one device layout for its whole life. paradl_tf.benchmark.runner starts one of these per
 measurement and reads the line that starts with MARK; everything else goes to the log.
 Kinds: `train` (impl `toolkit`: paradl_tf.train on the config; impl `reference`: the
-hand-written script of paradl_tf.benchmark.reference) and `matmul` (the float32 matmul peak).
+hand-written script of paradl_tf.benchmark.reference) and `matmul` (the matmul peak of each dtype).
 """
 
 from __future__ import annotations
@@ -105,9 +105,11 @@ def _toolkit_prepare(cfg) -> dict[str, Any]:
     job = prepare(cfg)
     build_seconds = time.perf_counter() - t
     timer = epoch_timer(job.keras)
-    job.model.fit(job.datasets.train_stream, epochs=cfg.train.epochs, steps_per_epoch=cfg.train.steps_per_epoch,
-                  shuffle=False, callbacks=[timer], verbose=0)
+    history = job.model.fit(job.datasets.train_stream, epochs=cfg.train.epochs,
+                            steps_per_epoch=cfg.train.steps_per_epoch, shuffle=False, callbacks=[timer], verbose=0)
     out = {
+        # The last epoch's training accuracy: what the precision section compares across dtypes.
+        "train_accuracy": float(history.history["accuracy"][-1]),
         "epoch_seconds": timer.epoch_seconds,
         "steps_per_epoch": job.datasets.steps_per_epoch,
         "global_batch_size": cfg.train.global_batch_size,
@@ -142,20 +144,32 @@ def _toolkit_train(cfg) -> dict[str, Any]:
     }
 
 
-# ================================================================ matmul: the machine's float32 peak in TensorFlow
+# ================================================================ matmul: the machine's peaks in TensorFlow
 def measure_matmul(spec: dict) -> dict[str, Any]:
+    """The best matmul rate over `sizes`, per dtype of `dtypes` (float16 only where it is native: emulated, it
+    is no peak of anything a run would use); `native_float16` says which."""
     t = time.perf_counter()
     import tensorflow as tf
+
+    from paradl_tf.build.precision import native_float16
 
     out: dict[str, Any] = {"import_seconds": time.perf_counter() - t, **_machine(tf)}
     gpu = spec.get("device_type", "auto") in ("auto", "GPU") and tf.config.list_physical_devices("GPU")
     device = "/GPU:0" if gpu else "/CPU:0"
+    out["native_float16"] = native_float16("GPU" if gpu else "CPU")
+    dtypes = [d for d in spec.get("dtypes", ["float32"]) if d != "float16" or out["native_float16"]]
+    out["matmul"] = {d: {"device": device, **_matmul_peak(tf, device, getattr(tf, d), spec)} for d in dtypes}
+    return out
+
+
+def _matmul_peak(tf, device: str, dtype, spec: dict) -> dict[str, Any]:
     best: dict[str, Any] = {}
     for n in spec["sizes"]:
         with tf.device(device):
-            a = tf.random.uniform((n, n), dtype=tf.float32)
-            b = tf.random.uniform((n, n), dtype=tf.float32)
-            step = tf.function(lambda a, b: tf.reduce_sum(tf.linalg.matmul(a, b)))  # the sum: n^2, next to 2 n^3
+            a = tf.cast(tf.random.uniform((n, n)), dtype)
+            b = tf.cast(tf.random.uniform((n, n)), dtype)
+            # The sum (n^2, next to 2 n^3) in float32: one number back, whatever the dtype.
+            step = tf.function(lambda a, b: tf.reduce_sum(tf.cast(tf.linalg.matmul(a, b), tf.float32)))
             float(step(a, b))  # trace and warm up
             rates = []
             deadline = time.perf_counter() + spec.get("seconds_per_size", 2.0)
@@ -165,10 +179,9 @@ def measure_matmul(spec: dict) -> dict[str, Any]:
                 rates.append(2.0 * n**3 / (time.perf_counter() - t))
                 if len(rates) >= 200:
                     break
-        if not best or max(rates) > max(best["rates"]):
-            best = {"size": n, "rates": rates}
-    out.update(device=device, matmul_size=best["size"], matmul_flops_per_sec=best["rates"])
-    return out
+        if not best or max(rates) > max(best["flops_per_sec"]):
+            best = {"size": n, "flops_per_sec": rates}
+    return best
 
 
 def _machine(tf) -> dict[str, Any]:

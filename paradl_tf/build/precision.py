@@ -54,7 +54,7 @@ def resolve_precision(choice: str, device_type: str = "CPU") -> Precision:
     if choice not in POLICIES:
         raise ConfigError(f"train.precision must be one of float32, mixed_bfloat16, mixed_float16, auto. "
                           f"Received: train.precision={choice!r}")
-    if choice == "mixed_float16" and device_type == "CPU" and not _cpu_has(_CPU_FP16_FLAGS):
+    if choice == "mixed_float16" and device_type == "CPU" and not native_float16("CPU"):
         # Not an error: TensorFlow runs float16 on any CPU, through Eigen when oneDNN cannot (it logs so).
         return Precision(choice, "train.precision: mixed_float16 as asked; this CPU has no native float16 "
                                  "(no avx512_fp16/amx_fp16), so TensorFlow emulates it and it is usually slower "
@@ -107,6 +107,15 @@ def _cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
 
 def _cpu_has(flags: tuple[str, ...]) -> bool:
     return bool(_cpu_flags() & set(flags))
+
+
+def native_float16(device_type: str = "CPU") -> bool:
+    """Whether float16 math is native here: CPU flags, or GPUs of compute capability 7.0 and up (tensor cores).
+    Elsewhere TensorFlow emulates it, slower than float32."""
+    if device_type == "GPU":
+        capability = _gpu_capability()
+        return capability is not None and capability >= (7, 0)
+    return _cpu_has(_CPU_FP16_FLAGS)
 
 
 @contextlib.contextmanager
