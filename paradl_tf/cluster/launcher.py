@@ -129,7 +129,7 @@ def launch(cfg: Config, driver: str) -> dict[str, Any]:
     """The local process cluster, from the calling process: run the driver isolated, return its results.
 
     `driver`: the module that, run with `python -m DRIVER CONFIG STATUS`, calls driver_main with its drive
-    function (paradl_tf.runs.parameter_server, paradl_tf.runs.multi_worker).
+    function (paradl_tf.runs.parameter_server, paradl_tf.runs.multi_worker_driver).
 
     No process it starts outlives it (see cluster.run_isolated). Errors in the driver come back as the same
     one-line ConfigError or ClusterError."""
@@ -148,8 +148,8 @@ def launch(cfg: Config, driver: str) -> dict[str, Any]:
            **cfg.devices.threads.environment()}  # every task process sizes its thread pools from these
     with open(run_dir / "driver.log", "w") as driver_log:  # the terminal gets the one error line, not the RPC errors
         code = run_isolated(argv, env=env, private_network=cfg.cluster.private_network,
-                               timeout_s=cfg.cluster.timeout_s, stderr=driver_log,
-                               on_poll=lambda processes: _record_host_pids(run_dir / "cluster.json", processes))
+                            timeout_s=cfg.cluster.timeout_s, stderr=driver_log,
+                            on_poll=_host_pid_recorder(run_dir / "cluster.json"))
     status = json.loads(status_path.read_text()) if status_path.exists() else {}
     if status.get("error"):
         if status.get("type") == "ConfigError":
@@ -157,7 +157,7 @@ def launch(cfg: Config, driver: str) -> dict[str, Any]:
         raise ClusterError(f"{status['error']} (logs: {run_dir})")
     if code != 0 or not results_path.exists():
         raise ClusterError(f"the local cluster's driver failed ({describe_exit(code)}) without saying why; "
-                              f"task logs are in {run_dir}")
+                           f"task logs are in {run_dir}")
     results = json.loads(results_path.read_text())
     # The chief timed itself; the run also started the processes and TensorFlow in each of them.
     results["chief_seconds"], results["wall_seconds"] = results["wall_seconds"], time.perf_counter() - start
@@ -165,16 +165,26 @@ def launch(cfg: Config, driver: str) -> dict[str, Any]:
     return results
 
 
-def _record_host_pids(path: Path, processes) -> None:
-    """Add each task's pid on the host to cluster.json (the driver, in its PID namespace, knows only its own
-    numbering), so that a fault drill can `kill` a task from outside."""
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, ValueError):  # not written yet, or being written
-        return
-    found = host_pids(info.get("pids", {}), processes)
-    if found and found != info.get("host_pids"):
-        write_json(path, {**info, "host_pids": found})
+def _host_pid_recorder(path: Path) -> Callable[[list[psutil.Process]], None]:
+    """run_isolated's on_poll: add each task's pid on the host to cluster.json (the driver, in its PID namespace,
+    knows only its own numbering), so that a fault drill can `kill` a task from outside. Once every task is
+    found it stops looking: cluster.json records the tasks as they started."""
+    done = False
+
+    def record(processes: list[psutil.Process]) -> None:
+        nonlocal done
+        if done:
+            return
+        try:
+            info = json.loads(path.read_text())
+        except (OSError, ValueError):  # not written yet, or being written
+            return
+        found = host_pids(info["pids"], processes)
+        if found and found != info.get("host_pids"):
+            write_json(path, {**info, "host_pids": found})
+        done = len(found) == len(info["pids"])
+
+    return record
 
 
 def driver_main(argv: Sequence[str], drive_fn: Callable[[Config, Path], Any]) -> None:
