@@ -116,10 +116,13 @@ def main(argv: list[str]) -> None:
 
 
 def _run(command: str) -> None:
+    # Every TensorFlow this command starts, here or in its cluster's tasks, reads this: C++ INFO and WARNING
+    # lines stay out (a task's log file keeps its errors) unless --tf_logs asks for everything.
     if FLAGS.tf_logs:
-        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"  # cluster tasks inherit it: their log files get everything
-    if command == "serve":  # one task of a cluster: its log (a file, under a launcher) keeps TensorFlow's lines
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    else:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if command == "serve":  # one task of a cluster, from TF_CONFIG
         from paradl_tf.cluster import REQUIRED_JOBS, resolver_tf_config, serve
 
         environ = os.environ
@@ -142,7 +145,6 @@ def _run(command: str) -> None:
     from paradl_tf.config import load_config
 
     cfg = load_config(FLAGS.config, FLAGS.set)  # validated before TensorFlow starts
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if command in ("tf-config", "export"):  # what a multi-host run needs, from the config alone
         from paradl_tf.cluster import deploy
 

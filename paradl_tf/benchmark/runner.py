@@ -51,10 +51,9 @@ from typing import Any, Callable, Sequence
 
 import psutil
 
-from paradl_tf.benchmark.worker import MARK
 from paradl_tf import cluster as cl
 from paradl_tf.benchmark import report as bench_report
-from paradl_tf.cluster import preexec_die_with_parent
+from paradl_tf.benchmark.worker import MARK
 from paradl_tf.config import Config
 
 # ================================================================ workloads
@@ -584,7 +583,7 @@ def run_worker(worker: dict, log_path: Path, timeout_s: float) -> dict:
     start = time.perf_counter()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True, env=env,
-                                start_new_session=True, preexec_fn=preexec_die_with_parent())
+                                start_new_session=True, preexec_fn=cl.preexec_die_with_parent())
         _RUNNING.add(proc)
         try:
             stdout, _ = proc.communicate(timeout=timeout_s)

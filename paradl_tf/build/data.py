@@ -157,11 +157,12 @@ def _pipeline(x, y, global_batch: int, steps: int | None = None, seed: int = 0, 
     Training (`steps` given): pass k is a permutation of the examples drawn from (seed, k) alone,
     cut to `steps` whole global batches so every replica gets equal batches, and passes follow
     each other without end: one pass is one epoch, and model.fit keeps one iterator for the
-    whole run. With `epoch_steps`: one epoch per iterator, its passes' keys drawn from the seed
-    anew by each iterator, so fit without steps_per_epoch trains new passes each epoch. The order does not depend on how many iterators were made before (a seeded
+    whole run. The stream's order does not depend on how many iterators were made before (a seeded
     `shuffle(reshuffle_each_iteration=True)` draws each pass's seed from a generator that every
     iterator advances, and Keras 3's fit makes one to peek at a batch), so a resumed run that
-    skips the steps done sees what the uninterrupted run saw. A replica's share is every N-th
+    skips the steps done sees what the uninterrupted run saw. With `epoch_steps`: one epoch per
+    iterator, its passes' keys drawn from the seed anew by each iterator, so fit without
+    steps_per_epoch trains new passes each epoch. A replica's share is every N-th
     example of each global batch, so N replicas see exactly the examples one device sees per step.
     Validation: every example once, in order.
     """

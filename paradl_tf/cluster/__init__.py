@@ -32,7 +32,8 @@ from paradl_tf.cluster.resolvers import (  # noqa: F401
     pod_tf_config, resolver_tf_config, resolver_spec, planned_spec,
 )
 from paradl_tf.cluster.network import (  # noqa: F401
-    UNSHARE_ARGS, ClusterSecurityWarning, EXPOSED, wait_until_reachable, in_private_network, loopback_up,
+    UNSHARE_ARGS, ClusterSecurityWarning, EXPOSED, wait_until_reachable, in_private_network, cluster_info,
+    loopback_up,
     isolation_available, use_private_network, warn_exposed, isolated,
 )
 from paradl_tf.cluster.processes import (  # noqa: F401
@@ -40,11 +41,11 @@ from paradl_tf.cluster.processes import (  # noqa: F401
     set_process_title, host_pids,
 )
 from paradl_tf.cluster.local import (  # noqa: F401
-    Task, LocalCluster, LogFollower, make_tasks,
+    Task, LocalCluster, LogFollower, make_tasks, write_json,
 )
 from paradl_tf.cluster.servers import (  # noqa: F401
     start_in_process_servers, serve,
 )
 from paradl_tf.cluster.launcher import (  # noqa: F401
-    run_isolated, raise_on_interrupt, launch, driver_main, write_json,
+    run_isolated, raise_on_interrupt, launch, driver_main,
 )

@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import psutil
 
+from paradl_tf.cluster.local import write_json
 from paradl_tf.cluster.network import isolated, use_private_network
 from paradl_tf.cluster.processes import (
     describe_exit, descendants, host_pids, kill_tree, preexec_die_with_parent, set_process_title,
@@ -211,11 +212,3 @@ def driver_main(argv: Sequence[str], drive_fn: Callable[[Config, Path], Any]) ->
     # Exit without TensorFlow's teardown: it would try to remove every function from the stopped tasks and log
     # an error for each. (`error` keeps a failed run's TensorFlow objects alive until here for the same reason.)
     os._exit(code)
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically: a reader (the launcher, a user) never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -118,6 +119,12 @@ class LocalCluster:
     def logs(self) -> dict[str, str]:
         return {t.name: str(t.log_path) for t in self.tasks}
 
+    def write_info(self, run_dir: Path, info: dict) -> None:
+        """cluster.json: `info` (cluster_info) with each task's pid in the run's PID namespace and its log; the
+        launcher adds the pids on the host."""
+        write_json(run_dir / "cluster.json", {**info, "pids": self.pids(), "task_logs": self.logs(),
+                                              "logs": str(run_dir)})
+
     def summary(self) -> dict[str, Any]:
         return {
             t.name: {"address": t.address, "restarts": t.restarts, "exits": list(t.exits), "log": str(t.log_path)}
@@ -220,4 +227,9 @@ def make_tasks(spec: Spec, jobs: Sequence[str], argv_for: Callable[[str, int], l
         for job in jobs for i, address in enumerate(spec.get(job, []))
     ]
 
-
+def write_json(path: Path, data: dict) -> None:
+    """Write JSON atomically: a reader (the launcher, a user) never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)

@@ -70,6 +70,12 @@ def in_private_network() -> bool:
     return {name for _, name in socket.if_nameindex()} <= {"lo"}
 
 
+def cluster_info(resolver: str, mode: str, tasks: Mapping[str, list[str]]) -> dict:
+    """What a run's results.json says about its cluster: how it was found, how it runs, whether only this
+    machine can reach it, and its tasks."""
+    return {"resolver": resolver, "mode": mode, "private_network": in_private_network(), "tasks": dict(tasks)}
+
+
 def loopback_up() -> None:
     """Bring `lo` up (a new network namespace starts with it down); needs CAP_NET_ADMIN in the namespace."""
     siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1

@@ -58,9 +58,7 @@ def train(cfg: Config) -> dict[str, Any]:
     this worker's results (the chief's carry results.json; the others' are not written). A local cluster is
     launched by paradl_tf.train, whose driver (paradl_tf.runs.multi_worker_driver) starts these workers."""
     resolver = cl.cluster_resolver(cfg.cluster, JOBS, use_gpus=cfg.devices.type == "GPU")
-    info = {"resolver": cfg.cluster.resolver, "mode": "remote", "private_network": cl.in_private_network(),
-            "tasks": cl.resolver_spec(resolver)}
-    return run_worker(cfg, resolver, info)
+    return run_worker(cfg, resolver, cl.cluster_info(cfg.cluster.resolver, "remote", cl.resolver_spec(resolver)))
 
 
 def worker_main(config_path: str, status_path: str) -> None:
@@ -72,10 +70,8 @@ def worker_main(config_path: str, status_path: str) -> None:
         cfg = load_config(config_path)
         tf_config = cl.parse_tf_config(os.environ.get("TF_CONFIG"), JOBS)
         cl.set_process_title(f"paradl-tf {tf_config.task}")
-        spec = tf_config.cluster
-        info = {"resolver": "local", "mode": "process", "private_network": cl.in_private_network(), "tasks": spec}
         resolver = cl.cluster_resolver(cfg.cluster.model_copy(update={"resolver": "tf_config"}), JOBS)
-        run_worker(cfg, resolver, info)
+        run_worker(cfg, resolver, cl.cluster_info("local", "process", tf_config.cluster))
     except ParadlError as exc:
         code, status = 2, {"error": str(exc), "type": type(exc).__name__}
         print(f"error: {exc}", file=sys.stderr)
@@ -120,7 +116,6 @@ class MultiWorkerRun(Run):
     """Where a MultiWorkerMirrored worker differs from a one-process run: its devices are configured without
     starting the runtime, the workers first check they run the same config, every worker trains and backs up
     (the others to temporary directories), the chief alone shows progress and keeps checkpoints."""
-
     def setup_devices(self) -> None:
         _configure_devices(self.cfg.devices)
 
@@ -155,7 +150,6 @@ class MultiWorkerRun(Run):
 def plan(cfg: Config) -> dict[str, Any]:
     """The plan of a multi_worker_mirrored config without starting a cluster: the tasks, and every variable
     mirrored on every replica of every worker (each worker: its logical CPUs, or every logical GPU it sees)."""
-
     keras_name = resolve_keras(cfg.keras, KIND)
     keras = import_keras(keras_name)
     local = setup_devices(cfg.devices)  # what each worker would see, assuming this host's devices
@@ -190,7 +184,6 @@ def _configure_devices(devices_cfg) -> None:
     first: that starts the runtime, and MultiWorkerMirroredStrategy must configure collective ops before it starts
     ("Collective ops must be configured at program startup", tensorflow/tensorflow#34568; list_physical_devices
     does not start it)."""
-
     setup_threads(devices_cfg.threads)  # the thread settings do not start the runtime either
     if devices_cfg.count == 1 and devices_cfg.memory_limit_mb is None:
         return
@@ -202,6 +195,7 @@ def _configure_devices(devices_cfg) -> None:
 def check_same_config(strategy, cfg: Config, workers: int) -> None:
     """Every worker must run the same resolved config: compare a hash of it over all replicas (one collective)."""
     digest = int(hashlib.sha256(dump_config(cfg).encode()).hexdigest()[:7], 16)  # fits an int32
+
     def my_hash():
         return tf.constant([digest], tf.int32)
 

@@ -37,9 +37,7 @@ def drive(cfg: Config, status_path: Path) -> None:
     try:
         local.start()
         local.watch()
-        cl_info = {"resolver": "local", "mode": "process", "private_network": cl.in_private_network(), "tasks": spec}
-        cl.write_json(run_dir / "cluster.json", {**cl_info, "pids": local.pids(), "task_logs": local.logs(),
-                                               "logs": str(run_dir)})
+        local.write_info(run_dir, cl.cluster_info("local", "process", spec))
         chief_log = cl.LogFollower(run_dir / "worker-0.log")
         while not local.done() and local.fatal is None:
             chief_log.poll()

@@ -65,22 +65,19 @@ def train(cfg: Config) -> dict[str, Any]:
     cluster is launched by paradl_tf.train, whose driver (this module's `drive`) ends up here too."""
     c = cfg.cluster
     if c.resolver == "local":  # in_process: servers in this process, for notebooks and tests
-
         setup_threads(cfg.devices.threads)  # before the servers start the runtime
         if cl.in_private_network():
             cl.loopback_up()
         spec = cl.local_cluster_spec({"chief": 1, "worker": c.workers, "ps": c.ps})
         cl.start_in_process_servers(spec, private_network=c.private_network)
         resolver = cl.cluster_resolver(c, JOBS, spec)
-        info = {"resolver": "local", "mode": "in_process", "private_network": cl.in_private_network(), "tasks": spec}
-        return _clear_errors(coordinate, cfg, resolver, info)
+        return _clear_errors(coordinate, cfg, resolver, cl.cluster_info("local", "in_process", spec))
     resolver = cl.cluster_resolver(c, JOBS, use_gpus=cfg.devices.type == "GPU")
     spec = cl.resolver_spec(resolver)
     cl.check_jobs(spec, JOBS, source=f"cluster.resolver: {c.resolver}:")
     _check_is_chief(resolver, c.resolver)
     cl.wait_until_reachable(_remote_tasks(spec), c.start_timeout_s)
-    info = {"resolver": c.resolver, "mode": "remote", "private_network": cl.in_private_network(), "tasks": spec}
-    return _clear_errors(coordinate, cfg, resolver, info)
+    return _clear_errors(coordinate, cfg, resolver, cl.cluster_info(c.resolver, "remote", spec))
 
 
 def drive(cfg: Config, status_path: Path) -> dict[str, Any]:
@@ -96,9 +93,8 @@ def drive(cfg: Config, status_path: Path) -> dict[str, Any]:
         local.start()
         local.wait_until_reachable(c.start_timeout_s)
         local.watch()
-        info = {"resolver": "local", "mode": "process", "private_network": cl.in_private_network(), "tasks": spec}
-        cl.write_json(run_dir / "cluster.json", {**info, "pids": local.pids(), "task_logs": local.logs(),
-                                               "logs": str(run_dir)})
+        info = cl.cluster_info("local", "process", spec)
+        local.write_info(run_dir, info)
         os.environ["TF_CONFIG"] = cl.tf_config(spec, "chief", 0)  # the chief finds its cluster as on real hosts
         resolver = cl.cluster_resolver(c.model_copy(update={"resolver": "tf_config"}), JOBS)
         return coordinate(cfg, resolver, info, local)
@@ -120,7 +116,6 @@ class ParameterServerRun(Run):
     """Where the chief of a parameter-server cluster differs from a one-process run: a ClusterCoordinator
     dispatches the steps, each worker builds its own pipeline (DatasetCreator), the chief evaluates its own copy
     of the weights, progress is per epoch, and op determinism is off (workers apply updates in any order)."""
-
     deterministic_ops = False
 
     def __init__(self, cfg: Config, resolver, cluster_info: dict, local: cl.LocalCluster | None = None):
@@ -228,7 +223,6 @@ def _chief_evaluation(keras, cfg: Config, splits, model, build_model):
 
     The copy is called directly: Keras's evaluate() inside fit would run under the strategy and be sent to the
     workers. Adds val_loss and val_accuracy to the epoch's logs (and so to the history)."""
-
     local = build_model(cfg.model, splits.input_shape, splits.num_classes, keras)  # outside the strategy
 
     class ChiefEvaluation(keras.callbacks.Callback):
@@ -259,7 +253,6 @@ def _chief_evaluation(keras, cfg: Config, splits, model, build_model):
 def _whole_weights(ps_values: list, shapes: list) -> list:
     """The ps model's weight values as whole arrays: a sharded variable's shards (consecutive, in order, split
     along axis 0) are concatenated back to the shape of the local model's weight."""
-
     values, i = [], 0
     for shape in shapes:
         parts, rows = [np.asarray(ps_values[i])], np.asarray(ps_values[i]).shape[:1]
@@ -350,7 +343,6 @@ def ps_placement(variables: Sequence[dict], num_ps: int, shards_for: Callable[[d
 def plan(cfg: Config) -> dict[str, Any]:
     """The plan of a parameter_server config, without starting a cluster: the tasks, and which ps holds each
     variable and shard (computed as ParameterServerStrategy places them; a test checks it on a real cluster)."""
-
     from paradl_tf.build.models import build_model
 
     keras_name = resolve_keras(cfg.keras, "parameter_server")
@@ -430,7 +422,6 @@ def _check_is_chief(resolver, kind: str) -> None:
 def _clear_errors(coordinate_fn: Callable, cfg: Config, *args) -> dict[str, Any]:
     """Where no launcher watches the tasks: a task lost for good surfaces from TensorFlow as an RPC error;
     make it one line that says what to do."""
-
     try:
         return coordinate_fn(cfg, *args)
     except (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError) as exc:
@@ -454,7 +445,6 @@ def _settled_fatal(local: cl.LocalCluster, wait_s: float = 2.0) -> bool:
 
 def _watchdog(status_path: Path, cfg: Config) -> Callable[[str], None]:
     """On a fatal loss: if TensorFlow has not failed the run within PS_LOSS_GRACE_S, fail it from here."""
-
     def on_fatal(message: str) -> None:
         def expire():
             cl.write_json(status_path, {"error": _fatal_message(message, cfg) + f" (no response from TensorFlow "
