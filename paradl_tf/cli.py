@@ -39,9 +39,14 @@ flags.DEFINE_string("out", "bench", "bench: directory for results.json, RESULTS.
 flags.DEFINE_bool("virtual_gpus", False, "bench: on a GPU machine, split GPU 0 into logical GPUs for multi-device methods.")
 flags.DEFINE_list("hosts", [], "tf-config: the hosts of the cluster, one task each ('host' or 'host:port'), "
                   "in order chief, workers, ps.")
-flags.DEFINE_enum("format", "tfjob", ["tfjob", "jobset", "indexed-job", "slurm"],
-                  "export: a Kubeflow TFJob (needs the legacy operator), a JobSet, an Indexed Job and headless "
-                  "Service (multi-worker), or an sbatch script.")
+EXPORT_FORMATS = ("tfjob", "jobset", "indexed-job", "slurm")
+DATA_FORMATS = ("tfrecord", "image_folder", "csv")
+flags.DEFINE_string("format", None,
+                    "export: tfjob (a Kubeflow TFJob; needs the legacy operator), jobset, indexed-job (an Indexed Job "
+                    "and headless Service; multi-worker) or slurm (an sbatch script); default tfjob. data write: "
+                    "tfrecord, image_folder or csv; default tfrecord.")
+flags.DEFINE_integer("shards", 4, "data write: training files to write.", lower_bound=1)
+flags.DEFINE_integer("validation_shards", 1, "data write: validation files to write.", lower_bound=1)
 flags.DEFINE_string("image", None, "export to Kubernetes: the container image with paradl-tf installed.")
 flags.DEFINE_string("command", "paradl-tf", "export: the command that runs paradl-tf on a node or in a pod.")
 flags.DEFINE_string("cpu", None, "export to Kubernetes: CPU each pod requests, e.g. 4.")
@@ -93,6 +98,12 @@ COMMANDS = {
          "paradl-tf export --config=configs/sync_multiworker.yaml --format=indexed-job --image=registry/paradl:1 > job.yaml",
          "paradl-tf export --config=configs/async_ps.yaml --format=slurm > job.sbatch"),
     ),
+    "data write": Command(
+        "Write the config's in-memory data (digits, synthetic, a user's arrays) as TFRecord, image-folder or CSV shards.",
+        ("config", "set", "out", "shards", "validation_shards", "format", "tf_logs"),
+        ("paradl-tf data write --config=configs/sync_mirrored.yaml --out=runs/digits_tfrecord --shards=4",
+         "paradl-tf train --config=configs/tfrecord_multiworker.yaml   # then train on the shards"),
+    ),
     "bench": Command(
         "Measure every method against one device and hand-written tf.distribute; writes results.json, RESULTS.md, plots.",
         ("quick", "out", "virtual_gpus", "tiny", "tf_logs"),
@@ -103,11 +114,11 @@ HELP_FLAGS = ("--help", "-h", "-help", "--helpshort", "-?")
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) != 2 or argv[1] not in COMMANDS:
-        given = " ".join(argv[1:]) or "nothing"
-        _fail(f"expected one command, {_choices()}; got {given}. See paradl-tf --help")
+    command = " ".join(argv[1:])
+    if command not in COMMANDS:
+        _fail(f"expected one command, {_choices()}; got {command or 'nothing'}. See paradl-tf --help")
     try:
-        _run(argv[1])
+        _run(command)
     except ParadlError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
@@ -149,11 +160,24 @@ def _run(command: str) -> None:
         from paradl_tf.cluster import deploy
 
         if command == "export":
-            print(deploy.export(cfg, FLAGS.format, FLAGS.config, FLAGS.image, FLAGS.command, FLAGS.set, cpu=FLAGS.cpu,
+            fmt = _format(EXPORT_FORMATS)
+            print(deploy.export(cfg, fmt, FLAGS.config, FLAGS.image, FLAGS.command, FLAGS.set, cpu=FLAGS.cpu,
                                 memory=FLAGS.memory, gpus=FLAGS.gpus, checkpoint_claim=FLAGS.checkpoint_claim), end="")
         else:
             for task, text in deploy.tf_configs(cfg, FLAGS.hosts).items():
                 print(f"{task}\tTF_CONFIG='{text}'")
+        return
+    if command == "data write":
+        if not FLAGS["out"].present:
+            raise ParadlError("data write: --out is required: the directory to write the shards to")
+        _start_tensorflow()
+        from paradl_tf.build.data import load_splits
+        from paradl_tf.files.write import write_shards
+
+        written = write_shards(load_splits(cfg.data, cfg.train.seed), FLAGS.out, FLAGS.shards, _format(DATA_FORMATS),
+                               FLAGS.validation_shards, source=cfg.data.kind)
+        print(f"wrote {written['train_examples']} training and {written['validation_examples']} validation examples "
+              f"({written['format']}) to {FLAGS.out}; metadata: {os.path.join(FLAGS.out, 'metadata.json')}")
         return
     if command == "plan":
         _start_tensorflow()
@@ -170,6 +194,14 @@ def _run(command: str) -> None:
         print(f"val_accuracy {results['val_accuracy']:.4f}, {results['examples_per_sec']:.0f} examples/s "
               f"on {results['runs_on']} with {results['keras']}")
         print(f"results: {os.path.join(cfg.output_dir, 'results.json')}")
+
+
+def _format(choices: tuple[str, ...]) -> str:
+    """--format for this command: one of `choices`, the first by default."""
+    fmt = FLAGS.format or choices[0]
+    if fmt not in choices:
+        raise ParadlError(f"--format: {fmt!r} is not one of {', '.join(choices)}")
+    return fmt
 
 
 def _start_tensorflow() -> None:
@@ -213,7 +245,9 @@ def usage(command: str | None = None) -> str:
 
 def _parse_flags(argv: list[str]) -> list[str]:
     if any(arg in HELP_FLAGS for arg in argv[1:]):  # absl's own --help shows only the console script's usage
-        named = [arg for arg in argv[1:] if arg in COMMANDS]
+        words = " ".join(a for a in argv[1:] if not a.startswith("-"))
+        named = [name for name in COMMANDS if words and (words == name or words.startswith(name + " ")
+                                                         or name.startswith(words + " "))]
         sys.stdout.write(usage(named[0] if named else None))
         sys.exit(0)
     try:

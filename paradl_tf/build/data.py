@@ -1,7 +1,8 @@
-"""tf.data pipelines from the `data` config section: real digits, synthetic data, or a user's loader.
+"""tf.data pipelines from the `data` config section: in-memory sources (real digits, synthetic data, a user's
+arrays) and sources streamed from files or a user's pipeline (paradl_tf.files).
 
-Every loader returns numpy splits; one function turns them into batched tf.data
-pipelines, so every strategy sees the same input pipeline.
+In-memory loaders return numpy splits; file kinds resolve to a FileSource. `build_dataset` turns either into the
+batched pipelines model.fit takes, split between the strategy's input pipelines the same way for every strategy.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import tensorflow as tf
 from paradl_tf.config import Config, DigitsConfig, SyntheticImagesConfig, SyntheticTabularConfig, UserDataConfig
 from paradl_tf.errors import ConfigError
 from paradl_tf.build.imports import import_callable
+from paradl_tf.files.sources import FileSource, UserDatasetSource, load_file_source, load_user_dataset, warn
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ class Datasets:
     """Batches of the largest replica's validation share (tf_keras needs it for distributed datasets)."""
     make_train: Callable[[bool], Any] = field(repr=False, compare=False)
     """`make_train(endless)`: the training pipeline, built on first use."""
+    input: dict = field(default_factory=dict)
+    """Where the examples come from and how the input pipelines split them (results.json's `input`)."""
 
     @cached_property
     def train(self) -> tf.data.Dataset | tf.distribute.DistributedDataset:
@@ -87,10 +91,47 @@ def load_splits(data_cfg, seed: int) -> Splits:
         return _synthetic([data_cfg.features], data_cfg, seed)
     if data_cfg.kind == "user":
         return _user(data_cfg, seed)
-    raise ConfigError(f"data.kind: unknown data kind {data_cfg.kind!r}; choose one of: digits, synthetic_images, synthetic_tabular, user")
+    raise ConfigError(f"data.kind: {data_cfg.kind!r} is not an in-memory source (digits, synthetic_images, "
+                      f"synthetic_tabular, user): its examples are streamed, not loaded whole")
 
 
-def build_dataset(cfg: Config, splits: Splits | None = None, strategy: tf.distribute.Strategy | None = None,
+Source = Splits | FileSource | UserDatasetSource
+
+
+def load_source(data_cfg, seed: int) -> Source:
+    """The `data` section resolved: numpy splits for in-memory kinds, a FileSource for files (matched, counted and
+    checked, not read), a UserDatasetSource for a user's pipeline."""
+    if data_cfg.kind in ("tfrecord", "image_folder", "csv"):
+        return load_file_source(data_cfg)
+    if data_cfg.kind == "user_dataset":
+        return load_user_dataset(data_cfg, seed)
+    return load_splits(data_cfg, seed)
+
+
+def input_pipelines(strategy: tf.distribute.Strategy | None) -> tuple[int, int]:
+    """(input pipelines, replicas each feeds per step) for a strategy: one per replica under Mirrored, one per
+    worker under MultiWorkerMirrored (feeding that worker's local replicas), one otherwise."""
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        local = len(strategy.extended.worker_devices)
+        return strategy.num_replicas_in_sync // local, local
+    if isinstance(strategy, tf.distribute.MirroredStrategy) and strategy.num_replicas_in_sync > 1:
+        return strategy.num_replicas_in_sync, 1
+    return 1, 1
+
+
+def source_steps_per_epoch(cfg: Config, source: Source, strategy: tf.distribute.Strategy | None) -> int:
+    """Training steps in one epoch: train.steps_per_epoch, or one pass in whole steps (files: the steps the
+    smallest input pipeline's share fills)."""
+    if isinstance(source, Splits):
+        return steps_per_epoch(cfg.train, len(source.x_train))
+    if isinstance(source, UserDatasetSource):
+        return cfg.train.steps_per_epoch
+    pipelines, fed = input_pipelines(strategy)
+    plan = source.plan(pipelines, cfg.train.global_batch_size // (pipelines * fed), fed)
+    return cfg.train.steps_per_epoch or plan.batches_per_pass // fed
+
+
+def build_dataset(cfg: Config, splits: Source | None = None, strategy: tf.distribute.Strategy | None = None,
                   skip_steps: int = 0) -> Datasets:
     """Batched train and validation pipelines for `cfg.data`, with the global batch of `cfg.train`.
 
@@ -100,7 +141,11 @@ def build_dataset(cfg: Config, splits: Splits | None = None, strategy: tf.distri
     steps already done (a resumed run), so that step k sees the batch it would have seen.
     """
     train_cfg = cfg.train
-    splits = splits or load_splits(cfg.data, train_cfg.seed)
+    splits = splits or load_source(cfg.data, train_cfg.seed)
+    if isinstance(splits, FileSource):
+        return _file_datasets(cfg, splits, strategy, skip_steps)
+    if isinstance(splits, UserDatasetSource):
+        return _user_datasets(cfg, splits, strategy)
     batch = train_cfg.global_batch_size
     examples = len(splits.x_train)
     if examples < batch:
@@ -130,7 +175,96 @@ def build_dataset(cfg: Config, splits: Splits | None = None, strategy: tf.distri
         steps_per_epoch=epoch_steps,
         validation_steps=-(-largest_share // (batch // replicas)),
         make_train=make_train,
+        input={"source": cfg.data.kind, "files": 0, "shard_policy": "data (in memory: each pipeline keeps every "
+               "N-th example of each global batch)", "service": None, "examples_per_epoch": epoch_steps * batch},
     )
+
+
+def _file_datasets(cfg: Config, source: FileSource, strategy, skip_steps: int) -> Datasets:
+    """Datasets streamed from files: each input pipeline reads its share (see paradl_tf.files.sources)."""
+    train_cfg = cfg.train
+    batch, seed = train_cfg.global_batch_size, train_cfg.seed
+    pipelines, fed = input_pipelines(strategy)
+    per_replica = batch // (pipelines * fed)
+    plan = source.plan(pipelines, per_replica, fed)
+    warn(plan)
+    epoch_steps = train_cfg.steps_per_epoch or plan.batches_per_pass // fed
+    distribute = _distribution(strategy)
+
+    def index(ctx):
+        return (ctx.num_input_pipelines, ctx.input_pipeline_id) if ctx is not None else (1, 0)
+
+    def validation(ctx):
+        n, i = index(ctx)
+        return _tuned(source.validation_pipeline(n, i, per_replica if ctx is not None else batch))
+
+    def make_train(endless: bool):
+        def fn(ctx):
+            _, i = index(ctx)
+            b = per_replica if ctx is not None else batch
+            if endless:
+                return _tuned(source.train_pipeline(plan, i, b, seed, start_batch=skip_steps * fed))
+            return _tuned(source.train_pipeline(plan, i, b, seed, epoch_batches=epoch_steps * fed))
+        return distribute(fn)
+
+    return Datasets(
+        validation=distribute(validation),
+        input_shape=source.input_shape,
+        num_classes=source.num_classes,
+        train_examples=source.train_examples,
+        steps_per_epoch=epoch_steps,
+        validation_steps=-(-source.validation_share(pipelines) // (per_replica if pipelines > 1 else batch)),
+        make_train=make_train,
+        input=file_input(cfg, source, plan, epoch_steps),
+    )
+
+
+def file_input(cfg: Config, source: FileSource, plan, epoch_steps: int) -> dict:
+    """results.json's and plan's `input`: the source, its files, how the pipelines split them."""
+    service = cfg.data.service
+    return {"source": source.kind, "files": len(source.train.files), "validation_files": len(source.validation.files),
+            "train_examples": source.train_examples, "validation_examples": source.validation.examples,
+            "shard_policy": plan.policy, "service": None if service is None else service.kind,
+            "examples_per_epoch": epoch_steps * cfg.train.global_batch_size, "pipelines": plan.describe()}
+
+
+def _user_datasets(cfg: Config, source: UserDatasetSource, strategy) -> Datasets:
+    """A user's pipeline: the toolkit shuffles (seeded), repeats and batches what each context's call returns."""
+    train_cfg = cfg.train
+    batch, seed = train_cfg.global_batch_size, train_cfg.seed
+    pipelines, fed = input_pipelines(strategy)
+    per_replica = batch // (pipelines * fed)
+
+    def make_train(endless: bool):
+        def fn(ctx):
+            b = per_replica if ctx is not None else batch
+            ds = source.dataset(ctx, seed, "train").shuffle(cfg.data.shuffle_buffer, seed=seed).repeat()
+            ds = ds.batch(b, drop_remainder=True)
+            return _tuned(ds if endless else ds.take(train_cfg.steps_per_epoch * fed))
+        return distribute(fn)
+
+    def validation(ctx):
+        return _tuned(source.dataset(ctx, seed, "validation").batch(per_replica if ctx is not None else batch))
+
+    distribute = _distribution(strategy)
+    return Datasets(
+        validation=distribute(validation),
+        input_shape=source.input_shape,
+        num_classes=source.num_classes,
+        train_examples=train_cfg.steps_per_epoch * batch,
+        steps_per_epoch=train_cfg.steps_per_epoch,
+        validation_steps=None,
+        make_train=make_train,
+        input={"source": "user_dataset", "files": None, "shard_policy": "the user's function (input_context)",
+               "service": None, "examples_per_epoch": train_cfg.steps_per_epoch * batch},
+    )
+
+
+def _tuned(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """Prefetched, autotuning off (see _pipeline: it stalls iterator destructors; parallelism is fixed instead)."""
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.prefetch(4).with_options(options)
 
 
 def _distribution(strategy: tf.distribute.Strategy | None) -> Callable:

@@ -3,7 +3,8 @@
 
 from paradl_tf.config.loading import MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH, MAX_CONFIG_NODES, dump_config, load_config
 from paradl_tf.config.schema import (
-    AutoPlacementConfig, BackupAndRestoreConfig, BranchesPlacementConfig, CheckpointConfig, ClusterConfig, CNNConfig,
+    AutoPlacementConfig, BackupAndRestoreConfig, BranchesPlacementConfig, CheckpointConfig, ClusterConfig, CNNConfig, CSVDataConfig,
+    DataServiceConfig, FILE_KINDS, FileDataConfig, ImageFolderDataConfig, TFRecordDataConfig, UserDatasetConfig,
     Config, DataConfig, DefaultStrategyConfig, DevicesConfig, DigitsConfig, FixedShardsPartitionerConfig,
     InceptionConfig, MaxSizePartitionerConfig, MinSizePartitionerConfig, MirroredStrategyConfig, MLPConfig,
     ModelConfig, ModelParallelStrategyConfig, MultiWorkerMirroredStrategyConfig, NoPartitionerConfig,
@@ -21,5 +22,7 @@ __all__ = [
     "MultiWorkerMirroredStrategyConfig", "NoPartitionerConfig", "OneDeviceStrategyConfig",
     "ParameterServerStrategyConfig", "PipelineConfig", "PlacementConfig", "Section", "StageConfig",
     "StagesPlacementConfig", "StrategyConfig", "SyntheticImagesConfig", "SyntheticTabularConfig", "ThreadsConfig",
-    "TrainConfig", "UserDataConfig", "UserModelConfig", "VariablePartitionerConfig",
+    "TrainConfig", "UserDataConfig", "UserModelConfig", "VariablePartitionerConfig", "CSVDataConfig",
+    "DataServiceConfig", "FILE_KINDS", "FileDataConfig", "ImageFolderDataConfig", "TFRecordDataConfig",
+    "UserDatasetConfig",
 ]

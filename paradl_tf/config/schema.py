@@ -310,10 +310,118 @@ class UserDataConfig(Section):
     """Keyword arguments passed to the function."""
 
 
+class DataServiceConfig(Section):
+    """A tf.data service (dispatcher + data workers) that runs the input pipeline for the training processes."""
+
+    kind: Literal["local", "address"]
+    """local: the toolkit starts a dispatcher and `workers` data workers as processes, inside the run's private
+    network, and stops them with it; address: a running service's dispatcher (grpc://host:port)."""
+    address: str | None = None
+    """address: the dispatcher, e.g. grpc://dispatcher:5050."""
+    workers: PositiveInt = 2
+    """local: tf.data workers to start."""
+
+
+class FileDataConfig(Section):
+    """What every file source shares: streamed from files (never loaded whole), split between input pipelines."""
+
+    validation_fraction: Fraction | None = None
+    """Hold out this fraction of the training files (the last ones, sorted by name) for validation, where no
+    validation files are given."""
+    shard_policy: Literal["auto", "file", "data"] = "auto"
+    """How input pipelines (workers, or replicas under Mirrored) split the training data. file: each reads only
+    its own files; data: each reads every file and keeps every N-th example; auto: file where there are at least
+    as many files as pipelines, else data (with a warning)."""
+    shuffle_buffer: PositiveInt = 10_000
+    """Examples shuffled together after the interleaved reads (file order is shuffled too, every pass)."""
+    cycle_length: PositiveInt = 4
+    """Files read at once, interleaved record by record."""
+    service: DataServiceConfig | None = None
+    """Run the input pipeline on a tf.data service instead of in each training process; default: in-process."""
+
+
+class TFRecordDataConfig(FileDataConfig):
+    """TFRecord shards of tf.train.Example records (`paradl-tf data write` makes them from any in-memory source).
+    The feature spec comes from a metadata.json beside the shards, or from the keys below."""
+
+    kind: Literal["tfrecord"]
+    train_files: str
+    """Training shards: a file pattern on any TensorFlow filesystem (local, gs://, hdfs://)."""
+    validation_files: str | None = None
+    """Validation shards: a file pattern; or validation_fraction."""
+    metadata: str | None = None
+    """The metadata file (feature shape, classes, examples per file); default: metadata.json beside the first
+    training file, if there is one."""
+    feature_shape: list[PositiveInt] | None = None
+    """Shape of one example's features (float32), where no metadata file says it."""
+    num_classes: Annotated[int, Field(ge=2)] | None = None
+    """Number of classes, where no metadata file says it."""
+    feature_key: str = "x"
+    """The tf.train.Example feature holding the features (a float list)."""
+    label_key: str = "y"
+    """The tf.train.Example feature holding the class id (an int64)."""
+
+
+class ImageFolderDataConfig(FileDataConfig):
+    """One sub-folder per class of PNG or JPEG files (the layout keras.utils.image_dataset_from_directory reads);
+    classes are the sub-folders' names, sorted. Pixels are scaled to [0, 1]."""
+
+    kind: Literal["image_folder"]
+    train_dir: str
+    """The training images: <train_dir>/<class>/<image>.png|jpg."""
+    validation_dir: str | None = None
+    """The validation images, same classes; or validation_fraction."""
+    image_size: Annotated[list[PositiveInt], Field(min_length=2, max_length=2)]
+    """Height and width every image is resized to."""
+    channels: Literal[1, 3] = 3
+    """1: grayscale, 3: RGB."""
+
+
+class CSVDataConfig(FileDataConfig):
+    """CSV files with a header row: one column of class ids, every other column a float feature."""
+
+    kind: Literal["csv"]
+    train_files: str
+    """Training files: a file pattern on any TensorFlow filesystem."""
+    validation_files: str | None = None
+    """Validation files: a file pattern; or validation_fraction."""
+    label_column: str = "label"
+    """The column of integer class ids."""
+    ignore_columns: list[str] = ["id"]
+    """Columns that are neither features nor the label (e.g. an example id)."""
+    feature_shape: list[PositiveInt] | None = None
+    """Reshape each row's features to this (e.g. [8, 8, 1]); default: a vector, or what metadata.json says."""
+    num_classes: Annotated[int, Field(ge=2)] | None = None
+    """Number of classes, where no metadata file says it."""
+    metadata: str | None = None
+    """The metadata file (feature shape, classes, examples per file); default: metadata.json beside the first
+    training file, if there is one."""
+
+
+class UserDatasetConfig(Section):
+    """A user's tf.data pipeline: `package.module:function(input_context, seed, split, **args)` returning a
+    tf.data.Dataset of (features, class id) examples, unbatched. `input_context` (a tf.distribute.InputContext, or
+    None in one process) says which share this pipeline reads; split is 'train' (repeated by the toolkit) or
+    'validation' (one pass). Needs train.steps_per_epoch."""
+
+    kind: Literal["user_dataset"]
+    fn: ImportPath
+    """The function, as package.module:function."""
+    args: dict[str, Any] = {}
+    """Keyword arguments passed to the function."""
+    num_classes: Annotated[int, Field(ge=2)]
+    """Number of classes."""
+    shuffle_buffer: PositiveInt = 10_000
+    """Training examples shuffled together (seeded)."""
+
+
 DataConfig = Annotated[
-    Union[DigitsConfig, SyntheticImagesConfig, SyntheticTabularConfig, UserDataConfig],
+    Union[DigitsConfig, SyntheticImagesConfig, SyntheticTabularConfig, UserDataConfig, TFRecordDataConfig,
+          ImageFolderDataConfig, CSVDataConfig, UserDatasetConfig],
     Field(discriminator="kind"),
 ]
+FILE_KINDS = ("tfrecord", "image_folder", "csv", "user_dataset")
+"""Data kinds streamed from files or a user's pipeline, not held in memory."""
 
 
 # ---------------------------------------------------------------- train
@@ -600,6 +708,24 @@ def _check_loss_scaling(cfg: Config) -> None:
                          "Received: train.precision='mixed_float16'")
 
 
+def _check_file_data(cfg: Config) -> None:
+    d = cfg.data
+    if d.kind == "user_dataset" and cfg.train.steps_per_epoch is None:
+        raise ValueError("train.steps_per_epoch is required with data.kind: user_dataset: the toolkit cannot count a "
+                         "user's pipeline's examples. Received: train.steps_per_epoch=None")
+    if d.kind not in ("tfrecord", "image_folder", "csv"):
+        return
+    given = d.validation_dir if d.kind == "image_folder" else d.validation_files
+    key = "data.validation_dir" if d.kind == "image_folder" else "data.validation_files"
+    if (given is None) == (d.validation_fraction is None):
+        raise ValueError(f"data: give exactly one of {key} and data.validation_fraction. "
+                         f"Received: {key}={given!r}, data.validation_fraction={d.validation_fraction!r}")
+    service = d.service
+    if service is not None and (service.kind == "address") != (service.address is not None):
+        raise ValueError("data.service.address is needed with data.service.kind: address, and only then. "
+                         f"Received: data.service.kind={service.kind!r}, data.service.address={service.address!r}")
+
+
 def _check_keras_for_strategy(cfg: Config) -> None:
     """An explicit keras: keras3 with a strategy Keras 3 cannot run fails here, before anything starts."""
     from paradl_tf.build.keras_version import KERAS3_UNSUPPORTED
@@ -611,5 +737,5 @@ def _check_keras_for_strategy(cfg: Config) -> None:
 
 _COMBINATION_CHECKS = [
     _check_memory_limit, _check_nccl, _check_mirrored_device_count, _check_microbatches, _check_placement_devices,
-    _check_parameter_server, _check_multi_worker, _check_loss_scaling, _check_keras_for_strategy,
+    _check_parameter_server, _check_multi_worker, _check_loss_scaling, _check_keras_for_strategy, _check_file_data,
 ]

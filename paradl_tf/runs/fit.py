@@ -16,8 +16,9 @@ import tensorflow as tf
 
 from paradl_tf.build.checkpoints import backed_up_steps, export_model, keras3_backed_up_epochs
 from paradl_tf.config import Config, dump_config
-from paradl_tf.build.data import Datasets, build_dataset, load_splits, steps_per_epoch
+from paradl_tf.build.data import Datasets, build_dataset, load_source, source_steps_per_epoch
 from paradl_tf.build.devices import setup_devices
+from paradl_tf.files.sources import data_error
 from paradl_tf.build.keras_version import import_keras, resolve_keras
 from paradl_tf.model_parallel.placed import compile_placed_model
 from paradl_tf.build.models import build_model, compile_model
@@ -43,7 +44,7 @@ class Job:
     precision: dict | None = None
     """The dtype policy that ran, why, and the dtypes of variables, activations and logits."""
     splits: Any = None
-    """The training and validation arrays the datasets come from."""
+    """What the datasets come from: training and validation arrays, or a file source (paradl_tf.files)."""
     is_chief: bool = True
     """This process writes config.yaml, results.json and the exported model (MultiWorkerMirrored: worker 0)."""
 
@@ -139,8 +140,8 @@ def prepare(cfg: Config, run: Run | None = None) -> Job:
         tf.config.experimental.enable_op_determinism()
     run.check(strategy)
     per_replica = check_global_batch(cfg.train.global_batch_size, strategy)
-    splits = load_splits(cfg.data, cfg.train.seed)
-    done = _backed_up_steps(cfg, keras_name, steps_per_epoch(cfg.train, len(splits.x_train)))
+    splits = load_source(cfg.data, cfg.train.seed)
+    done = _backed_up_steps(cfg, keras_name, source_steps_per_epoch(cfg, splits, strategy))
     datasets = run.datasets(strategy, splits, done)
     precision = resolve_precision(cfg.train.precision, cfg.devices.type)
     with strategy.scope(), precision_policy(keras, precision):
@@ -181,8 +182,11 @@ def fit_run(run: Run) -> dict[str, Any]:
     if cfg.train.tensorboard:
         callbacks.append(job.keras.callbacks.TensorBoard(log_dir=str(out / "tensorboard")))
     fit_start = time.perf_counter()
-    history = job.model.fit(**run.fit_data(job), epochs=cfg.train.epochs, callbacks=callbacks,
-                            verbose=run.verbose(job))
+    try:
+        history = job.model.fit(**run.fit_data(job), epochs=cfg.train.epochs, callbacks=callbacks,
+                                verbose=run.verbose(job))
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as exc:
+        raise data_error(job.splits, exc) from exc
     fit_seconds = time.perf_counter() - fit_start
     export_model(job.model, out / "model.keras", job.is_chief, cfg.checkpoint.export)
     results = run_results(job, history.history, timer.epoch_seconds, fit_seconds, time.perf_counter() - start)
@@ -219,6 +223,7 @@ def run_results(job: Job, history: dict, epoch_seconds: list[float], fit_seconds
         "output_dir": cfg.output_dir,
         "threads": {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),  # 0: TensorFlow's default
                     "inter_op": tf.config.threading.get_inter_op_parallelism_threads()},
+        "input": job.datasets.input,
         **({"precision": job.precision} if job.precision else {}),
         **({"placement": job.placement} if job.placement else {}),
     }

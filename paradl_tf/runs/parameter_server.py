@@ -18,6 +18,7 @@ Keras 3 has no parameter-server support (keras-team/keras#18624), so this path r
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import threading
@@ -29,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from paradl_tf import cluster as cl
-from paradl_tf.build.data import build_dataset, shuffled_batches
+from paradl_tf.build.data import build_dataset, file_input, load_source, shuffled_batches
 from paradl_tf.build.devices import setup_devices, setup_threads
 from paradl_tf.build.keras_version import import_keras, resolve_keras
 from paradl_tf.build.models import build_model, build_optimizer, compile_model
@@ -37,6 +38,7 @@ from paradl_tf.build.precision import check_model_precision, precision_policy, r
 from paradl_tf.build.strategies import variable_partitioner
 from paradl_tf.config import Config
 from paradl_tf.errors import ConfigError
+from paradl_tf.files.sources import FileSource, warn
 from paradl_tf.runs.fit import Job, Run, fit_run
 from paradl_tf.runs.plan import plan_header
 
@@ -128,7 +130,17 @@ class ParameterServerRun(Run):
         return strategy
 
     def datasets(self, strategy, splits, done_steps: int):
-        return build_dataset(self.cfg, splits)  # shapes and steps for the results; the workers build their own
+        datasets = build_dataset(self.cfg, splits)  # shapes and steps for the results; the workers build their own
+        if isinstance(splits, FileSource):
+            plan = splits.plan(self.workers, self.cfg.train.global_batch_size, 1)
+            warn(plan)
+            datasets = dataclasses.replace(datasets, input=file_input(self.cfg, splits, plan,
+                                                                      self.cfg.train.steps_per_epoch))
+        return datasets
+
+    @property
+    def workers(self) -> int:
+        return len(self.cluster_info["tasks"].get("worker", [])) if self.cluster_info else 1
 
     def compile(self, model, keras):
         train_cfg = self.cfg.train.model_copy(update={"steps_per_execution": steps_per_execution(self.cfg)})
@@ -146,7 +158,11 @@ class ParameterServerRun(Run):
             return _chief_evaluation(job.keras, self.cfg, job.splits, job.model, build_model)
 
     def fit_data(self, job: Job) -> dict[str, Any]:
-        creator = worker_dataset_fn(job.splits, self.cfg.train.global_batch_size, self.cfg.train.seed)
+        if isinstance(job.splits, FileSource):
+            creator = file_worker_dataset_fn(job.splits, self.workers, self.cfg.train.global_batch_size,
+                                             self.cfg.train.seed)
+        else:
+            creator = worker_dataset_fn(job.splits, self.cfg.train.global_batch_size, self.cfg.train.seed)
         return {"x": job.keras.utils.experimental.DatasetCreator(creator),
                 "steps_per_epoch": self.cfg.train.steps_per_epoch}
 
@@ -185,6 +201,22 @@ def worker_dataset_fn(splits, global_batch_size: int, seed: int) -> Callable:
     return dataset_fn
 
 
+def file_worker_dataset_fn(source: FileSource, workers: int, global_batch_size: int, seed: int) -> Callable:
+    """Each worker's endless pipeline over its own share of the files (FILE sharding; DATA where there are fewer
+    files than workers). The dataset function is traced once and run on every worker, and its InputContext is
+    the same everywhere (one pipeline per worker "in sync"), so the worker's index comes from
+    tf.distribute.coordinator.experimental_get_current_worker_index, which each worker fills in when it runs the
+    function (TensorFlow's answer to tensorflow/tensorflow#53080)."""
+    plan = source.plan(workers, global_batch_size, 1)
+
+    def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
+        index = tf.distribute.coordinator.experimental_get_current_worker_index()
+        batch = input_context.get_per_replica_batch_size(global_batch_size)
+        return source.train_pipeline(plan, index, batch, seed).prefetch(4)
+
+    return dataset_fn
+
+
 def _worker_step_counter(tf):
     """A variable that lives on each worker, not on a ps (TensorFlow's experimental per-worker variable)."""
     try:
@@ -218,6 +250,13 @@ def _read_worker_steps(counter, n_workers: int) -> list[int | None]:
         return values or [None] * n_workers
 
 
+def _validation_batches(splits, size: int = 1024):
+    """(features, labels) numpy batches of the validation split: arrays sliced, or files read in order."""
+    if isinstance(splits, FileSource):
+        return splits.validation_pipeline(1, 0, size).as_numpy_iterator()
+    return ((splits.x_val[i:i + size], splits.y_val[i:i + size]) for i in range(0, len(splits.x_val), size))
+
+
 def _chief_evaluation(keras, cfg: Config, splits, model, build_model):
     """A per-epoch callback: time the epoch's training, then evaluate the chief's copy of the weights.
 
@@ -237,15 +276,15 @@ def _chief_evaluation(keras, cfg: Config, splits, model, build_model):
         def on_epoch_end(self, epoch, logs=None):
             self.epoch_seconds.append(time.perf_counter() - self._begin)
             local.set_weights(_whole_weights(model.get_weights(), [w.shape for w in local.weights]))
-            losses, correct = [], 0
-            for start in range(0, len(splits.x_val), 1024):
-                x, y = splits.x_val[start:start + 1024], splits.y_val[start:start + 1024]
+            losses, correct, seen = [], 0, 0
+            for x, y in _validation_batches(splits):
                 logits = local(x, training=False)
                 losses.append(float(tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))))
                 correct += int(np.sum(np.argmax(np.asarray(logits), axis=-1) == y))
+                seen += len(y)
             if logs is not None:
-                logs["val_loss"] = sum(losses) / len(splits.x_val)  # the compiled loss: mean cross-entropy
-                logs["val_accuracy"] = correct / len(splits.x_val)
+                logs["val_loss"] = sum(losses) / seen  # the compiled loss: mean cross-entropy
+                logs["val_accuracy"] = correct / seen
 
     return ChiefEvaluation()
 
@@ -349,7 +388,11 @@ def plan(cfg: Config) -> dict[str, Any]:
     keras = import_keras(keras_name)
     setup_devices(cfg.devices)
     spec = planned_spec(cfg)
-    datasets = build_dataset(cfg)
+    source = load_source(cfg.data, cfg.train.seed)
+    datasets = build_dataset(cfg, source)
+    if isinstance(source, FileSource):  # what each worker will read
+        shards = source.plan(len(spec["worker"]), cfg.train.global_batch_size, 1)
+        datasets = dataclasses.replace(datasets, input=file_input(cfg, source, shards, cfg.train.steps_per_epoch))
     created: list = []  # every variable in creation order, as the strategy would see them (Keras's own too)
 
     def record(next_creator, **kwargs):
@@ -389,6 +432,7 @@ def plan(cfg: Config) -> dict[str, Any]:
         "ps_bytes": ps_bytes,
         "steps_per_execution": steps_per_execution(cfg),
         "evaluation": EVALUATION,
+        "input": datasets.input,
     }
 
 

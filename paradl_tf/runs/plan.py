@@ -22,6 +22,7 @@ def plan(cfg: Config) -> dict[str, Any]:
         "replicas": job.replicas,
         "devices": job.devices,
         "per_replica_batch_size": job.per_replica_batch_size,
+        "input": job.datasets.input,
         **({"placement": job.placement} if job.placement else {}),
     }
 
@@ -99,7 +100,28 @@ def format_plan(p: dict[str, Any], as_json: bool = False) -> str:
                      f"over {p['replicas']} replicas ({a['local_replicas']} per worker)")
     if p.get("placement"):
         lines.extend(format_placement(p["placement"]))
+    if p.get("input"):
+        lines.extend(format_input(p["input"]))
     return "\n".join(lines)
+
+
+def format_input(i: dict[str, Any]) -> list[str]:
+    """Where the examples come from and, for files, what each input pipeline reads."""
+    service = f", tf.data service: {i['service']}" if i.get("service") else ""
+    if not i.get("files"):
+        return [f"input: {i['source']}, {i['shard_policy']}{service}; {i['examples_per_epoch']} examples per epoch"]
+    pipelines = i["pipelines"]
+    lines = [f"input: {i['source']}, {i['files']} training file(s) ({i['train_examples']} examples), "
+             f"{i['validation_files']} validation file(s) ({i['validation_examples']}); shard policy "
+             f"{pipelines['policy']} over {pipelines['pipelines']} input pipeline(s){service}; "
+             f"{i['examples_per_epoch']} examples per epoch"]
+    for n, share in enumerate(pipelines["per_pipeline"]):
+        more = share["files"] - len(share["first_files"])
+        lines.append(f"  pipeline {n}: {share['files']} file(s), {share['examples']} examples: "
+                     + ", ".join(share["first_files"]) + (f", ... ({more} more)" if more else ""))
+    if pipelines.get("warning"):
+        lines.append(f"  warning: {pipelines['warning']}")
+    return lines
 
 
 def format_precision(precision: dict[str, Any]) -> str:
