@@ -201,19 +201,22 @@ def worker_dataset_fn(splits, global_batch_size: int, seed: int) -> Callable:
     return dataset_fn
 
 
-def file_worker_dataset_fn(source: FileSource, workers: int, global_batch_size: int, seed: int) -> Callable:
+def file_worker_dataset_fn(source: FileSource, workers: int, global_batch_size: int, seed: int,
+                           with_ids: bool = False) -> Callable:
     """Each worker's endless pipeline over its own share of the files (FILE sharding; DATA where there are fewer
-    files than workers). The dataset function is traced once and run on every worker, and its InputContext is
-    the same everywhere (one pipeline per worker "in sync"), so the worker's index comes from
-    tf.distribute.coordinator.experimental_get_current_worker_index, which each worker fills in when it runs the
-    function (TensorFlow's answer to tensorflow/tensorflow#53080)."""
+    files than workers); `with_ids` adds each example's id (tests count who read what). The dataset function is
+    traced once and run on every worker, and its InputContext is the same everywhere (one pipeline per worker "in
+    sync"), so the worker's index comes from tf.distribute.coordinator.experimental_get_current_worker_index,
+    which each worker fills in when it runs the function (TensorFlow's answer to tensorflow/tensorflow#53080).
+    The function's `plan` attribute says which files each worker reads."""
     plan = source.plan(workers, global_batch_size, 1)
 
     def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
         index = tf.distribute.coordinator.experimental_get_current_worker_index()
         batch = input_context.get_per_replica_batch_size(global_batch_size)
-        return source.train_pipeline(plan, index, batch, seed).prefetch(4)
+        return source.train_pipeline(plan, index, batch, seed, with_ids=with_ids).prefetch(4)
 
+    dataset_fn.plan = plan
     return dataset_fn
 
 
