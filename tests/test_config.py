@@ -120,7 +120,7 @@ def test_cli_config_error_is_one_line_exit_2(cli, tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["train", "--config=configs/nope.yaml"], "error: config file not found: configs/nope.yaml"),
     (["train", "--config=configs/sync_mirrored.yaml", "--set", "train.epochs=zero"], "error: configs/sync_mirrored.yaml: train.epochs: input should be a valid integer"),
-    (["fly"], "error: expected one command, train, plan, serve, tf-config, export or bench; got fly"),
+    (["fly"], "error: expected one command, train, plan, serve, tf-config, export, data write or bench; got fly"),
     (["train", "--no_such_flag"], "error: Unknown command line flag 'no_such_flag'"),
 ])
 def test_cli_errors_exit_2_without_traceback(cli, args, message):
