@@ -5,7 +5,7 @@ from paradl_tf.config.loading import MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH, MAX_CON
 from paradl_tf.config.schema import (
     AutoPlacementConfig, BackupAndRestoreConfig, BranchesPlacementConfig, CheckpointConfig, ClusterConfig, CNNConfig,
     Config, DataConfig, DefaultStrategyConfig, DevicesConfig, DigitsConfig, FixedShardsPartitionerConfig,
-    InceptionConfig, MaxSizePartitionerConfig, MinSizePartitionerConfig, MirroredStrategyConfig, MLPConfig,
+    HybridStrategyConfig, InceptionConfig, MaxSizePartitionerConfig, MinSizePartitionerConfig, MirroredStrategyConfig, MLPConfig,
     ModelConfig, ModelParallelStrategyConfig, MultiWorkerMirroredStrategyConfig, NoPartitionerConfig,
     OneDeviceStrategyConfig, ParameterServerStrategyConfig, PipelineConfig, PlacementConfig, Section, StageConfig,
     StagesPlacementConfig, StrategyConfig, SyntheticImagesConfig, SyntheticTabularConfig, ThreadsConfig,
@@ -16,7 +16,7 @@ __all__ = [
     "MAX_CONFIG_BYTES", "MAX_CONFIG_DEPTH", "MAX_CONFIG_NODES", "dump_config", "load_config",
     "AutoPlacementConfig", "BackupAndRestoreConfig", "BranchesPlacementConfig", "CheckpointConfig", "ClusterConfig",
     "CNNConfig", "Config", "DataConfig", "DefaultStrategyConfig", "DevicesConfig", "DigitsConfig",
-    "FixedShardsPartitionerConfig", "InceptionConfig", "MaxSizePartitionerConfig", "MinSizePartitionerConfig",
+    "FixedShardsPartitionerConfig", "HybridStrategyConfig", "InceptionConfig", "MaxSizePartitionerConfig", "MinSizePartitionerConfig",
     "MirroredStrategyConfig", "MLPConfig", "ModelConfig", "ModelParallelStrategyConfig",
     "MultiWorkerMirroredStrategyConfig", "NoPartitionerConfig", "OneDeviceStrategyConfig",
     "ParameterServerStrategyConfig", "PipelineConfig", "PlacementConfig", "Section", "StageConfig",

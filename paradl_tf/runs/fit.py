@@ -37,7 +37,7 @@ class Job:
     model: Any
     per_replica_batch_size: int
     placement: dict | None = None
-    """Model parallel: the stage table (device, layers, parameter bytes per stage)."""
+    """Model parallel: the stage table (device, layers, parameter bytes per stage); hybrid: the mesh of groups x stages."""
     resumed_from_step: int = 0
     """Training steps done by the run whose backup (checkpoint.dir) this one resumes; the data skip them."""
     precision: dict | None = None
@@ -49,6 +49,8 @@ class Job:
 
     @property
     def replicas(self) -> int:
+        if self.placement and "replicas" in self.placement:  # hybrid: the replica groups
+            return self.placement["replicas"]
         return self.strategy.num_replicas_in_sync
 
     @property
@@ -146,6 +148,8 @@ def prepare(cfg: Config, run: Run | None = None) -> Job:
     with strategy.scope(), precision_policy(keras, precision):
         model = build_model(cfg.model, datasets.input_shape, datasets.num_classes, keras)
         model, placement = run.compile(model, keras)
+    if placement and "replicas" in placement:  # hybrid: each replica group trains on its share of the batch
+        per_replica = check_global_batch(cfg.train.global_batch_size, placement["replicas"])
     return Job(cfg, strategy, keras_name, keras, datasets, model, per_replica, placement, done,
                check_model_precision(model, precision), splits=splits, is_chief=run.is_chief(strategy))
 
