@@ -14,7 +14,6 @@ from paradl_tf import ConfigError, load_config, prepare
 from paradl_tf.api import plan
 from paradl_tf.build.devices import canonical_device
 from paradl_tf.model_parallel.placed import tf_variable, variable_bytes_by_device
-from paradl_tf.runs.hybrid import HybridRun
 from paradl_tf.runs.plan import format_plan
 
 DEV = [f"/device:CPU:{i}" for i in range(4)]
@@ -27,7 +26,7 @@ STEPS = 8
 def job(*overrides, keras="keras3", seed=3):
     cfg = load_config(None, ["devices.count=4", "strategy.kind=hybrid", f"keras={keras}", "train.verbose=0",
                              f"train.seed={seed}", *overrides])
-    return prepare(cfg, HybridRun(cfg))
+    return prepare(cfg)
 
 
 def fit(j, steps):

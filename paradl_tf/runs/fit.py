@@ -19,6 +19,7 @@ from paradl_tf.config import Config, dump_config
 from paradl_tf.build.data import Datasets, build_dataset, load_splits, steps_per_epoch
 from paradl_tf.build.devices import setup_devices
 from paradl_tf.build.keras_version import import_keras, resolve_keras
+from paradl_tf.model_parallel.hybrid import compile_hybrid_model
 from paradl_tf.model_parallel.placed import compile_placed_model
 from paradl_tf.build.models import build_model, compile_model
 from paradl_tf.build.precision import check_model_precision, precision_policy, resolve_precision
@@ -67,7 +68,7 @@ class Job:
 class Run:
     """How a strategy kind trains: hooks into the one fit skeleton (`prepare`, then `fit_run`).
 
-    The defaults are the single-process run (default, one_device, mirrored, model_parallel); the cluster
+    The defaults are the single-process run (default, one_device, mirrored, model_parallel, hybrid); the cluster
     strategies override where they genuinely differ (paradl_tf.runs.multi_worker, .parameter_server)."""
 
     deterministic_ops = True
@@ -96,6 +97,8 @@ class Run:
         """Inside the strategy's scope and the precision policy: the compiled model and its placement, if any."""
         if self.cfg.strategy.kind == "model_parallel":  # clone the layers onto their stages' devices
             return compile_placed_model(model, self.cfg, keras)
+        if self.cfg.strategy.kind == "hybrid":  # R placed copies, one per replica group
+            return compile_hybrid_model(model, self.cfg, keras)
         compile_model(model, self.cfg.train, keras)
         return model, None
 
@@ -122,6 +125,8 @@ class Run:
         """What results.json says besides run_results' keys; `runs_on` is the CLI's summary of where it ran."""
         stages = job.placement["stages"] if job.placement else None
         extra = {"runs_on": f"{len(stages)} stage(s)" if stages else f"{job.replicas} replica(s)"}
+        if job.placement and "groups" in job.placement:  # hybrid
+            extra["runs_on"] = f"{job.replicas} group(s) x {len(stages) // job.replicas} stage(s)"
         if self.cfg.checkpoint.dir:
             extra.update(resumed_from_step=job.resumed_from_step, steps_this_run=epochs_run * job.datasets.steps_per_epoch)
         return extra

@@ -9,13 +9,13 @@ import numpy as np
 import tensorflow as tf
 
 from paradl_tf.config import Config
-from paradl_tf.runs.fit import Run, prepare
+from paradl_tf.runs.fit import prepare
 
 
-def plan(cfg: Config, run: Run | None = None) -> dict[str, Any]:
+def plan(cfg: Config) -> dict[str, Any]:
     """Build the strategy and the model in this process (no training) and describe them; the cluster strategies
     plan without starting their cluster (paradl_tf.runs.multi_worker.plan, .parameter_server.plan)."""
-    job = prepare(cfg, run)
+    job = prepare(cfg)
     variables = [describe_variable(v, variable_devices(v, job.strategy)) for v in job.model.variables]
     return {
         **plan_header(cfg, type(job.strategy).__name__, job.keras_name, variables, job.precision),
