@@ -189,3 +189,29 @@ def test_cli_trains_the_hybrid_config_on_digits_with_backup_and_results(cli, tmp
     assert results["val_accuracy"] >= 0.95, results["val_accuracy"]
     assert results["devices"] == DEV and results["runs_on"] == "2 group(s) x 2 stage(s)"
     assert results["placement"]["all_reduce_bytes_per_step"] == 68904
+
+
+# ---------------------------------------------------------------- BackupAndRestore
+def test_backup_restores_every_copy_and_the_optimizer(tmp_path):
+    """A run stopped after its epoch-2 backup; a fresh job's fit resumes from it with every group's weights and
+    the optimizer's step count as they were, and both copies still identical."""
+    overrides = ["model.hidden=[32, 16]", "strategy.placement.devices=2", "train.steps_per_epoch=4",
+                 f"checkpoint.dir={tmp_path}"]
+    first = job(*overrides)
+
+    class Stop(first.keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt  # after BackupAndRestore has backed up epoch 2
+
+    backup = first.keras.callbacks.BackupAndRestore(backup_dir=str(tmp_path))
+    with pytest.raises(KeyboardInterrupt):
+        first.model.fit(first.datasets.train_stream, epochs=5, steps_per_epoch=4, callbacks=[backup, Stop()],
+                         shuffle=False, verbose=0)
+    second = job(*overrides)
+    second.model.fit(second.datasets.train_stream, epochs=2, steps_per_epoch=4, shuffle=False, verbose=0,
+                     callbacks=[second.keras.callbacks.BackupAndRestore(backup_dir=str(tmp_path))])  # nothing left
+    for a, b in zip(first.model.copies, second.model.copies):
+        assert max_abs_diff([w.numpy() for w in a.weights], [w.numpy() for w in b.weights]) == 0.0
+    assert int(second.model.optimizer.iterations.numpy()) == 8
+    assert max_abs_diff(*([w.numpy() for w in c.weights] for c in second.model.copies)) == 0.0
