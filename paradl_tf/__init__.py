@@ -21,7 +21,7 @@ _EXPORTS = {
     "build_model": "build.models", "compile_model": "build.models",
     "train": "api", "plan": "api", "prepare": "runs.fit",
     "format_plan": "runs.plan", "variable_devices": "runs.plan",
-    "format_placement": "runs.plan",
+    "format_placement": "runs.plan", "format_mesh": "runs.plan",
     "training_step_ops": "model_parallel.placed", "variable_bytes_by_device": "model_parallel.placed",
 }
 

@@ -159,12 +159,80 @@ def model_parallel(cfg: dict, keras: ModuleType) -> dict[str, Any]:
     return {**out, "parameter_bytes_per_device": per_device}
 
 
+def hybrid(cfg: dict, keras: ModuleType) -> dict[str, Any]:
+    """Hybrid by hand (Keras 3): R copies of the staged model, copy r's stage k on device r S + k, all starting from
+    copy 0's weights. A step splits the batch into R parts, one per copy; each variable's R gradients are averaged
+    on copy 0's device of that stage and copied back to the other copies' devices; one optimizer applies the same
+    average to every copy."""
+    start = time.perf_counter()
+    devices = _split_devices(cfg)
+    groups, stages = cfg["strategy"]["replicas"], cfg["strategy"]["placement"]["devices"]
+    models = []
+
+    def build(cfg, input_shape, classes, keras):
+        staged, _ = _placed_model_classes(keras)
+        copies = [staged(_stages(cfg["model"], classes, stages, keras), devices[r * stages : (r + 1) * stages],
+                         tuple(input_shape)) for r in range(groups)]
+        for c in copies[1:]:
+            c.set_weights(copies[0].get_weights())
+        models.append(_hybrid_model_class(keras)(copies))
+        return models[-1]
+
+    out = _fit(cfg, keras, None, start, build_model=build, optimizer=_optimizer_beside_variables, jit_compile=False)
+    per_device = dict.fromkeys(devices[: groups * stages], 0)
+    for v in models[0].weights:
+        spec = tf.DeviceSpec.from_string(v.value.device)
+        per_device[f"/device:{spec.device_type}:{spec.device_index}"] += int(np.prod(v.shape)) * v.value.dtype.size
+    return {**out, "replicas": groups, "parameter_bytes_per_device": per_device}
+
+
+def _hybrid_model_class(keras: ModuleType) -> type:
+    class Hybrid(keras.Model):
+        def __init__(self, copies):
+            super().__init__()
+            self.copies = copies
+            self.built = True
+
+        def call(self, x, training=False):
+            n = tf.shape(x)[0]
+            r = len(self.copies)
+            return tf.concat([c(x[i * n // r : (i + 1) * n // r], training=training)
+                              for i, c in enumerate(self.copies)], axis=0)
+
+        def train_step(self, data):
+            x, y = data
+            r = len(self.copies)
+            n = tf.shape(x)[0] // r
+            grads = []
+            for i, c in enumerate(self.copies):
+                xi, yi = x[i * n : (i + 1) * n], y[i * n : (i + 1) * n]
+                y_pred = c(xi, training=True)
+                with tf.device(c.loss_device):
+                    loss = self.compute_loss(x=xi, y=yi, y_pred=y_pred, training=True)
+                grads.append(tf.gradients(loss, [v.value for v in c.trainable_variables]))
+                for metric in self.metrics:
+                    metric.update_state(loss) if metric.name == "loss" else metric.update_state(yi, y_pred)
+            flat_grads, flat_vars = [], []
+            for j, v0 in enumerate(self.copies[0].trainable_variables):
+                with tf.device(v0.value.device):  # the reduction, on the first copy's device of this stage
+                    mean = tf.add_n([g[j] for g in grads]) / r
+                for c in self.copies:
+                    with tf.device(c.trainable_variables[j].value.device):
+                        flat_grads.append(tf.identity(mean))
+                    flat_vars.append(c.trainable_variables[j])
+            self.optimizer.apply(flat_grads, flat_vars)
+            return {metric.name: metric.result() for metric in self.metrics}
+
+    return Hybrid
+
+
 REFERENCES: dict[str, Callable[[dict, ModuleType], dict[str, Any]]] = {
     "one_device": one_device,
     "mirrored": mirrored,
     "parameter_server": parameter_server,
     "multi_worker_mirrored": multi_worker_mirrored,
     "model_parallel": model_parallel,
+    "hybrid": hybrid,
 }
 
 

@@ -251,6 +251,11 @@ def _model_parallel_table(results: dict) -> str:
     for r in rows:
         per = ", ".join(f"{d.rsplit('/', 1)[-1]}: {b:,}" for d, b in r["parameter_bytes_per_device"].items())
         out.append(f"| {r['workload']} | {r['method']} | {r['impl']} | {per} |")
+    reduced = [r for r in _rows(results) if r.get("all_reduce_bytes_per_device") is not None]
+    if reduced:
+        out += ["", "## All-reduce: gradient bytes per device per step (hybrid: its stage's; Mirrored: the whole model's)",
+                "", "| workload | method | bytes per device per step |", "|---|---|---|"]
+        out += [f"| {r['workload']} | {r['method']} | {r['all_reduce_bytes_per_device']:,} |" for r in reduced]
     return "\n".join(out)
 
 

@@ -186,6 +186,10 @@ METHODS: list[Method] = [
     Method("branches_4", "model parallel, inception branches on 4 devices", "model",
            {"kind": "model_parallel", "placement": {"kind": "branches", "devices": 4}}, devices=4,
            reference="model_parallel", workloads=("inception",)),
+    # Model parallel inside data parallel, beside mirrored_4 and model_parallel_4 on the same 4 devices.
+    Method("hybrid_2x2", "hybrid, 2 replica groups x 2 stages", "model",
+           {"kind": "hybrid", "replicas": 2, "placement": {"kind": "auto", "devices": 2}}, devices=4,
+           reference="hybrid"),
 ]
 METHOD_BY_NAME = {m.name: m for m in METHODS}
 BASELINE = "no_strategy"
@@ -759,6 +763,8 @@ def summarize_train(spec: Spec, peak: float | None, flops_per_example: int) -> d
         row["why"] = "; ".join(errors)
     if ok[0].get("parameter_bytes_per_device"):
         row["parameter_bytes_per_device"] = ok[0]["parameter_bytes_per_device"]
+    if ok[0].get("all_reduce_bytes_per_device") is not None:
+        row["all_reduce_bytes_per_device"] = ok[0]["all_reduce_bytes_per_device"]
     if ok[0].get("params") is not None:
         row["params_counted_by_keras"] = ok[0]["params"]
     return row

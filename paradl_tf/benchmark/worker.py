@@ -120,6 +120,12 @@ def _toolkit_prepare(cfg) -> dict[str, Any]:
     }
     if job.placement:
         out["parameter_bytes_per_device"] = {s["device"]: s["parameter_bytes"] for s in job.placement["stages"]}
+    # Gradient bytes each device sends into the all-reduce per step: hybrid, its stage's; Mirrored, the whole model's.
+    if job.placement and "groups" in job.placement:
+        out["all_reduce_bytes_per_device"] = max(s["all_reduce_bytes_per_step"] for s in job.placement["stages"])
+    elif job.replicas > 1:
+        out["all_reduce_bytes_per_device"] = sum(v.shape.num_elements() * v.dtype.size for v in
+                                                 (getattr(w, "value", w) for w in job.model.trainable_weights))
     return out
 
 

@@ -13,6 +13,7 @@ KERAS3_UNSUPPORTED: dict[str, str | None] = {
     "one_device": None,
     "mirrored": None,
     "model_parallel": None,  # tf.device-pinned layers, one replica: works with Keras 3 and tf_keras
+    "hybrid": None,  # R placed copies in one process, reduced with CrossDeviceOps: Keras 3 and tf_keras
     "parameter_server": (
         "Keras 3 does not support ParameterServerStrategy; the Keras team's answer is to use tf.keras 2 "
         "(the tf_keras package) for it (keras-team/keras#18624)"

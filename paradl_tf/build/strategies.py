@@ -72,6 +72,20 @@ def _model_parallel(strategy_cfg, devices_cfg: DevicesConfig) -> tf.distribute.S
     return tf.distribute.get_strategy()
 
 
+@register_strategy("hybrid")
+def _hybrid(strategy_cfg, devices_cfg: DevicesConfig) -> tf.distribute.Strategy:
+    # The replica groups are placed copies of the model inside one Keras model (paradl_tf.model_parallel.hybrid);
+    # their gradients meet through a CrossDeviceOps (hybrid_cross_device_ops), not a strategy's replicas.
+    return tf.distribute.get_strategy()
+
+
+def hybrid_cross_device_ops(name: str, devices_type: str) -> tf.distribute.CrossDeviceOps:
+    """The reduction of each stage's gradients across replica groups: auto is NCCL between GPUs, else one device."""
+    if name == "auto":
+        return tf.distribute.NcclAllReduce() if devices_type == "GPU" else tf.distribute.ReductionToOneDevice()
+    return _cross_device_ops(name)
+
+
 @register_strategy("parameter_server")
 def _parameter_server(strategy_cfg, devices_cfg: DevicesConfig, cluster_resolver=None) -> tf.distribute.Strategy:
     _require_cluster("parameter_server", cluster_resolver)

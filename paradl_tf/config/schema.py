@@ -139,6 +139,31 @@ class ModelParallelStrategyConfig(Section):
     """Micro-batching of each global batch through the stages."""
 
 
+class HybridStrategyConfig(Section):
+    """Model parallel inside data parallel: R replica groups, each a copy of the model split into S stages on its
+    own S devices; each stage's gradients are all-reduced with the same stage of the other groups."""
+
+    kind: Literal["hybrid"]
+    replicas: PositiveInt | None = None
+    """R, the replica groups; the global batch is split evenly over them. Default: len(groups), else 2."""
+    groups: Annotated[list[Annotated[list[str], Field(min_length=1)]], Field(min_length=1)] | None = None
+    """Each group's devices, stage k on its k-th device, e.g. [[/gpu:0, /gpu:1], [/gpu:2, /gpu:3]]; default:
+    consecutive blocks of S logical devices of devices.type (group r: devices r*S to r*S+S-1)."""
+    placement: PlacementConfig = AutoPlacementConfig(kind="auto")
+    """How layers are cut into stages, as for model_parallel; it describes group 0 (placement.devices: a count,
+    S; stages[k].device: group 0's device k) and every other group runs the same stages on its own devices."""
+    pipeline: PipelineConfig = PipelineConfig()
+    """Micro-batching of each group's share of the batch through its stages."""
+    cross_device_ops: CrossDeviceOps = "auto"
+    """How each stage's gradients are reduced across the groups: auto (NCCL between GPUs, reduction to one
+    device on CPUs), nccl, hierarchical_copy, reduction_to_one_device."""
+
+    @property
+    def group_count(self) -> int:
+        """R: replicas, else the number of groups listed, else 2."""
+        return self.replicas or (len(self.groups) if self.groups else 2)
+
+
 class NoPartitionerConfig(Section):
     """Every variable whole, on one ps; variables go round-robin over the ps tasks in creation order."""
 
@@ -206,7 +231,7 @@ class MultiWorkerMirroredStrategyConfig(Section):
 
 StrategyConfig = Annotated[
     Union[DefaultStrategyConfig, OneDeviceStrategyConfig, MirroredStrategyConfig, ModelParallelStrategyConfig,
-          ParameterServerStrategyConfig, MultiWorkerMirroredStrategyConfig],
+          ParameterServerStrategyConfig, MultiWorkerMirroredStrategyConfig, HybridStrategyConfig],
     Field(discriminator="kind"),
 ]
 
@@ -651,6 +676,57 @@ def _device_id(name: str) -> tuple[str, int | None]:
     return kind.upper(), int(index) if index.isdigit() else None
 
 
+def _check_hybrid(cfg: Config) -> None:
+    """Hybrid: R groups x S stages that fit the devices, groups of one size, a batch that splits into R x M."""
+    s = cfg.strategy
+    if s.kind != "hybrid":
+        return
+    r, p, m = s.group_count, s.placement, s.pipeline.microbatches
+    if s.groups is not None:
+        if len(s.groups) != r:
+            raise ValueError(f"strategy.groups lists {len(s.groups)} group(s) but strategy.replicas is {r}; "
+                             f"give one device list per replica group. Received: strategy.replicas={r}")
+        sizes = [len(g) for g in s.groups]
+        if len(set(sizes)) > 1:
+            raise ValueError(f"strategy.groups: groups of unequal size {sizes}; every group runs the same stages, "
+                             f"one per device. Received: strategy.groups={s.groups!r}")
+        ids = [_device_id(d) for g in s.groups for d in g]
+        if len(set(ids)) < len(ids):
+            raise ValueError(f"strategy.groups: a device is listed twice; each device holds one stage of one group. "
+                             f"Received: strategy.groups={s.groups!r}")
+        for i, g in enumerate(s.groups):
+            for k, d in enumerate(g):
+                _check_cpu_exists(f"strategy.groups[{i}][{k}]", d, cfg.devices.count if cfg.devices.type == "CPU" else 1)
+    if p.kind != "stages" and isinstance(p.devices, list):
+        raise ValueError("strategy.placement.devices: with strategy.kind: hybrid give a count (stages per group); "
+                         f"name the devices in strategy.groups. Received: strategy.placement.devices={p.devices!r}")
+    stages = len(p.stages) if p.kind == "stages" else (len(s.groups[0]) if s.groups else p.devices)
+    if s.groups and stages != len(s.groups[0]) and p.kind == "stages":
+        raise ValueError(f"strategy.placement.stages lists {stages} stages but each of strategy.groups has "
+                         f"{len(s.groups[0])} devices; give one stage per device of a group. "
+                         f"Received: strategy.placement.stages={stages} stages")
+    if p.kind != "stages" and s.groups and p.devices not in (None, len(s.groups[0])):
+        raise ValueError(f"strategy.placement.devices is {p.devices} stages per group but each of strategy.groups "
+                         f"has {len(s.groups[0])} devices. Received: strategy.placement.devices={p.devices}")
+    if cfg.devices.type == "CPU" and stages and not s.groups and r * stages > cfg.devices.count:
+        raise ValueError(f"strategy.replicas: {r} groups x {stages} stages need {r * stages} devices but "
+                         f"devices.count makes {cfg.devices.count} logical CPU(s). Received: strategy.replicas={r}")
+    if p.kind == "stages":
+        group0 = [_device_id(d) for d in s.groups[0]] if s.groups else [("CPU", k) for k in range(stages)]
+        for k, stage in enumerate(p.stages):
+            if cfg.devices.type == "CPU" or s.groups:
+                if _device_id(stage.device) != group0[k]:
+                    want = s.groups[0][k] if s.groups else f"/device:CPU:{k}"
+                    raise ValueError(
+                        f"strategy.placement.stages[{k}].device: {stage.device!r} is not group 0's device {k} ({want}); "
+                        "every group runs the same stage list, stage k on its own k-th device (strategy.groups). "
+                        f"Received: strategy.placement.stages[{k}].device={stage.device!r}")
+    if cfg.train.global_batch_size % (r * m):
+        raise ValueError(f"train.global_batch_size must split into strategy.replicas={r} groups x "
+                         f"strategy.pipeline.microbatches={m} equal micro-batches. "
+                         f"Received: train.global_batch_size={cfg.train.global_batch_size}")
+
+
 def _check_parameter_server(cfg: Config) -> None:
     if cfg.strategy.kind != "parameter_server":
         return
@@ -737,5 +813,6 @@ def _check_keras_for_strategy(cfg: Config) -> None:
 
 _COMBINATION_CHECKS = [
     _check_memory_limit, _check_nccl, _check_mirrored_device_count, _check_microbatches, _check_placement_devices,
-    _check_parameter_server, _check_multi_worker, _check_loss_scaling, _check_keras_for_strategy, _check_file_data,
+    _check_parameter_server, _check_multi_worker, _check_loss_scaling, _check_keras_for_strategy, _check_hybrid,
+    _check_file_data,
 ]

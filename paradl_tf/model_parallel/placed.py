@@ -183,7 +183,7 @@ def _size(tensor, skip_batch: bool = False) -> int:
 
 
 # ================================================================ building the placed model
-def place_model(model, stages: Sequence[Stage], keras: ModuleType, microbatches: int = 1):
+def place_model(model, stages: Sequence[Stage], keras: ModuleType, microbatches: int = 1, name: str | None = None):
     """A Keras model that computes what the functional `model` computes, each layer on its stage's device.
 
     Each layer is cloned from its config, built under tf.device(stage.device) (so its variables
@@ -197,7 +197,7 @@ def place_model(model, stages: Sequence[Stage], keras: ModuleType, microbatches:
     nodes = [_Node(l.name, device_of[l.name], graph.inputs[l.name], graph.packed[l.name]) for l in graph.layers]
     clones = [_clone(layer) for layer in graph.layers]
     cls = _placed_model_class(keras)
-    placed = cls(nodes, clones, graph.model_inputs, graph.model_outputs, microbatches, name=f"{model.name}_placed")
+    placed = cls(nodes, clones, graph.model_inputs, graph.model_outputs, microbatches, name=name or f"{model.name}_placed")
     placed.build_on_devices([tf.zeros([1] + [d or 1 for d in t.shape[1:]], t.dtype) for t in model.inputs])
     for layer, clone in zip(graph.layers, clones):
         clone.set_weights(layer.get_weights())
@@ -312,17 +312,22 @@ def _define_placed_model(keras: ModuleType, keras3: bool) -> type:
             return tf.gradients(loss, [tf_variable(v) for v in variables])
 
         def _loss(self, x, y, y_pred, sample_weight):
-            if not keras3:  # tf_keras: compute_loss also updates the loss metric
-                loss = self.compute_loss(x, y, y_pred, sample_weight)
-                # tf_keras's LossScaleOptimizer scales only inside minimize(); this step differentiates itself.
-                scale = getattr(self.optimizer, "get_scaled_loss", None)
-                return scale(loss) if scale else loss
-            loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
-            batch = tf.shape(tf.nest.flatten(x)[0])[0]
-            next(m for m in self.metrics if m.name == "loss").update_state(loss, sample_weight=batch)
-            return self.optimizer.scale_loss(loss)
+            return scaled_loss(self, keras3, x, y, y_pred, sample_weight)
 
     return PlacedModel
+
+
+def scaled_loss(model, keras3: bool, x, y, y_pred, sample_weight):
+    """The compiled loss of `model` on one (micro-)batch, scaled for mixed float16, with the loss metric updated."""
+    if not keras3:  # tf_keras: compute_loss also updates the loss metric
+        loss = model.compute_loss(x, y, y_pred, sample_weight)
+        # tf_keras's LossScaleOptimizer scales only inside minimize(); this step differentiates itself.
+        scale = getattr(model.optimizer, "get_scaled_loss", None)
+        return scale(loss) if scale else loss
+    loss = model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+    batch = tf.shape(tf.nest.flatten(x)[0])[0]
+    next(m for m in model.metrics if m.name == "loss").update_state(loss, sample_weight=batch)
+    return model.optimizer.scale_loss(loss)
 
 
 def _pick(values: dict, ref: tuple[str, int | None]):

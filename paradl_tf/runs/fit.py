@@ -20,6 +20,7 @@ from paradl_tf.build.data import Datasets, build_dataset, load_source, source_st
 from paradl_tf.build.devices import setup_devices
 from paradl_tf.files.sources import data_error
 from paradl_tf.build.keras_version import import_keras, resolve_keras
+from paradl_tf.model_parallel.hybrid import compile_hybrid_model
 from paradl_tf.model_parallel.placed import compile_placed_model
 from paradl_tf.build.models import build_model, compile_model
 from paradl_tf.build.precision import check_model_precision, precision_policy, resolve_precision
@@ -38,7 +39,7 @@ class Job:
     model: Any
     per_replica_batch_size: int
     placement: dict | None = None
-    """Model parallel: the stage table (device, layers, parameter bytes per stage)."""
+    """Model parallel: the stage table (device, layers, parameter bytes per stage); hybrid: the mesh of groups x stages."""
     resumed_from_step: int = 0
     """Training steps done by the run whose backup (checkpoint.dir) this one resumes; the data skip them."""
     precision: dict | None = None
@@ -50,6 +51,8 @@ class Job:
 
     @property
     def replicas(self) -> int:
+        if self.placement and "replicas" in self.placement:  # hybrid: the replica groups
+            return self.placement["replicas"]
         return self.strategy.num_replicas_in_sync
 
     @property
@@ -66,7 +69,7 @@ class Job:
 class Run:
     """How a strategy kind trains: hooks into the one fit skeleton (`prepare`, then `fit_run`).
 
-    The defaults are the single-process run (default, one_device, mirrored, model_parallel); the cluster
+    The defaults are the single-process run (default, one_device, mirrored, model_parallel, hybrid); the cluster
     strategies override where they genuinely differ (paradl_tf.runs.multi_worker, .parameter_server)."""
 
     deterministic_ops = True
@@ -95,6 +98,8 @@ class Run:
         """Inside the strategy's scope and the precision policy: the compiled model and its placement, if any."""
         if self.cfg.strategy.kind == "model_parallel":  # clone the layers onto their stages' devices
             return compile_placed_model(model, self.cfg, keras)
+        if self.cfg.strategy.kind == "hybrid":  # R placed copies, one per replica group
+            return compile_hybrid_model(model, self.cfg, keras)
         compile_model(model, self.cfg.train, keras)
         return model, None
 
@@ -121,6 +126,8 @@ class Run:
         """What results.json says besides run_results' keys; `runs_on` is the CLI's summary of where it ran."""
         stages = job.placement["stages"] if job.placement else None
         extra = {"runs_on": f"{len(stages)} stage(s)" if stages else f"{job.replicas} replica(s)"}
+        if job.placement and "groups" in job.placement:  # hybrid
+            extra["runs_on"] = f"{job.replicas} group(s) x {len(stages) // job.replicas} stage(s)"
         if self.cfg.checkpoint.dir:
             extra.update(resumed_from_step=job.resumed_from_step, steps_this_run=epochs_run * job.datasets.steps_per_epoch)
         return extra
@@ -147,6 +154,8 @@ def prepare(cfg: Config, run: Run | None = None) -> Job:
     with strategy.scope(), precision_policy(keras, precision):
         model = build_model(cfg.model, datasets.input_shape, datasets.num_classes, keras)
         model, placement = run.compile(model, keras)
+    if placement and "replicas" in placement:  # hybrid: each replica group trains on its share of the batch
+        per_replica = check_global_batch(cfg.train.global_batch_size, placement["replicas"])
     return Job(cfg, strategy, keras_name, keras, datasets, model, per_replica, placement, done,
                check_model_precision(model, precision), splits=splits, is_chief=run.is_chief(strategy))
 

@@ -98,7 +98,9 @@ def format_plan(p: dict[str, Any], as_json: bool = False) -> str:
         a = p["all_reduce"]
         lines.append(f"all-reduce: {a['communication']}, {a['bytes_per_step']} gradient bytes per replica per step "
                      f"over {p['replicas']} replicas ({a['local_replicas']} per worker)")
-    if p.get("placement"):
+    if p.get("placement") and "groups" in p["placement"]:
+        lines.extend(format_mesh(p["placement"]))
+    elif p.get("placement"):
         lines.extend(format_placement(p["placement"]))
     if p.get("input"):
         lines.extend(format_input(p["input"]))
@@ -156,6 +158,29 @@ def format_placement(placement: dict[str, Any]) -> list[str]:
         lines.append(f"pipeline: {m} micro-batch(es); branches run side by side, no stage chain")
     else:
         lines.append(f"pipeline: {m} micro-batch(es) over {len(stages)} stages, idle fraction (S-1)/(M+S-1) = {idle:.3f}")
+    return lines
+
+
+def format_mesh(mesh: dict[str, Any]) -> list[str]:
+    """Hybrid: the groups x stages mesh, one row per (group, stage), then the all-reduce bytes against Mirrored."""
+    groups, stages = mesh["groups"], mesh["stages"]
+    by = f" (balanced by {mesh['balance_by']})" if "balance_by" in mesh else ""
+    lines = [f"mesh: {len(groups)} replica group(s) x {len(groups[0]['devices'])} stage(s), placement {mesh['kind']}{by}"]
+    lines.extend(f"  group {g['group']}: {', '.join(g['devices'])}" for g in groups)
+    rows = [("group", "stage", "device", "param bytes", "all-reduced bytes/step", "layers")]
+    rows += [(str(s["group"]), str(s["stage"]), s["device"], str(s["parameter_bytes"]),
+              str(s["all_reduce_bytes_per_step"]), ", ".join(s["layers"])) for s in stages]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for r in rows:
+        lines.append(f"  {r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]:>{widths[3]}}  "
+                     f"{r[4]:>{widths[4]}}  {r[5]}")
+    lines.append(f"all-reduce: each stage's gradients averaged with the same stage of the other groups "
+                 f"({mesh['cross_device_ops']}): {mesh['all_reduce_bytes_per_step']} bytes per group per step, "
+                 f"at most {max(s['all_reduce_bytes_per_step'] for s in stages)} per device "
+                 f"(MirroredStrategy: {mesh['mirrored_all_reduce_bytes_per_step']} per device)")
+    m, idle = mesh["microbatches"], mesh["idle_fraction"]
+    idle_text = "branches side by side" if idle is None else f"idle fraction (S-1)/(M+S-1) = {idle:.3f}"
+    lines.append(f"pipeline: {m} micro-batch(es) per group; {idle_text}")
     return lines
 
 
