@@ -22,3 +22,16 @@ def residual_mlp(input_shape, num_classes: int, keras, width: int = 64, blocks: 
     outputs = keras.layers.Dense(num_classes, name="logits")(x)
     return keras.Model(inputs, outputs, name="residual_mlp")
 
+
+
+def moons_dataset(input_context, seed: int, split: str, examples: int = 2000, noise: float = 0.15):
+    """A user tf.data pipeline (`data.kind: user_dataset`): (features, class id) examples, unbatched, of this input
+    pipeline's share (`input_context` is None in a one-pipeline run). The toolkit shuffles, repeats and batches."""
+    import tensorflow as tf
+
+    (x_train, y_train), (x_val, y_val) = two_moons(seed, examples, noise)
+    x, y = (x_train, y_train) if split == "train" else (x_val, y_val)
+    ds = tf.data.Dataset.from_tensor_slices((x, y.astype("int32")))
+    if input_context is not None:  # each pipeline its own examples
+        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    return ds

@@ -369,3 +369,15 @@ def test_validation_is_given_one_way():
     with pytest.raises(ValueError, match=r"data: give exactly one of data\.validation_files and "
                                          r"data\.validation_fraction"):
         Config.model_validate({"data": {"kind": "tfrecord", "train_files": "x/*"}})
+
+
+def test_a_users_tf_data_pipeline_trains_under_mirrored(tmp_path):
+    import paradl_tf as pdl
+
+    cfg = pdl.load_config("configs/user_code.yaml", [
+        "data={kind: user_dataset, fn: 'paradl_tf.examples:moons_dataset', args: {examples: 2000}, num_classes: 2}",
+        "devices.count=4", "strategy.devices=2", "train.steps_per_epoch=25", "train.epochs=6", "train.verbose=0",
+        f"output_dir={tmp_path}"])
+    r = pdl.train(cfg)
+    assert r["val_accuracy"] >= 0.95, r["history"]["val_accuracy"]
+    assert r["input"]["source"] == "user_dataset" and r["replicas"] == 2
