@@ -213,7 +213,7 @@ def _file_datasets(cfg: Config, source: FileSource, strategy, skip_steps: int) -
         num_classes=source.num_classes,
         train_examples=source.train_examples,
         steps_per_epoch=epoch_steps,
-        validation_steps=-(-source.validation_share(pipelines) // (per_replica if pipelines > 1 else batch)),
+        validation_steps=-(-source.validation_share(pipelines * fed) // per_replica),
         make_train=make_train,
         input=file_input(cfg, source, plan, epoch_steps),
     )

@@ -12,6 +12,7 @@ Nothing is loaded whole: memory is the shuffle buffer and the prefetched batches
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -294,8 +295,11 @@ def check_first_batch(source: FileSource) -> None:
 
 # ================================================================ naming the file at fault
 def first_line(exc: BaseException) -> str:
+    """A TensorFlow error's message without its function-node prefix and op suffix."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.strip().startswith("[[")]
-    return lines[0] if lines else type(exc).__name__
+    text = lines[0] if lines else type(exc).__name__
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
+    return re.sub(r"\s*\[Op:\w+\].*$", "", text)
 
 
 def explain(source: FileSource, exc: BaseException, files: tuple[str, ...] | None = None) -> str | None:
