@@ -381,3 +381,17 @@ def test_a_users_tf_data_pipeline_trains_under_mirrored(tmp_path):
     r = pdl.train(cfg)
     assert r["val_accuracy"] >= 0.95, r["history"]["val_accuracy"]
     assert r["input"]["source"] == "user_dataset" and r["replicas"] == 2
+
+
+def test_validation_fraction_holds_out_the_last_files(digits_shards, tmp_path):
+    source = _source({"kind": "tfrecord", "train_files": f"{digits_shards}/train-*", "validation_fraction": 0.25})
+    assert [Path(f).name for f in source.validation.files] == ["train-00003-of-00004.tfrecord"]
+    assert len(source.train.files) == 3 and source.train_examples + source.validation.examples == 1437
+    write_shards(load_splits(Config().data, 0), str(tmp_path / "s"), 1, "image_folder", 1, "digits")
+    images = _source({"kind": "image_folder", "train_dir": f"{tmp_path}/s/train", "validation_fraction": 0.2,
+                      "image_size": [8, 8], "channels": 1})
+    assert sorted(set(images.validation.labels)) == list(range(10))  # every class keeps a share, per class
+    assert images.train_examples + images.validation.examples == 1437
+    with pytest.raises(ConfigError, match=r"^data\.validation_fraction: data\.train_files has 1 file\(s\); holding "
+                                          r"out 1 leaves none to train on"):
+        _source({"kind": "tfrecord", "train_files": f"{digits_shards}/train-00000*", "validation_fraction": 0.5})
