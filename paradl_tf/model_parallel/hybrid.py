@@ -29,7 +29,7 @@ from paradl_tf.build.models import compile_model
 from paradl_tf.build.strategies import hybrid_cross_device_ops
 from paradl_tf.errors import ConfigError
 from paradl_tf.model_parallel.placed import (
-    _microbatch, _add, build_optimizer_on_stage_devices, describe_layers, place_model, plan_stages, scaled_loss,
+    add_gradients, build_optimizer_on_stage_devices, describe_layers, microbatch, place_model, plan_stages, scaled_loss,
     tf_variable, variable_bytes_by_device,
 )
 from paradl_tf.model_parallel.placement import LayerInfo, Stage, balance_ratio, stage_table
@@ -147,7 +147,7 @@ def _define_hybrid_model(keras: ModuleType, keras3: bool) -> type:
             variables = copy.trainable_variables
             total = None
             for k in range(self.microbatches):
-                mx, my, msw = _microbatch((x, y, sample_weight), k, self.microbatches)
+                mx, my, msw = microbatch((x, y, sample_weight), k, self.microbatches)
                 eager = tf.executing_eagerly()
                 tape = tf.GradientTape() if eager else contextlib.nullcontext()
                 with tape:
@@ -157,7 +157,7 @@ def _define_hybrid_model(keras: ModuleType, keras3: bool) -> type:
                 self.compute_metrics(mx, my, y_pred, msw)
                 # tf.gradients keeps each stage's backward pass on its device (tensorflow/tensorflow#54460).
                 grads = tape.gradient(loss, variables) if eager else tf.gradients(loss, [tf_variable(v) for v in variables])
-                total = grads if total is None else [_add(a, b, v) for a, b, v in zip(total, grads, variables)]
+                total = grads if total is None else [add_gradients(a, b, v) for a, b, v in zip(total, grads, variables)]
             if self.microbatches > 1:
                 total = [None if g is None else g / self.microbatches for g in total]
             if not keras3 and hasattr(self.optimizer, "get_unscaled_gradients"):  # tf_keras mixed_float16

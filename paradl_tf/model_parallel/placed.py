@@ -286,9 +286,9 @@ def _define_placed_model(keras: ModuleType, keras3: bool) -> type:
             variables = self.trainable_variables
             total = None
             for k in range(self.microbatches):  # unrolled: stages overlap wherever the dataflow allows
-                part = _microbatch((x, y, sample_weight), k, self.microbatches)
+                part = microbatch((x, y, sample_weight), k, self.microbatches)
                 grads = self._microbatch_gradients(*part, variables)
-                total = grads if total is None else [_add(a, b, v) for a, b, v in zip(total, grads, variables)]
+                total = grads if total is None else [add_gradients(a, b, v) for a, b, v in zip(total, grads, variables)]
             if self.microbatches > 1:
                 total = [None if g is None else g / self.microbatches for g in total]
             if not keras3 and hasattr(self.optimizer, "get_unscaled_gradients"):  # tf_keras mixed_float16
@@ -335,7 +335,7 @@ def _pick(values: dict, ref: tuple[str, int | None]):
     return values[name] if index is None else tf.nest.flatten(values[name])[index]
 
 
-def _microbatch(data, k: int, m: int):
+def microbatch(data, k: int, m: int):
     """Micro-batch k of m: rows [k n, (k+1) n) of every tensor, n = batch / m (config checks m divides it)."""
     if m == 1:
         return data
@@ -347,7 +347,7 @@ def _microbatch(data, k: int, m: int):
     return tf.nest.map_structure(lambda t: None if t is None else rows(t), data)
 
 
-def _add(total, grad, variable):
+def add_gradients(total, grad, variable):
     if total is None or grad is None:
         return grad if total is None else total
     with tf.device(tf_variable(variable).device):  # accumulate where the variable lives
