@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from paradl_tf.errors import ConfigError
+from paradl_tf.errors import ClusterError, ConfigError
 from paradl_tf.cluster.spec import Spec, local_cluster_spec, task_port
 
 SERVICE_JOBS = ("dispatcher", "data_worker")
@@ -111,13 +111,14 @@ class LocalService:
     """A dispatcher and data workers as child processes of this one (single-process strategies): started,
     reachable, its address in ADDRESS_ENV for the input pipelines; `stop()` ends them all (also on errors)."""
 
-    def __init__(self, data_workers: int, log_dir: Path, start_timeout_s: float = 60.0):
+    def __init__(self, data_workers: int, log_dir: Path, start_timeout_s: float = 60.0,
+                 private_network: str = "auto"):
         from paradl_tf.cluster.local import LocalCluster, make_tasks
 
         self.spec = service_spec(data_workers)
         self.cluster = LocalCluster(service_tasks(self.spec, log_dir, make_tasks), max_restarts=0,
                                     restartable=(), expendable=("data_worker",))
-        self.start_timeout_s = start_timeout_s
+        self.start_timeout_s, self.private_network = start_timeout_s, private_network
 
     @property
     def address(self) -> str:
@@ -127,6 +128,9 @@ class LocalService:
         from paradl_tf.cluster.network import in_private_network, warn_exposed
 
         if not in_private_network():
+            if self.private_network == "required":
+                raise ClusterError("cluster.private_network: required, but a local tf.data service of a "
+                                   "one-process run runs beside it, outside any private network namespace")
             warn_exposed("the local tf.data service", "This run is not in a private network namespace; use a "
                          "cluster strategy (which runs in one) or run it where no one else can reach the machine.")
         try:
@@ -149,7 +153,7 @@ def local_service(cfg, log_dir: Path):
     service = getattr(cfg.data, "service", None)
     if service is None or service.kind != "local" or os.environ.get(ADDRESS_ENV):
         return contextlib.nullcontext()
-    return LocalService(service.workers, log_dir, cfg.cluster.start_timeout_s)
+    return LocalService(service.workers, log_dir, cfg.cluster.start_timeout_s, cfg.cluster.private_network)
 
 
 def service_names(tasks: Sequence) -> list[str]:
