@@ -75,7 +75,7 @@ def _fatal_error(local: cl.LocalCluster, cfg: Config, run_dir: Path) -> ParadlEr
         return cl.ClusterError(
             f"task {t.name} ({t.address}, pid {t.process.pid}) of the local tf.data service exited: "
             f"{cl.describe_exit(t.process.returncode)}; the service cannot go on without {what} (data.service), "
-            f"so every worker was stopped (logs: {run_dir})")
+            "so every worker was stopped")
     if silent:
         t = silent[0]
         resume = (f"rerun the same command to resume from the last backup in checkpoint.dir={cfg.checkpoint.dir}"
