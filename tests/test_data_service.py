@@ -180,3 +180,20 @@ def test_local_without_a_service_started_and_the_serve_flags(cli):
     assert proc.stderr.strip().splitlines()[-1] == (
         "error: TF_CONFIG cluster must name exactly one dispatcher for a data worker. "
         "Received: dispatcher=['127.0.0.1:1', '127.0.0.1:2']")
+
+
+@needs_isolation
+@pytest.mark.timeout(90)
+def test_a_local_cluster_checks_the_address_before_starting_a_task(cli, tmp_path, shards):
+    """MultiWorkerMirrored with a service address nothing answers at: one line from the driver, no worker started
+    (the local cluster's private network reaches only its own loopback, and the line says so)."""
+    port = cl.free_ports(1)[0]
+    proc = cli("train", "--config=configs/tfrecord_multiworker.yaml",
+               *[a for o in ["data.service.kind=address", f"data.service.address=grpc://127.0.0.1:{port}",
+                             *_files(shards), f"output_dir={tmp_path}"] for a in ("--set", o)], timeout=80)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: data.service.address: no tf.data dispatcher answers at grpc://127.0.0.1:{port} from inside the local "
+        "cluster's private network (only its own loopback is there; set cluster.private_network: off to reach this "
+        "host's other servers) (Connection refused)"]
+    assert not list((tmp_path / "cluster").glob("worker-*.log"))

@@ -46,7 +46,7 @@ from paradl_tf.cluster.local import (  # noqa: F401
 )
 from paradl_tf.cluster.data_service import (  # noqa: F401
     SERVICE_JOBS, ADDRESS_ENV, service_spec, dispatcher_address, service_tasks, LocalService, local_service, resolve_address,
-    check_dispatcher,
+    check_dispatcher, check_address_service,
 )
 from paradl_tf.cluster.servers import (  # noqa: F401
     start_in_process_servers, serve,

@@ -93,6 +93,14 @@ def check_dispatcher(address: str, key: str, timeout_s: float = 5.0) -> None:
                           f"({exc.strerror or type(exc).__name__})") from None
 
 
+def check_address_service(cfg) -> None:
+    """In a driver, before any task starts: with data.service.kind: address, the dispatcher must answer from here
+    (the tasks run where the driver runs), so a wrong address is one line, not one per worker."""
+    service = getattr(cfg.data, "service", None)
+    if service is not None and service.kind == "address":
+        check_dispatcher(service.address, "data.service.address")
+
+
 def _host_port(address: str, key: str) -> tuple[str, int]:
     rest = address.removeprefix("grpc://")
     host, sep, port = rest.rpartition(":")

@@ -25,6 +25,8 @@ import tensorflow as tf
 from paradl_tf.cluster.data_service import check_dispatcher, resolve_address
 from paradl_tf.files.sources import FileSource, ShardPlan
 
+# DYNAMIC hands out one split per request to the dispatcher; splits here are whole passes, not examples, so that
+# round trip is paid once per pass (per-element splits are slow: tensorflow/tensorflow#70541).
 SYNC_MODE = tf.data.experimental.service.ShardingPolicy.DYNAMIC
 PS_MODE = tf.data.experimental.service.ShardingPolicy.DYNAMIC
 

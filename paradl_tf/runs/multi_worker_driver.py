@@ -25,6 +25,7 @@ def drive(cfg: Config, status_path: Path) -> None:
     """The driver, inside the namespace: start one process per worker, wait until all finish; a lost one is fatal."""
     if cl.in_private_network():
         cl.loopback_up()
+    cl.check_address_service(cfg)
     spec = cl.local_cluster_spec({"worker": cfg.cluster.workers})
     run_dir = Path(cfg.output_dir) / "cluster"  # the launcher removed a previous run's logs and statuses
     config_path = Path(cfg.output_dir) / "config.yaml"

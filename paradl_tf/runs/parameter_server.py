@@ -88,6 +88,7 @@ def drive(cfg: Config, status_path: Path) -> dict[str, Any]:
     c = cfg.cluster
     if cl.in_private_network():
         cl.loopback_up()
+    cl.check_address_service(cfg)
     spec = cl.local_cluster_spec({"chief": 1, "worker": c.workers, "ps": c.ps})
     run_dir = Path(cfg.output_dir) / "cluster"
     service = cl.service_spec(cfg.data.service.workers) if _local_service(cfg) else None
