@@ -197,3 +197,26 @@ def test_a_local_cluster_checks_the_address_before_starting_a_task(cli, tmp_path
         "cluster's private network (only its own loopback is there; set cluster.private_network: off to reach this "
         "host's other servers) (Connection refused)"]
     assert not list((tmp_path / "cluster").glob("worker-*.log"))
+
+
+@pytest.mark.timeout(150)
+def test_one_process_run_starts_and_stops_its_own_service(cli, tmp_path, shards):
+    """MirroredStrategy over 2 logical CPUs (one process): the dispatcher and data worker run as its children,
+    one job per replica; when the run ends they are gone. Outside a private network it warns that they are
+    reachable."""
+    config = tmp_path / "mirrored.yaml"
+    config.write_text(ONE_DEVICE.replace("{kind: default}", "{kind: mirrored}") + "devices: {type: CPU, count: 2}\n")
+    proc = cli("train", f"--config={config}", *[a for o in ["data.service.kind=local", "data.service.workers=1",
+                                                            *_files(shards), "train.epochs=3",
+                                                            f"output_dir={tmp_path / 'run'}"] for a in ("--set", o)],
+               timeout=140)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["input"]["service"] == "local" and results["replicas"] == 2
+    logs = sorted(p.name for p in (tmp_path / "run" / "data_service").glob("*.log"))
+    assert logs == ["data_worker-0.log", "dispatcher-0.log"]
+    pids = [int(m.group(1)) for log in logs
+            if (m := re.search(r"at 127\.0\.0\.1:\d+ \(pid (\d+)\)", (tmp_path / "run" / "data_service" / log).read_text()))]
+    assert len(pids) == 2 and not [p for p in pids if psutil.pid_exists(p) and cl.is_alive(psutil.Process(p))]
+    if not cl.in_private_network():
+        assert "SECURITY: the local tf.data service serves unauthenticated gRPC" in proc.stderr
