@@ -215,8 +215,8 @@ def test_one_process_run_starts_and_stops_its_own_service(cli, tmp_path, shards)
     assert results["input"]["service"] == "local" and results["replicas"] == 2
     logs = sorted(p.name for p in (tmp_path / "run" / "data_service").glob("*.log"))
     assert logs == ["data_worker-0.log", "dispatcher-0.log"]
-    pids = [int(m.group(1)) for log in logs
-            if (m := re.search(r"at 127\.0\.0\.1:\d+ \(pid (\d+)\)", (tmp_path / "run" / "data_service" / log).read_text()))]
+    served = [(tmp_path / "run" / "data_service" / log).read_text() for log in logs]
+    pids = [int(m.group(1)) for text in served if (m := re.search(r"at 127\.0\.0\.1:\d+ \(pid (\d+)\)", text))]
     assert len(pids) == 2 and not [p for p in pids if psutil.pid_exists(p) and cl.is_alive(psutil.Process(p))]
     if not cl.in_private_network():
         assert "SECURITY: the local tf.data service serves unauthenticated gRPC" in proc.stderr

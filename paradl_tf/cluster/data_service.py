@@ -21,7 +21,7 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 from paradl_tf.errors import ClusterError, ConfigError
 from paradl_tf.cluster.spec import Spec, local_cluster_spec, task_port
@@ -162,7 +162,3 @@ def local_service(cfg, log_dir: Path):
     if service is None or service.kind != "local" or os.environ.get(ADDRESS_ENV):
         return contextlib.nullcontext()
     return LocalService(service.workers, log_dir, cfg.cluster.start_timeout_s, cfg.cluster.private_network)
-
-
-def service_names(tasks: Sequence) -> list[str]:
-    return [t.name for t in tasks if t.job in SERVICE_JOBS]
