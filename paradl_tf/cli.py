@@ -32,7 +32,8 @@ flags.DEFINE_string("config", None, "YAML config file describing the run.")
 flags.DEFINE_multi_string("set", [], "Override a config key, e.g. --set train.epochs=3 (repeatable).")
 flags.DEFINE_bool("tf_logs", False, "Show TensorFlow's own log lines (C++ start-up lines, INFO records) for debugging.")
 flags.DEFINE_bool("json", False, "plan: print JSON instead of text.")
-flags.DEFINE_string("job", None, "serve: the job of the task to run (worker or ps); default: TF_CONFIG's task.")
+flags.DEFINE_string("job", None, "serve: the job of the task to run (worker, ps, or a tf.data service's dispatcher "
+                    "or data_worker); default: TF_CONFIG's task.")
 flags.DEFINE_integer("task", None, "serve: the index of the task to run; default: TF_CONFIG's task.")
 flags.DEFINE_bool("quick", False, "bench: fewer repetitions, methods and points (under 4 minutes on 2 cores).")
 flags.DEFINE_string("out", "bench", "bench: directory for results.json, RESULTS.md and the plots.")
@@ -81,9 +82,11 @@ COMMANDS = {
          "paradl-tf plan --config=configs/model_parallel.yaml --json"),
     ),
     "serve": Command(
-        "Run one worker or ps task of a cluster, from TF_CONFIG (or the config's cluster resolver), until stopped.",
+        "Run one task of a cluster (worker, ps, or a tf.data service's dispatcher or data_worker) until stopped.",
         ("job", "task", "config", "set"),
         ("TF_CONFIG='{\"cluster\": {...}, \"task\": {\"type\": \"ps\", \"index\": 0}}' paradl-tf serve",
+         "TF_CONFIG='{\"cluster\": {\"dispatcher\": [\"h0:5050\"], \"data_worker\": [\"h1:5051\"]}}' "
+         "paradl-tf serve --job=data_worker --task=0",
          "paradl-tf serve --config=configs/async_ps.yaml --set cluster.resolver=slurm   # in an sbatch step"),
     ),
     "tf-config": Command(

@@ -17,6 +17,7 @@ import tensorflow as tf
 from paradl_tf.config import Config, DigitsConfig, SyntheticImagesConfig, SyntheticTabularConfig, UserDataConfig
 from paradl_tf.errors import ConfigError
 from paradl_tf.build.imports import import_callable
+from paradl_tf.files.service import service_address, service_mode, sync_train_pipeline
 from paradl_tf.files.sources import FileSource, UserDatasetSource, load_file_source, load_user_dataset, warn
 
 
@@ -199,9 +200,14 @@ def _file_datasets(cfg: Config, source: FileSource, strategy, skip_steps: int) -
         return _tuned(source.validation_pipeline(n, i, per_replica if ctx is not None else batch))
 
     def make_train(endless: bool):
+        address = service_address(cfg)  # the tf.data service's dispatcher (checked), or None: in-process
+
         def fn(ctx):
             _, i = index(ctx)
             b = per_replica if ctx is not None else batch
+            if address is not None:  # validation stays in-process: it is small and read once, in order
+                epoch = None if endless else epoch_steps * fed
+                return _tuned(sync_train_pipeline(source, plan, i, b, seed, address, skip_steps * fed, epoch))
             if endless:
                 return _tuned(source.train_pipeline(plan, i, b, seed, start_batch=skip_steps * fed))
             return _tuned(source.train_pipeline(plan, i, b, seed, epoch_batches=epoch_steps * fed))
@@ -225,6 +231,7 @@ def file_input(cfg: Config, source: FileSource, plan, epoch_steps: int) -> dict:
     return {"source": source.kind, "files": len(source.train.files), "validation_files": len(source.validation.files),
             "train_examples": source.train_examples, "validation_examples": source.validation.examples,
             "shard_policy": plan.policy, "service": None if service is None else service.kind,
+            **({"service_mode": service_mode(cfg.strategy.kind)} if service is not None else {}),
             "examples_per_epoch": epoch_steps * cfg.train.global_batch_size, "pipelines": plan.describe()}
 
 

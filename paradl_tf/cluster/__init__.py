@@ -18,7 +18,8 @@ loopback exists there, and every process in them dies with the namespace. Where 
 
 Modules: `spec` (specs, TF_CONFIG), `resolvers` (TensorFlow's resolvers, pods), `network` (isolation,
 reachability), `processes` (lifetimes), `local` (the local cluster), `servers` (in-process, `serve`),
-`launcher` (the launching side), `deploy` (TF_CONFIG per host, JobSet, Indexed Job, TFJob, Slurm).
+`data_service` (the tf.data service's dispatcher and data workers), `launcher` (the launching side), `deploy`
+(TF_CONFIG per host, JobSet, Indexed Job, TFJob, Slurm).
 None imports TensorFlow at import time: the launching process never needs it.
 """
 
@@ -42,6 +43,10 @@ from paradl_tf.cluster.processes import (  # noqa: F401
 )
 from paradl_tf.cluster.local import (  # noqa: F401
     Task, LocalCluster, LogFollower, make_tasks, write_json,
+)
+from paradl_tf.cluster.data_service import (  # noqa: F401
+    SERVICE_JOBS, ADDRESS_ENV, service_spec, dispatcher_address, service_tasks, LocalService, local_service, resolve_address,
+    check_dispatcher, check_address_service,
 )
 from paradl_tf.cluster.servers import (  # noqa: F401
     start_in_process_servers, serve,

@@ -52,11 +52,16 @@ class LocalCluster:
     Any other task that dies, or a worker out of restarts with no other worker alive, is fatal: `on_fatal`
     is called with a one-line message. `stop()` ends every process it started (SIGTERM, then SIGKILL).
     With exit_0_is_done (multi-worker: no restarts), a task that exits with status 0 has finished, not died.
+    Tasks of `expendable` jobs (tf.data service data workers) are not restarted; losing one is news while
+    another of its job runs. Tasks of `serving` jobs serve until stopped: `done()` does not wait for them.
     """
 
     def __init__(self, tasks: Sequence[Task], max_restarts: int = 3, restartable: Sequence[str] = ("worker",),
-                 on_fatal: Callable[[str], None] | None = None, poll_s: float = 0.2, exit_0_is_done: bool = False):
+                 on_fatal: Callable[[str], None] | None = None, poll_s: float = 0.2, exit_0_is_done: bool = False,
+                 expendable: Sequence[str] = (), serving: Sequence[str] = ()):
         self.tasks = list(tasks)
+        self.expendable = set(expendable)
+        self.serving = set(serving)
         self.exit_0_is_done = exit_0_is_done  # multi-worker: every task runs the training to its end and exits 0
         self.max_restarts = max_restarts
         self.restartable = set(restartable)
@@ -69,13 +74,15 @@ class LocalCluster:
         self._watcher: threading.Thread | None = None
 
     # -- lifecycle
-    def start(self) -> "LocalCluster":
+    def start(self, jobs: Sequence[str] | None = None) -> "LocalCluster":
+        """Start the tasks not started yet (of `jobs` only, if given: e.g. a service before its clients)."""
         for task in self.tasks:
-            self._spawn(task)
+            if task.process is None and (jobs is None or task.job in jobs):
+                self._spawn(task)
         return self
 
-    def wait_until_reachable(self, timeout_s: float) -> None:
-        by_name = {t.name: t for t in self.tasks}
+    def wait_until_reachable(self, timeout_s: float, jobs: Sequence[str] | None = None) -> None:
+        by_name = {t.name: t for t in self.tasks if jobs is None or t.job in jobs}
 
         def why_down(name: str) -> str | None:
             proc = by_name[name].process
@@ -83,7 +90,7 @@ class LocalCluster:
                 return None
             return f"its process exited during start-up ({describe_exit(proc.returncode)}){_last_line(by_name[name])}"
 
-        wait_until_reachable({t.name: t.address for t in self.tasks}, timeout_s, why_down)
+        wait_until_reachable({t.name: t.address for t in by_name.values()}, timeout_s, why_down)
 
     def watch(self) -> None:
         """Start the thread that restarts lost workers and reports fatal losses."""
@@ -154,7 +161,7 @@ class LocalCluster:
 
     def done(self) -> bool:
         """True once every task has exited with status 0 (exit_0_is_done)."""
-        return all(t.process is not None and t.process.poll() == 0 for t in self.tasks)
+        return all(t.process is not None and t.process.poll() == 0 for t in self.tasks if t.job not in self.serving)
 
     def _lost(self, task: Task) -> None:
         how = describe_exit(task.process.returncode)
@@ -169,6 +176,10 @@ class LocalCluster:
             self._spawn(task)
             return
         same_job_alive = [t for t in self.tasks if t.job == task.job and t.process and t.process.poll() is None]
+        if task.job in self.expendable and same_job_alive:
+            self.events.append(f"{message}; going on with {len(same_job_alive)} {task.job}(s)")
+            print(f"[cluster] {self.events[-1]}", flush=True)
+            return
         if task.job in self.restartable and same_job_alive:
             self.events.append(f"{message}; out of restarts (cluster.restart_workers={self.max_restarts}), "
                                f"going on with {len(same_job_alive)} {task.job}(s)")

@@ -10,6 +10,7 @@ from typing import Mapping, Sequence
 
 
 from paradl_tf.errors import ClusterError, ConfigError
+from paradl_tf.cluster.data_service import SERVICE_JOBS, start_service_server
 from paradl_tf.cluster.network import in_private_network, warn_exposed
 from paradl_tf.cluster.processes import die_with_parent, set_process_title
 from paradl_tf.cluster.spec import Spec, parse_tf_config, task_port
@@ -47,7 +48,8 @@ def start_in_process_servers(spec: Spec, jobs: Sequence[str] = ("worker", "ps"),
 
 # ================================================================ one task: `paradl-tf serve`
 def serve(job: str | None = None, task: int | None = None, environ: Mapping[str, str] = os.environ) -> None:
-    """Run one task of the cluster in TF_CONFIG (a worker or a ps) until this process is stopped."""
+    """Run one task of the cluster in TF_CONFIG until this process is stopped: a worker or a ps (a
+    tf.distribute.Server), or a tf.data service's dispatcher or data_worker (see cluster.data_service)."""
     cfg = parse_tf_config(environ.get("TF_CONFIG"))
     job = job if job is not None else cfg.task_type
     index = task if task is not None else (cfg.task_index if job == cfg.task_type else None)
@@ -68,7 +70,8 @@ def serve(job: str | None = None, task: int | None = None, environ: Mapping[str,
         warn_exposed(f"task {job}:{index} (port {task_port(address)})", "Serve only on a private network.")
     set_process_title(f"paradl-tf serve {job}:{index}")
     server = _start_server(cfg.cluster, job, index, address)
-    print(f"serving {job}:{index} at {address} (pid {os.getpid()})", flush=True)
+    what = "the tf.data service's " if job in SERVICE_JOBS else ""
+    print(f"serving {what}{job}:{index} at {address} (pid {os.getpid()})", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     try:
         while True:  # server.join() would block signals; sleeping keeps SIGTERM and Ctrl-C working
@@ -82,6 +85,8 @@ def _start_server(cluster: Spec, job: str, index: int, address: str):
     import tensorflow as tf
 
     try:
+        if job in SERVICE_JOBS:
+            return start_service_server(cluster, job, index, address)
         return tf.distribute.Server(tf.train.ClusterSpec(cluster), job_name=job, task_index=index,
                                     protocol="grpc", start=True)
     except tf.errors.OpError as exc:

@@ -27,6 +27,7 @@ from paradl_tf.files.formats import FileSplit, Format
 
 PARALLEL = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 """Parallel reads and parses: tf.data's autotuning is off (see paradl_tf.build.data._pipeline), so a fixed count."""
+_ENDLESS = 2**62  # passes of an endless stream
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,9 @@ class FileSource:
             return batches if with_ids else batches.map(lambda x, y, ids: (x, y))
 
         if epoch_batches is None:
-            passes = tf.data.Dataset.counter(start=start_batch // per_pass).flat_map(one_pass)
+            # A range, not Dataset.counter: the tf.data service's dynamic sharding splits a range by element,
+            # whereas counter (a scan over a repeat) is counted again from the start on every data worker.
+            passes = tf.data.Dataset.range(start_batch // per_pass, _ENDLESS).flat_map(one_pass)
             return passes.skip(start_batch % per_pass)
         keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(-(-epoch_batches // per_pass))
         return keys.flat_map(one_pass).take(epoch_batches).apply(tf.data.experimental.assert_cardinality(epoch_batches))

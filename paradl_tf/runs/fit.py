@@ -14,6 +14,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from paradl_tf import cluster as cl
 from paradl_tf.build.checkpoints import backed_up_steps, export_model, keras3_backed_up_epochs
 from paradl_tf.config import Config, dump_config
 from paradl_tf.build.data import Datasets, build_dataset, load_source, source_steps_per_epoch
@@ -170,8 +171,9 @@ def _backed_up_steps(cfg: Config, keras_name: str, steps_per_epoch: int) -> int:
 
 def train(cfg: Config) -> dict[str, Any]:
     """Train in this process (default, one_device, mirrored, model_parallel); paradl_tf.train picks the runner
-    for every kind."""
-    return fit_run(Run(cfg))
+    for every kind. A local tf.data service (data.service.kind: local) runs beside it as child processes."""
+    with cl.local_service(cfg, Path(cfg.output_dir) / "data_service"):
+        return fit_run(Run(cfg))
 
 
 def fit_run(run: Run) -> dict[str, Any]:

@@ -7,6 +7,7 @@ paradl_tf.cluster.launch made. It never imports TensorFlow: the workers train (p
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import time
@@ -24,6 +25,7 @@ def drive(cfg: Config, status_path: Path) -> None:
     """The driver, inside the namespace: start one process per worker, wait until all finish; a lost one is fatal."""
     if cl.in_private_network():
         cl.loopback_up()
+    cl.check_address_service(cfg)
     spec = cl.local_cluster_spec({"worker": cfg.cluster.workers})
     run_dir = Path(cfg.output_dir) / "cluster"  # the launcher removed a previous run's logs and statuses
     config_path = Path(cfg.output_dir) / "config.yaml"
@@ -32,12 +34,19 @@ def drive(cfg: Config, status_path: Path) -> None:
         status = run_dir / f"{job}-{index}.status.json"
         return [sys.executable, "-m", WORKER, str(config_path), str(status)]
 
-    local = cl.LocalCluster(cl.make_tasks(spec, JOBS, argv_for, run_dir), max_restarts=0, restartable=(),
-                            exit_0_is_done=True)
+    service = _service_spec(cfg)  # a local tf.data service: its tasks start first, in the same namespace
+    env = {**os.environ, cl.ADDRESS_ENV: cl.dispatcher_address(service)} if service else None
+    tasks = cl.make_tasks(spec, JOBS, argv_for, run_dir, env) + (cl.service_tasks(service, run_dir, cl.make_tasks)
+                                                                if service else [])
+    local = cl.LocalCluster(tasks, max_restarts=0, restartable=(), exit_0_is_done=True,
+                            expendable=("data_worker",), serving=cl.SERVICE_JOBS)
     try:
+        if service:
+            local.start(cl.SERVICE_JOBS)
+            local.wait_until_reachable(cfg.cluster.start_timeout_s, cl.SERVICE_JOBS)
         local.start()
         local.watch()
-        local.write_info(run_dir, cl.cluster_info("local", "process", spec))
+        local.write_info(run_dir, cl.cluster_info("local", "process", {**spec, **(service or {})}))
         chief_log = cl.LogFollower(run_dir / "worker-0.log")
         while not local.done() and local.fatal is None:
             chief_log.poll()
@@ -49,12 +58,25 @@ def drive(cfg: Config, status_path: Path) -> None:
         local.stop()
 
 
+def _service_spec(cfg: Config) -> cl.Spec | None:
+    service = getattr(cfg.data, "service", None)
+    return cl.service_spec(service.workers) if service is not None and service.kind == "local" else None
+
+
 def _fatal_error(local: cl.LocalCluster, cfg: Config, run_dir: Path) -> ParadlError:
     """The root cause: a worker that died without a word (SIGKILL, OOM) comes first, since the others then fail
     in their collectives; otherwise the first failed worker's own one-line error."""
     time.sleep(0.5)  # let a worker that died at the same moment show up
     failed = [t for t in local.tasks if t.process is not None and t.process.poll() not in (None, 0)]
     silent = [t for t in failed if not (run_dir / f"{t.job}-{t.index}.status.json").exists()]
+    silent.sort(key=lambda t: t.job not in cl.SERVICE_JOBS)  # the service's loss starves the workers: it first
+    if silent and silent[0].job in cl.SERVICE_JOBS:
+        t = silent[0]
+        what = "the dispatcher" if t.job == "dispatcher" else "its last data worker"
+        return cl.ClusterError(
+            f"task {t.name} ({t.address}, pid {t.process.pid}) of the local tf.data service exited: "
+            f"{cl.describe_exit(t.process.returncode)}; the service cannot go on without {what} (data.service), "
+            "so every worker was stopped")
     if silent:
         t = silent[0]
         resume = (f"rerun the same command to resume from the last backup in checkpoint.dir={cfg.checkpoint.dir}"

@@ -38,6 +38,7 @@ from paradl_tf.build.precision import check_model_precision, precision_policy, r
 from paradl_tf.build.strategies import variable_partitioner
 from paradl_tf.config import Config
 from paradl_tf.errors import ConfigError
+from paradl_tf.files.service import service_address, shared_train_pipeline
 from paradl_tf.files.sources import FileSource, warn
 from paradl_tf.runs.fit import Job, Run, fit_run
 from paradl_tf.runs.plan import plan_header
@@ -87,15 +88,21 @@ def drive(cfg: Config, status_path: Path) -> dict[str, Any]:
     c = cfg.cluster
     if cl.in_private_network():
         cl.loopback_up()
+    cl.check_address_service(cfg)
     spec = cl.local_cluster_spec({"chief": 1, "worker": c.workers, "ps": c.ps})
     run_dir = Path(cfg.output_dir) / "cluster"
+    service = cl.service_spec(cfg.data.service.workers) if _local_service(cfg) else None
     tasks = cl.make_tasks(spec, ("ps", "worker"), _serve_argv, run_dir)
-    local = cl.LocalCluster(tasks, max_restarts=c.restart_workers, on_fatal=_watchdog(status_path, cfg))
+    tasks += cl.service_tasks(service, run_dir, cl.make_tasks) if service else []
+    local = cl.LocalCluster(tasks, max_restarts=c.restart_workers, on_fatal=_watchdog(status_path, cfg),
+                            expendable=("data_worker",))
     try:
         local.start()
         local.wait_until_reachable(c.start_timeout_s)
         local.watch()
-        info = cl.cluster_info("local", "process", spec)
+        if service:  # the chief traces the workers' dataset function, which names the dispatcher
+            os.environ[cl.ADDRESS_ENV] = cl.dispatcher_address(service)
+        info = cl.cluster_info("local", "process", {**spec, **(service or {})})
         local.write_info(run_dir, info)
         os.environ["TF_CONFIG"] = cl.tf_config(spec, "chief", 0)  # the chief finds its cluster as on real hosts
         resolver = cl.cluster_resolver(c.model_copy(update={"resolver": "tf_config"}), JOBS)
@@ -158,7 +165,11 @@ class ParameterServerRun(Run):
             return _chief_evaluation(job.keras, self.cfg, job.splits, job.model, build_model)
 
     def fit_data(self, job: Job) -> dict[str, Any]:
-        if isinstance(job.splits, FileSource):
+        address = service_address(self.cfg) if isinstance(job.splits, FileSource) else None
+        if address is not None:
+            creator = service_worker_dataset_fn(job.splits, self.cfg.train.global_batch_size, self.cfg.train.seed,
+                                                address, self.cfg.output_dir)
+        elif isinstance(job.splits, FileSource):
             creator = file_worker_dataset_fn(job.splits, self.workers, self.cfg.train.global_batch_size,
                                              self.cfg.train.seed)
         else:
@@ -217,6 +228,18 @@ def file_worker_dataset_fn(source: FileSource, workers: int, global_batch_size: 
         return source.train_pipeline(plan, index, batch, seed, with_ids=with_ids).prefetch(4)
 
     dataset_fn.plan = plan
+    return dataset_fn
+
+
+def service_worker_dataset_fn(source: FileSource, global_batch_size: int, seed: int, address: str,
+                              run_key: str) -> Callable:
+    """Every worker joins one tf.data service job over all the files: each batch goes to the first worker that
+    asks, so a slow worker takes fewer and no batch is read twice (see paradl_tf.files.service)."""
+
+    def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
+        batch = input_context.get_per_replica_batch_size(global_batch_size)
+        return shared_train_pipeline(source, batch, seed, address, run_key).prefetch(4)
+
     return dataset_fn
 
 
@@ -476,7 +499,14 @@ def _clear_errors(coordinate_fn: Callable, cfg: Config, *args) -> dict[str, Any]
         raise cl.ClusterError(_fatal_message(f"a task of the cluster stopped answering ({first})", cfg)) from None
 
 
+def _local_service(cfg: Config) -> bool:
+    service = getattr(cfg.data, "service", None)
+    return service is not None and service.kind == "local"
+
+
 def _fatal_message(fatal: str, cfg: Config) -> str:
+    if fatal.startswith(tuple(f"task {job}:" for job in cl.SERVICE_JOBS)):
+        return f"{fatal}; the local tf.data service (data.service) cannot go on without it, so the run was stopped"
     resume = (f"rerun the same command to resume from the last epoch backup in checkpoint.dir={cfg.checkpoint.dir}"
               if cfg.checkpoint.dir else "set checkpoint.dir so that a rerun resumes from the last epoch")
     return f"{fatal}; ParameterServerStrategy cannot go on without it (the variables live on the ps tasks): {resume}"
