@@ -305,7 +305,7 @@ MODES: dict[str, Mode] = {
         sections=(_precision(("cnn", "mlp_wide"), (BASELINE,)), _threads(("mlp", "cnn"))),
         data=DataPlan(("mlp", "cnn"), shards=8, input_batches=100, input_rounds=3, reps=1, rss_shape=(32, 32, 3),
                       rss_small=1_700, rss_big=17_000, rss_shards=8, rss_model=_RSS_MODEL, rss_batch=128,
-                      budget_s=150)),
+                      budget_s=180)),
     "tiny": Mode(
         "tiny", TINY_WORKLOADS, {"mlp": ("no_strategy", "mirrored_2", "model_parallel_2")}, reps=1, sweep_reps=1,
         epochs=2, steps_scale=1.0, batches=(32, 64), width_factors=(0.5, 1), sweep_workloads=("mlp",),
@@ -652,12 +652,17 @@ def data_specs(mode: Mode, machine: dict, root: str, virtual_gpus: bool = False,
                    widen=lambda m, _: m, batch=plan.rss_batch)
     steps = plan.rss_big // plan.rss_batch  # one pass over the big set; the small one is passed over many times
     for size, examples in (("small", plan.rss_small), ("big", plan.rss_big)):
-        where = f"{root}/rss_{size}"
-        write[f"rss_{size}"] = {"out": where, "stream": {
+        write[f"rss_{size}"] = {"out": f"{root}/rss_{size}", "stream": {
             "image_shape": list(plan.rss_shape), "num_classes": 10, "examples": examples,
             "validation_examples": 64, "shards": plan.rss_shards if size == "big" else 4}}
-        cfg = build_config(rss, method, copy.deepcopy(devices), plan.rss_batch, 0, steps, 1, files_data(where))
-        memory.append(_train_spec(("data_memory", "images", method.name, "toolkit", size), cfg, method, 1))
+    # big_small_buffer: the big shards with the small set's example count as shuffle buffer, so that both hold
+    # the same buffer and only the data's size differs (the default buffer, 10,000 records, holds all of the small
+    # set's 1,700 and 10,000 of the big set's: that difference is the buffer's, whatever the data's size).
+    for row, where, buffer in (("small", "rss_small", None), ("big", "rss_big", None),
+                               ("big_small_buffer", "rss_big", plan.rss_small)):
+        data = {**files_data(f"{root}/{where}"), **({"shuffle_buffer": buffer} if buffer else {})}
+        cfg = build_config(rss, method, copy.deepcopy(devices), plan.rss_batch, 0, steps, 1, data)
+        memory.append(_train_spec(("data_memory", "images", method.name, "toolkit", row), cfg, method, 1))
     return {"write": {"kind": "data_write", "jobs": write}, "input": input_, "train": train, "memory": memory}
 
 
@@ -697,12 +702,12 @@ def run_data_section(mode: Mode, machine: dict, out: Path, peak_flops: float | N
                 if result.get("ok") else f"FAILED: {result.get('error')}"))
         train = [s for s in specs["train"] if shards[s.key[1]]["ok"]]
         run_interleaved(train, out, mode, deadline, log)
-        memory = [s for s in specs["memory"] if shards[f"rss_{s.key[4]}"]["ok"]]
+        memory = [s for s in specs["memory"] if shards[s.worker["config"]["data"]["train_files"].split("/")[-2]]["ok"]]
         run_interleaved(memory, out, mode, deadline, log)
     finally:
         _remove(root)
     rows = [summarize_train(s, peak_flops, _data_flops(mode, s)) for s in train + memory]
-    return rows, data_summary(mode, shards, inputs, rows, time.perf_counter() - t0)
+    return rows, {**data_summary(mode, shards, inputs, rows, time.perf_counter() - t0), "folder": root}
 
 
 def _data_flops(mode: Mode, spec: Spec) -> int:
@@ -733,17 +738,25 @@ def data_summary(mode: Mode, shards: dict, inputs: list[dict], rows: list[dict],
         train.append({"workload": wname, "memory": memory and memory.get("examples_per_sec"),
                       "files": files and files.get("examples_per_sec"),
                       "files_over_memory": paired_ratio(files, memory), "target": TRAIN_TARGET})
-    small, big = index.get(("data_memory", "images", "small")), index.get(("data_memory", "images", "big"))
-    rss = {size: {"examples": n, "bytes": shards.get(f"rss_{size}", {}).get("bytes"),
-                  "peak_rss_bytes": row and row.get("peak_rss_bytes"), "status": row and row["status"]}
-           for size, n, row in (("small", plan.rss_small, small), ("big", plan.rss_big, big))}
-    both = small and big and small.get("peak_rss_bytes") and big.get("peak_rss_bytes")
+    rss = {}
+    for name, size, n in (("small", "small", plan.rss_small), ("big", "big", plan.rss_big),
+                          ("big_small_buffer", "big", plan.rss_big)):
+        row = index.get(("data_memory", "images", name)) or {}
+        rss[name] = {"examples": n, "bytes": shards.get(f"rss_{size}", {}).get("bytes"),
+                     "shuffle_buffer": row.get("config", {}).get("data", {}).get("shuffle_buffer", "default"),
+                     "peak_rss_bytes": row.get("peak_rss_bytes"), "status": row.get("status")}
+
+    def over_small(name: str) -> float | None:
+        a, b = rss[name]["peak_rss_bytes"], rss["small"]["peak_rss_bytes"]
+        return a["median"] - b["median"] if a and b else None
+
     return {
         "shards": shards,
         "input": inputs,
         "train": train,
-        "memory": {**rss, "difference_bytes": big["peak_rss_bytes"]["median"] - small["peak_rss_bytes"]["median"]
-                   if both else None, "target_bytes": RSS_TARGET_BYTES, "model": plan.rss_model,
+        "memory": {**rss, "difference_bytes": over_small("big"),
+                   "difference_same_buffer_bytes": over_small("big_small_buffer"),
+                   "target_bytes": RSS_TARGET_BYTES, "model": plan.rss_model,
                    "image_shape": list(plan.rss_shape), "global_batch_size": plan.rss_batch,
                    "steps": plan.rss_big // plan.rss_batch},
         "service": SERVICE_ROW,

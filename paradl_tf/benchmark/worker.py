@@ -221,8 +221,6 @@ def measure_data_write(spec: dict) -> dict[str, Any]:
     A job with `stream`: synthetic images (class prototypes plus noise, as data.kind synthetic_images) generated
     and written one shard at a time, so that the writer holds one shard whatever the total; else the job's
     in-memory `data` source through `paradl-tf data write`'s write_shards (the very arrays training loads)."""
-    import tensorflow as tf  # noqa: F401
-
     from paradl_tf.build.data import load_splits
     from paradl_tf.files.write import write_shards
 
@@ -272,7 +270,7 @@ def measure_input(spec: dict) -> dict[str, Any]:
     no model: after `warmup` batches, `rounds` rounds of `batches` batches from each pipeline in turn (the order
     alternates between rounds), one iterator each for the whole process."""
     t = time.perf_counter()
-    import tensorflow as tf  # noqa: F401
+    import tensorflow  # noqa: F401 - timed apart from the rest
 
     from paradl_tf.build.data import build_dataset, load_source
     from paradl_tf.build.devices import setup_devices

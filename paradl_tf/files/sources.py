@@ -175,7 +175,8 @@ def _block_shuffle(records: tf.data.Dataset, buffer: int, key) -> tf.data.Datase
         # copy of it (10,000 records of 32x32x3 float32 images: 120 MB more), record by record costs a function
         # call per record (half the input speed on small records).
         chunks = tf.data.Dataset.range(0, tf.cast(tf.size(order), tf.int64), _GATHER)
-        return chunks.map(lambda s: tf.nest.map_structure(lambda t: tf.gather(t, order[s:s + _GATHER]), block)).unbatch()
+        return chunks.map(
+            lambda s: tf.nest.map_structure(lambda t: tf.gather(t, order[s:s + _GATHER]), block)).unbatch()
 
     return records.batch(buffer).enumerate().flat_map(permute)
 
