@@ -308,7 +308,8 @@ def _data_tables(results: dict) -> str:
         t = train.get(q["workload"]) or {}
         step = t.get("memory") and q["files"]["median"] / t["memory"]["median"]
         reading = (f"files feed {step:.0f}x what training on memory consumes: the model is the bottleneck"
-                   if step and step >= 2 else f"files feed only {step:.1f}x what training consumes: input-bound"
+                   if step and step >= 2 else f"files feed only {step:.1f}x what training on memory consumes, on "
+                   "the same cores: the input is a large part of each step's cost"
                    if step else "")
         out.append(f"| {title} | {q['global_batch_size']} | {fmt(q['memory'])} | {fmt(q['files'])} | "
                    f"{fmt_ratio(q['files_over_memory'])} | {reading} |")
@@ -336,15 +337,18 @@ def _data_tables(results: dict) -> str:
             continue
         diff = "" if name == "small" else _mib(m["difference_bytes"] if name == "big" else
                                                m.get("difference_same_buffer_bytes"))
-        out.append(f"| {label} | {row['examples']:,} | {_mib(row['bytes'])} | {row['shuffle_buffer']} | "
+        buffer = "10,000 (default)" if row["shuffle_buffer"] == "default" else f"{row['shuffle_buffer']:,}"
+        out.append(f"| {label} | {row['examples']:,} | {_mib(row['bytes'])} | {buffer} | "
                    f"{_mib(row['peak_rss_bytes'] and row['peak_rss_bytes']['median'])} | {diff} |")
     target = m["target_bytes"]
     same = m.get("difference_same_buffer_bytes")
     if m["difference_bytes"] is not None:
         verdict = "under" if m["difference_bytes"] < target else "over"
         out += ["", f"Reading: big - small = {_mib(m['difference_bytes'])}, {verdict} the {_mib(target)} target"
-                + (f"; with the same shuffle buffer, {_mib(same)}: what memory grows with is the shuffle buffer "
-                   f"(records it holds x record size), not the data's size (streaming)" if same is not None else "")
+                + (f"; with the same shuffle buffer, {_mib(same)}: memory follows the shuffle buffer (records it "
+                   f"holds x record size), not the data's size (streaming). The small set's row passes over its "
+                   f"files many times (a new pipeline each pass), which costs memory of its own"
+                   if same is not None else "")
                 + "."]
     service = data.get("service") or {}
     out += ["", "### tf.data service", "", f"{service.get('status', 'not measured')}: {service.get('why', '')}"]
