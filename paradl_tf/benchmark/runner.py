@@ -1,7 +1,7 @@
 """Benchmarks: every method measured side by side against one device and against hand-written tf.distribute.
 
-    paradl-tf bench --quick              # fewer repetitions and points: under 4 minutes on 2 cores
-    paradl-tf bench --out=bench          # the full run: under 30 minutes on 2 cores
+    paradl-tf bench --quick              # fewer repetitions and points: under 7 minutes on 2 cores
+    paradl-tf bench --out=bench          # the full run: under 41 minutes on 2 cores
     make bench
 
     from paradl_tf.benchmark.runner import run_bench
@@ -24,6 +24,8 @@ process). A method that cannot run here is reported "not available", with why.
 Beside the main table, sections vary one config key of the toolkit on a few workloads and methods
 (`Section`): precision (float32, mixed_bfloat16, mixed_float16 where native; each row against the matmul
 peak of the dtype it computes in) and threads (intra_op 1 against 2, against the physical cores' ceiling).
+The data section (`DataPlan`, measured last on its own budget) reads the same examples from TFRecord shards and
+from memory: the input pipeline alone, training files / memory, and peak RSS over ~1 GB against ~20 MB of shards.
 
 Adding a method is one entry in METHODS; a workload, one entry in WORKLOADS; a section, one in a Mode.
 """
@@ -1001,7 +1003,7 @@ def run_bench(quick: bool = False, out_dir: str | Path = "bench", *, tiny: bool 
               virtual_gpus: bool = False, gpu_memory_mb: int = 2048, log: Callable[[str], None] = print) -> dict:
     """Measure every available method and write results.json, RESULTS.md and the plots to `out_dir`.
 
-    quick: fewer processes, methods and points (under 4 minutes on 2 cores); tiny: tiny models, for tests.
+    quick: fewer processes, methods and points (under 7 minutes on 2 cores); tiny: tiny models, for tests.
     reps: processes per figure (default: the mode's). virtual_gpus: on a GPU machine, split GPU 0 into
     logical GPUs of gpu_memory_mb each for the multi-device methods (default: the real GPUs only)."""
     mode = MODES["tiny" if tiny else "quick" if quick else "full"]
