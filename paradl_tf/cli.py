@@ -35,7 +35,7 @@ flags.DEFINE_bool("json", False, "plan: print JSON instead of text.")
 flags.DEFINE_string("job", None, "serve: the job of the task to run (worker, ps, or a tf.data service's dispatcher "
                     "or data_worker); default: TF_CONFIG's task.")
 flags.DEFINE_integer("task", None, "serve: the index of the task to run; default: TF_CONFIG's task.")
-flags.DEFINE_bool("quick", False, "bench: fewer repetitions, methods and points (under 4 minutes on 2 cores).")
+flags.DEFINE_bool("quick", False, "bench: fewer repetitions, methods and points (under 7 minutes on 2 cores, the data section included).")
 flags.DEFINE_string("out", "bench", "bench: directory for results.json, RESULTS.md and the plots.")
 flags.DEFINE_bool("virtual_gpus", False, "bench: on a GPU machine, split GPU 0 into logical GPUs for multi-device methods.")
 flags.DEFINE_list("hosts", [], "tf-config: the hosts of the cluster, one task each ('host' or 'host:port'), "

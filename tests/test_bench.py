@@ -3,6 +3,7 @@
 
 import json
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -205,6 +206,23 @@ def test_bench_tiny_writes_results_tables_and_plots(cli, tmp_path):
     assert ratios[("threads", 2)]["ceiling"] == min(2, results["machine"]["cpu_cores_physical"])
     assert ratios[("threads", 2)]["of_ceiling"] > 0
 
+    # The data section: the same examples from TFRecord shards and from memory; the shards are gone afterwards.
+    data = results["data"]
+    assert all(s["ok"] and s["bytes"] > 0 for s in data["shards"].values()), data["shards"]
+    (inp,) = data["input"]
+    assert inp["status"] == "ok" and FIGURE <= inp["memory"].keys() and FIGURE <= inp["files_over_memory"].keys()
+    (train,) = data["train"]
+    assert FIGURE <= train["files_over_memory"].keys() and train["target"] == 0.95
+    data_rows = {(r["section"], r["x"]): r for r in rows if r["section"] in ("data", "data_memory")}
+    assert data_rows[("data", "files")]["config"]["data"]["kind"] == "tfrecord"
+    assert data_rows[("data", "memory")]["config"]["model"] == data_rows[("data", "files")]["config"]["model"]
+    memory = data["memory"]
+    for name in ("small", "big", "big_small_buffer"):
+        assert memory[name]["status"] == "ok" and memory[name]["peak_rss_bytes"]["median"] > 0, name
+    assert memory["big"]["bytes"] > memory["small"]["bytes"] and memory["difference_bytes"] is not None
+    assert data["service"]["status"] == "not measured here"
+    assert data["folder"] and not Path(data["folder"]).exists()  # the shards are removed at the end
+
     assert set(results["files"]) >= {"RESULTS.md", "throughput_per_method.png", "scaling_batch.png",
                                      "scaling_width.png"}
     for name in results["files"]:
@@ -215,7 +233,8 @@ def test_bench_tiny_writes_results_tables_and_plots(cli, tmp_path):
     for heading in ("# paradl_tf benchmark results", "## Throughput", "| method | keras | toolkit examples/s",
                     "## Start-up cost and memory", "## Scaling with global batch size", "tk/hw", "vs 1 dev",
                     "| float32 matmul peak |", "| bfloat16 matmul peak |", "## Precision", "% own peak",
-                    "## Threads", "of ceiling"):
+                    "## Threads", "of ceiling", "## Data from files", "### Input pipeline alone",
+                    "### Training from files against in memory", "### Memory: peak RSS", "### tf.data service"):
         assert heading in md
 
     # The hand-kept before/after record in the output folder closes RESULTS.md, rerun after rerun.

@@ -64,6 +64,7 @@ def markdown(results: dict, plots: list[str] = (), before_after: str = "") -> st
     images = "\n".join(f"![{name.removesuffix('.png')}]({name})" for name in plots)
     parts = [_header(results), _throughput_tables(results), images, _precision_table(results), _threads_table(results),
              _startup_table(results), _model_parallel_table(results), _pipeline_table(results), _sweep_tables(results),
+             _data_tables(results),
              _reading(results), before_after.strip()]
     return "\n\n".join(p for p in parts if p) + "\n"
 
@@ -289,6 +290,80 @@ def _sweep_tables(results: dict) -> str:
     return "\n".join(out).rstrip()
 
 
+def _data_tables(results: dict) -> str:
+    """The data section (issue 13): TFRecord shards against the same examples in memory."""
+    data = results.get("data")
+    if not data:
+        return ""
+    mode = results["mode"]
+    out = [f"## Data from files: TFRecord shards against memory ({mode} mode)", "",
+           *([f"**{data['note']}**", ""] if data.get("note") else []),
+           "The same examples written as TFRecord shards (`paradl_tf.files.write`, into a temporary folder removed "
+           "at the end) and read by `data.kind: tfrecord` with its defaults (shuffle_buffer 10000, cycle_length 4), "
+           "against the in-memory source; one device, no strategy. Ratios are files / memory, round by round.", "",
+           "### Input pipeline alone (examples/s of `Datasets.train_stream`, no model; both in one process, "
+           "interleaved)", "",
+           "| workload | batch | in memory | from files | files / memory | reading |", "|---|---|---|---|---|---|"]
+    train = {t["workload"]: t for t in data["train"]}
+    for q in data["input"]:
+        title = results["workloads"].get(q["workload"], {}).get("title", q["workload"])
+        if q["status"] != "ok":
+            out.append(f"| {title} | | {q['status']}: {q.get('why') or ''} | | | |")
+            continue
+        t = train.get(q["workload"]) or {}
+        step = t.get("memory") and q["files"]["median"] / t["memory"]["median"]
+        reading = (f"files feed {step:.0f}x what training on memory consumes: the model is the bottleneck"
+                   if step and step >= 2 else f"files feed only {step:.1f}x what training on memory consumes, on "
+                   "the same cores: the input is a large part of each step's cost"
+                   if step else "")
+        out.append(f"| {title} | {q['global_batch_size']} | {fmt(q['memory'])} | {fmt(q['files'])} | "
+                   f"{fmt_ratio(q['files_over_memory'])} | {reading} |")
+    out += ["", "### Training from files against in memory (examples/s; same model, batch and steps; processes "
+            "interleaved)", "", "| workload | in memory | from files | files / memory | reading |",
+            "|---|---|---|---|---|"]
+    for t in data["train"]:
+        title = results["workloads"].get(t["workload"], {}).get("title", t["workload"])
+        r = t["files_over_memory"]
+        reading = "" if not r else (f"files at {r['median']:.2f} of memory, target {t['target']}: met" if
+                                    r["median"] >= t["target"] else f"files at {r['median']:.2f} of memory: "
+                                    f"below the {t['target']} target")
+        out.append(f"| {title} | {fmt(t['memory'])} | {fmt(t['files'])} | {fmt_ratio(r, t['target'])} | "
+                   f"{reading} |")
+    m = data["memory"]
+    shape = "x".join(str(d) for d in m["image_shape"])
+    out += ["", f"### Memory: peak RSS of a training process over big against small shards ({shape} float32 "
+            f"images, model {m['model']}, batch {m['global_batch_size']}, {m['steps']} steps: one pass over the big "
+            "set; one process each)", "",
+            "| shards | examples | on disk | shuffle_buffer | peak RSS | over the small shards |",
+            "|---|---|---|---|---|---|"]
+    for name, label in (("small", "small"), ("big", "big"), ("big_small_buffer", "big, small set's buffer")):
+        row = m.get(name)
+        if not row:
+            continue
+        diff = "" if name == "small" else _mib(m["difference_bytes"] if name == "big" else
+                                               m.get("difference_same_buffer_bytes"))
+        buffer = "10,000 (default)" if row["shuffle_buffer"] == "default" else f"{row['shuffle_buffer']:,}"
+        out.append(f"| {label} | {row['examples']:,} | {_mib(row['bytes'])} | {buffer} | "
+                   f"{_mib(row['peak_rss_bytes'] and row['peak_rss_bytes']['median'])} | {diff} |")
+    target = m["target_bytes"]
+    same = m.get("difference_same_buffer_bytes")
+    if m["difference_bytes"] is not None:
+        verdict = "under" if m["difference_bytes"] < target else "over"
+        out += ["", f"Reading: big - small = {_mib(m['difference_bytes'])}, {verdict} the {_mib(target)} target"
+                + (f"; with the same shuffle buffer, {_mib(same)}: memory follows the shuffle buffer (records it "
+                   f"holds x record size), not the data's size (streaming). The small set's row passes over its "
+                   f"files many times (a new pipeline each pass), which costs memory of its own"
+                   if same is not None else "")
+                + "."]
+    service = data.get("service") or {}
+    out += ["", "### tf.data service", "", f"{service.get('status', 'not measured')}: {service.get('why', '')}"]
+    return "\n".join(out)
+
+
+def _mib(n: float | None) -> str:
+    return "-" if n is None else f"{n / MIB:,.0f} MiB"
+
+
 def _reading(results: dict) -> str:
     if results["machine"]["device_type"] != "CPU":
         return ""
@@ -333,6 +408,18 @@ def console_table(results: dict) -> str:
         extra = f" ({q['of_ceiling'] * 100:.0f}% of the {q['ceiling']:.1f}x ceiling)" if q.get("of_ceiling") else ""
         lines.append(f"{q['section']:10} {q['workload']:10} {q['method']:18} {q['x']!s:>15} / {q['baseline']!s:<8} "
                      f"{_short(q['over_baseline'])}{extra}")
+    data = results.get("data")
+    for q in (data or {}).get("input", []):
+        if q["status"] == "ok":
+            lines.append(f"data input {q['workload']:6} memory {fmt(q['memory'], spread=False):>10} files "
+                         f"{fmt(q['files'], spread=False):>10} examples/s, files/memory {_short(q['files_over_memory'])}")
+    for t in (data or {}).get("train", []):
+        lines.append(f"data train {t['workload']:6} files/memory {_short(t['files_over_memory'])} "
+                     f"(target {t['target']})")
+    if data and data["memory"].get("difference_bytes") is not None:
+        m = data["memory"]
+        lines.append(f"data memory: peak RSS big - small shards {_mib(m['difference_bytes'])} (same buffer: "
+                     f"{_mib(m.get('difference_same_buffer_bytes'))}; target < {_mib(m['target_bytes'])})")
     peaks = results.get("peaks") or {"float32": results["peak"]}
     lines.append("matmul peak: " + ", ".join(f"{d} {fmt(p and p['flops_per_sec'], 1e-9, 1)}" for d, p in peaks.items())
                  + f" GFLOP/s; {results['repetitions']['note']}")

@@ -1,7 +1,7 @@
 """Benchmarks: every method measured side by side against one device and against hand-written tf.distribute.
 
-    paradl-tf bench --quick              # fewer repetitions and points: under 4 minutes on 2 cores
-    paradl-tf bench --out=bench          # the full run: under 30 minutes on 2 cores
+    paradl-tf bench --quick              # fewer repetitions and points: under 7 minutes on 2 cores
+    paradl-tf bench --out=bench          # the full run: under 41 minutes on 2 cores
     make bench
 
     from paradl_tf.benchmark.runner import run_bench
@@ -24,6 +24,8 @@ process). A method that cannot run here is reported "not available", with why.
 Beside the main table, sections vary one config key of the toolkit on a few workloads and methods
 (`Section`): precision (float32, mixed_bfloat16, mixed_float16 where native; each row against the matmul
 peak of the dtype it computes in) and threads (intra_op 1 against 2, against the physical cores' ceiling).
+The data section (`DataPlan`, measured last on its own budget) reads the same examples from TFRecord shards and
+from memory: the input pipeline alone, training files / memory, and peak RSS over ~1 GB against ~20 MB of shards.
 
 Adding a method is one entry in METHODS; a workload, one entry in WORKLOADS; a section, one in a Mode.
 """
@@ -225,6 +227,33 @@ def _threads(workloads: tuple[str, ...]) -> Section:
                    (1, 2), 1, workloads, (BASELINE,))
 
 
+# ================================================================ the data section: files against memory
+@dataclass(frozen=True)
+class DataPlan:
+    """The data section (issue 13): the same examples from TFRecord shards and from memory, on one device.
+
+    input: examples/s of the training pipeline alone (no model), both sources in one process, interleaved;
+    train: training examples/s from files against in memory (same model, batch, steps), processes interleaved;
+    memory: peak RSS of a training process over `rss_big` examples of `rss_shape` images against `rss_small`
+    (same model, `rss_steps` steps: one pass over the big set), each in its own process."""
+
+    workloads: tuple[str, ...]
+    shards: int
+    input_batches: int
+    """Batches per timed round of the input measurement (after as many for warm-up)."""
+    input_rounds: int
+    reps: int
+    """Training processes per source."""
+    rss_shape: tuple[int, ...]
+    rss_small: int
+    rss_big: int
+    rss_shards: int
+    rss_model: dict
+    rss_batch: int
+    budget_s: float
+    """The section's own wall-clock budget (it runs after the sweeps, whose budget it does not share)."""
+
+
 # ================================================================ modes
 @dataclass(frozen=True)
 class Mode:
@@ -252,9 +281,13 @@ class Mode:
     note: str = ""
     sections: tuple[Section, ...] = ()
     """Measured after the main table, `sweep_reps` processes per row."""
+    data: DataPlan | None = None
+    """The data section (files against memory), measured last."""
 
 
 _ALL = tuple(m.name for m in METHODS)
+# The memory rows' model: cheap per example, so one pass over ~1 GB of images takes seconds, not minutes.
+_RSS_MODEL = {"kind": "mlp", "hidden": [64]}
 MODES: dict[str, Mode] = {
     "full": Mode(
         "full", WORKLOADS, {w: _ALL for w in WORKLOADS}, reps=3, sweep_reps=2, epochs=4, steps_scale=1.0,
@@ -263,7 +296,11 @@ MODES: dict[str, Mode] = {
         note="3 processes per figure (2 per sweep point and section row), each 1 warm-up epoch + 3 timed epochs: "
              "a figure is the min/median/max of 9 timed epochs (6 per sweep point and section row)",
         sections=(_precision(("cnn", "mlp_wide"), (BASELINE, "mirrored_2", "model_parallel_2")),
-                  _threads(("mlp", "cnn")))),
+                  _threads(("mlp", "cnn"))),
+        # 32x32x3 float32 images are 12.3 KB a record: 87,000 are 1.07 GB of shards, 1,700 are 21 MB.
+        data=DataPlan(("mlp", "cnn"), shards=8, input_batches=200, input_rounds=5, reps=3, rss_shape=(32, 32, 3),
+                      rss_small=1_700, rss_big=87_000, rss_shards=16, rss_model=_RSS_MODEL, rss_batch=128,
+                      budget_s=12 * 60)),
     "quick": Mode(
         "quick", WORKLOADS, {"mlp": ("no_strategy", "mirrored_2", "multi_worker_mirrored_2", "model_parallel_2"),
                              "cnn": ("no_strategy", "mirrored_2", "pipeline_4")},
@@ -271,13 +308,19 @@ MODES: dict[str, Mode] = {
         sweep_workloads=("mlp",), matmul_sizes=(2048, 4096), budget_s=225, timeout_s=120,
         note="QUICK MODE: 1 process per figure, min/median/max over its 2 timed epochs; fewer methods, "
              "sweep points and section rows. Run without --quick for the real figures (3 processes per figure)",
-        sections=(_precision(("cnn", "mlp_wide"), (BASELINE,)), _threads(("mlp", "cnn")))),
+        sections=(_precision(("cnn", "mlp_wide"), (BASELINE,)), _threads(("mlp", "cnn"))),
+        data=DataPlan(("mlp", "cnn"), shards=8, input_batches=100, input_rounds=3, reps=1, rss_shape=(32, 32, 3),
+                      rss_small=1_700, rss_big=17_000, rss_shards=8, rss_model=_RSS_MODEL, rss_batch=128,
+                      budget_s=180)),
     "tiny": Mode(
         "tiny", TINY_WORKLOADS, {"mlp": ("no_strategy", "mirrored_2", "model_parallel_2")}, reps=1, sweep_reps=1,
         epochs=2, steps_scale=1.0, batches=(32, 64), width_factors=(0.5, 1), sweep_workloads=("mlp",),
         matmul_sizes=(256,), budget_s=180, timeout_s=150, jobs=2,
         note="TINY MODE (tests): tiny models, processes run 2 at a time; the speeds mean nothing",
-        sections=(_precision(("mlp",), (BASELINE,)), _threads(("mlp",)))),
+        sections=(_precision(("mlp",), (BASELINE,)), _threads(("mlp",))),
+        data=DataPlan(("mlp",), shards=4, input_batches=20, input_rounds=2, reps=1, rss_shape=(8, 8, 3),
+                      rss_small=256, rss_big=2_048, rss_shards=4, rss_model={"kind": "mlp", "hidden": [16]},
+                      rss_batch=64, budget_s=120)),
 }
 
 TARGETS = {
@@ -576,6 +619,158 @@ def matmul_spec(mode: Mode, reps: int, device_type: str = "auto", dtypes: Sequen
 PEAK_DTYPES = ("float32", "bfloat16", "float16")
 
 
+# ================================================================ the data section
+SERVICE_ROW = {"status": "not measured here",
+               "why": "tf.data service (data.service: local) against in-process input on an input-bound pipeline: "
+                      "its row is measured apart (issue 13, tf.data service)"}
+"""The place of the tf.data service row in results.json's `data` section, until its measurement lands."""
+RSS_TARGET_BYTES = 150 << 20
+TRAIN_TARGET = 0.95
+
+
+def files_data(root: str) -> dict:
+    """The data section of a config reading the shards under `root` (shape and classes from metadata.json)."""
+    return {"kind": "tfrecord", "train_files": f"{root}/train-*.tfrecord",
+            "validation_files": f"{root}/validation-*.tfrecord"}
+
+
+def data_specs(mode: Mode, machine: dict, root: str, virtual_gpus: bool = False,
+               gpu_memory_mb: int = 0) -> dict[str, Any]:
+    """Every process of the data section, with the shards under `root` that they read: `write` (the worker spec
+    that writes them all, one job per name), `input` (one worker spec per workload), `train` and `memory` (Specs)."""
+    plan, method = mode.data, METHOD_BY_NAME[BASELINE]
+    devices = devices_for(method, machine, virtual_gpus, gpu_memory_mb)
+    write, input_, train = {}, {}, []
+    for wname in plan.workloads:
+        w = mode.workloads[wname]
+        where = f"{root}/{wname}"
+        write[wname] = {"out": where, "data": w.data, "shards": plan.shards}
+        steps = steps_for(w, mode, w.batch, w.width, machine["device_type"])
+        configs = {}
+        for source, data in (("memory", w.data), ("files", files_data(where))):
+            cfg = build_config(w, method, copy.deepcopy(devices), w.batch, w.width, steps, mode.epochs, data)
+            configs[source] = cfg
+            train.append(_train_spec(("data", wname, method.name, "toolkit", source), cfg, method, plan.reps))
+        input_[wname] = {"kind": "input", "configs": configs, "warmup": plan.input_batches,
+                         "batches": plan.input_batches, "rounds": plan.input_rounds}
+    memory = []
+    rss = Workload("rss", "memory rows", plan.rss_model, _rss_images(plan), steps=1, width=0,
+                   widen=lambda m, _: m, batch=plan.rss_batch)
+    steps = plan.rss_big // plan.rss_batch  # one pass over the big set; the small one is passed over many times
+    for size, examples in (("small", plan.rss_small), ("big", plan.rss_big)):
+        write[f"rss_{size}"] = {"out": f"{root}/rss_{size}", "stream": {
+            "image_shape": list(plan.rss_shape), "num_classes": 10, "examples": examples,
+            "validation_examples": 64, "shards": plan.rss_shards if size == "big" else 4}}
+    # big_small_buffer: the big shards with the small set's example count as shuffle buffer, so that both hold
+    # the same buffer and only the data's size differs (the default buffer, 10,000 records, holds all of the small
+    # set's 1,700 and 10,000 of the big set's: that difference is the buffer's, whatever the data's size).
+    for row, where, buffer in (("small", "rss_small", None), ("big", "rss_big", None),
+                               ("big_small_buffer", "rss_big", plan.rss_small)):
+        data = {**files_data(f"{root}/{where}"), **({"shuffle_buffer": buffer} if buffer else {})}
+        cfg = build_config(rss, method, copy.deepcopy(devices), plan.rss_batch, 0, steps, 1, data)
+        memory.append(_train_spec(("data_memory", "images", method.name, "toolkit", row), cfg, method, 1))
+    return {"write": {"kind": "data_write", "jobs": write}, "input": input_, "train": train, "memory": memory}
+
+
+def _rss_images(plan: DataPlan) -> dict:
+    return {"kind": "synthetic_images", "image_shape": list(plan.rss_shape), "num_classes": 10}
+
+
+def run_data_section(mode: Mode, machine: dict, out: Path, peak_flops: float | None, virtual_gpus: bool,
+                     gpu_memory_mb: int, log: Callable[[str], None]) -> tuple[list[dict], dict]:
+    """Write the shards into a temporary folder (removed on every path), then measure input, training and memory
+    (see DataPlan). Returns the training and memory rows, and results.json's `data` section."""
+    plan, t0 = mode.data, time.perf_counter()
+    deadline = time.monotonic() + plan.budget_s
+    root = tempfile.mkdtemp(prefix="paradl_bench_data_")
+    log(f"data section (files against memory): shards written to {root} (removed at the end), "
+        f"budget {plan.budget_s:.0f} s")
+    try:
+        specs = data_specs(mode, machine, root, virtual_gpus, gpu_memory_mb)
+        t = time.perf_counter()
+        result = run_worker(specs["write"], out / "logs" / "data_write.log", mode.timeout_s)
+        shards = {name: {"ok": bool(result.get("ok")), **(result.get("written") or {}).get(name, {}),
+                         **({} if result.get("ok") else {"error": result.get("error")})}
+                  for name in specs["write"]["jobs"]}
+        log(f"  [{time.perf_counter() - t:5.1f} s] wrote " + (", ".join(
+            f"{name} ({s['train_examples']:,} examples, {s['bytes'] / 1e6:,.1f} MB, {s['write_seconds']:.0f} s)"
+            for name, s in shards.items()) if result.get("ok") else f"nothing: FAILED: {result.get('error')}"))
+        inputs = []
+        for wname, worker in specs["input"].items():
+            if not shards[wname]["ok"] or time.monotonic() > deadline:
+                inputs.append({"workload": wname, "status": "skipped" if shards[wname]["ok"] else "failed"})
+                continue
+            t = time.perf_counter()
+            result = run_worker(worker, out / "logs" / f"data_input_{wname}.log", mode.timeout_s)
+            inputs.append(summarize_input(wname, result))
+            log(f"  [{time.perf_counter() - t:5.1f} s] data input {wname}: " + (
+                f"memory {inputs[-1]['memory']['median']:,.0f}, files {inputs[-1]['files']['median']:,.0f} examples/s"
+                if result.get("ok") else f"FAILED: {result.get('error')}"))
+        train = [s for s in specs["train"] if shards[s.key[1]]["ok"]]
+        run_interleaved(train, out, mode, deadline, log)
+        memory = [s for s in specs["memory"] if shards[s.worker["config"]["data"]["train_files"].split("/")[-2]]["ok"]]
+        run_interleaved(memory, out, mode, deadline, log)
+    finally:
+        _remove(root)
+    rows = [summarize_train(s, peak_flops, _data_flops(mode, s)) for s in train + memory]
+    return rows, {**data_summary(mode, shards, inputs, rows, time.perf_counter() - t0), "folder": root}
+
+
+def _data_flops(mode: Mode, spec: Spec) -> int:
+    cfg = spec.worker["config"]
+    shape, classes = (list(mode.data.rss_shape), 10) if spec.key[0] == "data_memory" else \
+        input_shape(mode.workloads[spec.key[1]].data)
+    return model_cost(cfg["model"], shape, classes)["forward_flops"]
+
+
+def summarize_input(workload: str, result: dict) -> dict:
+    """One workload's input figures: examples/s per source over the rounds, and files / memory round by round."""
+    if not result.get("ok"):
+        return {"workload": workload, "status": "failed", "why": result.get("error")}
+    mem, files = result["examples_per_sec"]["memory"], result["examples_per_sec"]["files"]
+    return {"workload": workload, "status": "ok", "memory": stat(mem), "files": stat(files),
+            "files_over_memory": stat([f / m for f, m in zip(files, mem)]),
+            "global_batch_size": result["global_batch_size"], "batches_per_round": result["batches_per_round"],
+            "peak_rss_bytes": result.get("peak_rss_bytes")}
+
+
+def data_summary(mode: Mode, shards: dict, inputs: list[dict], rows: list[dict], wall: float) -> dict:
+    """results.json's `data` section: the shards, input alone, training ratios, memory, the service's place."""
+    plan = mode.data
+    index = {(r["section"], r["workload"], r["x"]): r for r in rows}
+    train = []
+    for wname in plan.workloads:
+        files, memory = index.get(("data", wname, "files")), index.get(("data", wname, "memory"))
+        train.append({"workload": wname, "memory": memory and memory.get("examples_per_sec"),
+                      "files": files and files.get("examples_per_sec"),
+                      "files_over_memory": paired_ratio(files, memory), "target": TRAIN_TARGET})
+    rss = {}
+    for name, size, n in (("small", "small", plan.rss_small), ("big", "big", plan.rss_big),
+                          ("big_small_buffer", "big", plan.rss_big)):
+        row = index.get(("data_memory", "images", name)) or {}
+        rss[name] = {"examples": n, "bytes": shards.get(f"rss_{size}", {}).get("bytes"),
+                     "shuffle_buffer": row.get("config", {}).get("data", {}).get("shuffle_buffer", "default"),
+                     "peak_rss_bytes": row.get("peak_rss_bytes"), "status": row.get("status")}
+
+    def over_small(name: str) -> float | None:
+        a, b = rss[name]["peak_rss_bytes"], rss["small"]["peak_rss_bytes"]
+        return a["median"] - b["median"] if a and b else None
+
+    return {
+        "shards": shards,
+        "input": inputs,
+        "train": train,
+        "memory": {**rss, "difference_bytes": over_small("big"),
+                   "difference_same_buffer_bytes": over_small("big_small_buffer"),
+                   "target_bytes": RSS_TARGET_BYTES, "model": plan.rss_model,
+                   "image_shape": list(plan.rss_shape), "global_batch_size": plan.rss_batch,
+                   "steps": plan.rss_big // plan.rss_batch},
+        "service": SERVICE_ROW,
+        "budget_s": plan.budget_s,
+        "wall_seconds": wall,
+    }
+
+
 # ================================================================ running processes
 def run_worker(worker: dict, log_path: Path, timeout_s: float) -> dict:
     """Run one bench_worker process; its result dict (ok False with the reason on any failure). Never leaves it running."""
@@ -814,7 +1009,7 @@ def run_bench(quick: bool = False, out_dir: str | Path = "bench", *, tiny: bool 
               virtual_gpus: bool = False, gpu_memory_mb: int = 2048, log: Callable[[str], None] = print) -> dict:
     """Measure every available method and write results.json, RESULTS.md and the plots to `out_dir`.
 
-    quick: fewer processes, methods and points (under 4 minutes on 2 cores); tiny: tiny models, for tests.
+    quick: fewer processes, methods and points (under 7 minutes on 2 cores); tiny: tiny models, for tests.
     reps: processes per figure (default: the mode's). virtual_gpus: on a GPU machine, split GPU 0 into
     logical GPUs of gpu_memory_mb each for the multi-device methods (default: the real GPUs only)."""
     mode = MODES["tiny" if tiny else "quick" if quick else "full"]
@@ -866,7 +1061,13 @@ def _run_bench(mode: Mode, out: Path, virtual_gpus: bool, gpu_memory_mb: int, lo
     run_interleaved(sweeps, out, mode, deadline, log)
     rows += [summarize_train(s, peak_flops, _flops(s)) for s in sweeps]
 
+    data = None
+    if mode.data:
+        data_rows, data = run_data_section(mode, machine, out, peak_flops, virtual_gpus, gpu_memory_mb, log)
+        rows += data_rows
+
     results = assemble(mode, started, machine, peaks, rows, missing, best, time.perf_counter() - t0)
+    results["data"] = data
     results["files"] = bench_report.write_all(results, out)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     log(bench_report.console_table(results))

@@ -6,7 +6,9 @@ Fresh, because logical devices must be configured before TensorFlow starts and a
 holds one device layout for its whole life. paradl_tf.benchmark.runner starts one of these per
 measurement and reads the line that starts with MARK; everything else goes to the log.
 Kinds: `train` (impl `toolkit`: paradl_tf.train on the config; impl `reference`: the
-hand-written script of paradl_tf.benchmark.reference) and `matmul` (the matmul peak of each dtype).
+hand-written script of paradl_tf.benchmark.reference), `matmul` (the matmul peak of each dtype), and for the
+data section `data_write` (shards of an in-memory source, or of synthetic images generated shard by shard) and
+`input` (examples/s of training pipelines alone, no model, interleaved in one process).
 """
 
 from __future__ import annotations
@@ -207,7 +209,102 @@ def _machine(tf) -> dict[str, Any]:
     return {"gpus": names, "physical_cpus_seen_by_tf": len(tf.config.list_physical_devices("CPU")), **versions}
 
 
-MEASURES = {"train": measure_train, "matmul": measure_matmul}
+# ================================================================ data: shards, and input pipelines alone
+def _load(spec: dict, name: str, config: dict):
+    """A config dict through the public path: a YAML file and load_config."""
+    import yaml
+
+    from paradl_tf.config import load_config
+
+    path = Path(spec["run_dir"]) / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({**config, "output_dir": str(Path(spec["run_dir"]) / name)}, sort_keys=False))
+    return load_config(path)
+
+
+def measure_data_write(spec: dict) -> dict[str, Any]:
+    """Write TFRecord shards for each of spec["jobs"] (name -> job) under job["out"], all in this one process.
+    A job with `stream`: synthetic images (class prototypes plus noise, as data.kind synthetic_images) generated
+    and written one shard at a time, so that the writer holds one shard whatever the total; else the job's
+    in-memory `data` source through `paradl-tf data write`'s write_shards (the very arrays training loads)."""
+    from paradl_tf.build.data import load_splits
+    from paradl_tf.files.write import write_shards
+
+    written = {}
+    for name, job in spec["jobs"].items():
+        t = time.perf_counter()
+        out = job["out"]
+        if job.get("stream"):
+            done = _write_stream(out, job["stream"])
+        else:
+            cfg = _load(spec, name, {"data": job["data"]})
+            meta = write_shards(load_splits(cfg.data, 0), out, job["shards"], "tfrecord", 1, source=cfg.data.kind)
+            done = {"train_examples": meta["train_examples"]}
+        done["files"] = len([f for f in os.listdir(out) if f.startswith("train-")])
+        done["bytes"] = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out))
+        written[name] = {**done, "write_seconds": time.perf_counter() - t}
+    return {"written": written}
+
+
+def _write_stream(out: str, s: dict) -> dict[str, Any]:
+    """Synthetic images shard by shard (ids restart in each shard: nothing here counts them)."""
+    import numpy as np
+
+    from paradl_tf.files.formats import METADATA
+    from paradl_tf.files.write import _tfrecord
+
+    os.makedirs(out, exist_ok=True)
+    shape, classes, rng = list(s["image_shape"]), s["num_classes"], np.random.default_rng(0)
+    prototypes = rng.normal(size=(classes, *shape)).astype("float32")
+    counts = {}
+    for split, total, shards in (("train", s["examples"], s["shards"]), ("validation", s["validation_examples"], 1)):
+        for i, n in enumerate(len(p) for p in np.array_split(np.arange(total), shards)):
+            y = rng.integers(0, classes, size=n).astype("int32")
+            x = prototypes[y] + rng.normal(scale=2.0, size=(n, *shape)).astype("float32")
+            name = f"{split}-{i:05d}-of-{shards:05d}.tfrecord"
+            _tfrecord(os.path.join(out, name), x, y, range(n))
+            counts[name] = n
+    meta = {"format": "tfrecord", "source": "synthetic_images (bench, written shard by shard)",
+            "feature_shape": shape, "num_classes": classes, "feature_key": "x", "label_key": "y", "examples": counts,
+            "train_examples": s["examples"], "validation_examples": s["validation_examples"]}
+    Path(out, METADATA).write_text(json.dumps(meta, indent=2) + "\n")
+    return {"train_examples": s["examples"]}
+
+
+def measure_input(spec: dict) -> dict[str, Any]:
+    """Examples/s of each config's training pipeline (`Datasets.train_stream`, as paradl_tf.train feeds fit) with
+    no model: after `warmup` batches, `rounds` rounds of `batches` batches from each pipeline in turn (the order
+    alternates between rounds), one iterator each for the whole process."""
+    t = time.perf_counter()
+    import tensorflow  # noqa: F401 - timed apart from the rest
+
+    from paradl_tf.build.data import build_dataset, load_source
+    from paradl_tf.build.devices import setup_devices
+
+    out: dict[str, Any] = {"import_seconds": time.perf_counter() - t}
+    cfgs = {name: _load(spec, name, c) for name, c in spec["configs"].items()}
+    setup_devices(next(iter(cfgs.values())).devices)
+    streams = {}
+    for name, cfg in cfgs.items():
+        it = iter(build_dataset(cfg, load_source(cfg.data, cfg.train.seed), None).train_stream)
+        for _ in range(spec["warmup"]):
+            next(it)
+        streams[name] = it
+    batch = next(iter(cfgs.values())).train.global_batch_size
+    samples: dict[str, list[float]] = {name: [] for name in cfgs}
+    for r in range(spec["rounds"]):
+        for name in (list(streams) if r % 2 == 0 else list(reversed(streams))):
+            it, n = streams[name], spec["batches"]
+            start = time.perf_counter()
+            for _ in range(n):
+                next(it)
+            samples[name].append(n * batch / (time.perf_counter() - start))
+    out.update(examples_per_sec=samples, global_batch_size=batch, batches_per_round=spec["batches"])
+    return out
+
+
+MEASURES = {"train": measure_train, "matmul": measure_matmul, "data_write": measure_data_write,
+            "input": measure_input}
 
 
 if __name__ == "__main__":

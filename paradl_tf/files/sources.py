@@ -162,6 +162,10 @@ class FileSource:
         return -(-self.validation.examples // pipelines)
 
 
+_GATHER = 256
+"""Records gathered at once from a shuffled block (see _block_shuffle)."""
+
+
 def _block_shuffle(records: tf.data.Dataset, buffer: int, key) -> tf.data.Dataset:
     """Shuffle within consecutive blocks of `buffer` records, each block's permutation drawn from (key, block).
     Dataset.shuffle cannot take a per-pass tensor seed once a global seed is set (Keras sets one), and its
@@ -171,7 +175,12 @@ def _block_shuffle(records: tf.data.Dataset, buffer: int, key) -> tf.data.Datase
         first = tf.nest.flatten(block)[0]
         order = tf.argsort(tf.random.stateless_uniform(tf.shape(first)[:1],
                                                        seed=tf.random.experimental.stateless_fold_in(key, j)))
-        return tf.data.Dataset.from_tensor_slices(tf.nest.map_structure(lambda t: tf.gather(t, order), block))
+        # The permuted block gathered _GATHER records at a time: a gather of the whole block would hold a second
+        # copy of it (10,000 records of 32x32x3 float32 images: 120 MB more), record by record costs a function
+        # call per record (half the input speed on small records).
+        chunks = tf.data.Dataset.range(0, tf.cast(tf.size(order), tf.int64), _GATHER)
+        return chunks.map(
+            lambda s: tf.nest.map_structure(lambda t: tf.gather(t, order[s:s + _GATHER]), block)).unbatch()
 
     return records.batch(buffer).enumerate().flat_map(permute)
 

