@@ -25,11 +25,11 @@ class Runner:
 
 
 RUNNERS: dict[str, Runner] = {
-    "default": Runner("paradl_tf.runs.local"),
-    "one_device": Runner("paradl_tf.runs.local"),
-    "mirrored": Runner("paradl_tf.runs.local"),
-    "model_parallel": Runner("paradl_tf.runs.local"),
-    "hybrid": Runner("paradl_tf.runs.local"),
+    "default": Runner("paradl_tf.runs.local", driver="paradl_tf.runs.local"),
+    "one_device": Runner("paradl_tf.runs.local", driver="paradl_tf.runs.local"),
+    "mirrored": Runner("paradl_tf.runs.local", driver="paradl_tf.runs.local"),
+    "model_parallel": Runner("paradl_tf.runs.local", driver="paradl_tf.runs.local"),
+    "hybrid": Runner("paradl_tf.runs.local", driver="paradl_tf.runs.local"),
     "parameter_server": Runner("paradl_tf.runs.parameter_server", driver="paradl_tf.runs.parameter_server"),
     "multi_worker_mirrored": Runner("paradl_tf.runs.multi_worker", driver="paradl_tf.runs.multi_worker_driver"),
 }

@@ -355,9 +355,27 @@ def _data_tables(results: dict) -> str:
                    f"files many times (a new pipeline each pass), which costs memory of its own"
                    if same is not None else "")
                 + "."]
-    service = data.get("service") or {}
-    out += ["", "### tf.data service", "", f"{service.get('status', 'not measured')}: {service.get('why', '')}"]
+    out += ["", "### tf.data service", "", *_service_lines(data.get("service") or {})]
     return "\n".join(out)
+
+
+def _service_lines(row: dict) -> list[str]:
+    """The service row: in-process input against a local service on an input-bound pipeline, and the estimate
+    for data workers on other hosts."""
+    if row.get("status") != "ok":
+        return [f"{row.get('status', 'not measured')}: {row.get('why', '')}"]
+    return [f"Pipeline: {row['pipeline']}.", "",
+            "| input | examples/s |", "|---|---|",
+            f"| in this process | {row['in_process_examples_per_sec']:,.0f} |",
+            f"| local tf.data service, {row['data_workers']} data workers | {row['service_examples_per_sec']:,.0f} |",
+            f"| through the service without the heavy map (what one consumer can receive) | "
+            f"{row['service_light_examples_per_sec']:,.0f} |",
+            f"| estimate: the data workers on other hosts | {row['remote_estimate_examples_per_sec']:,.0f} |", "",
+            f"Reading: the local service gives {row['service_over_in_process']:.2f} of in-process input (median of "
+            f"rounds; its data workers share this machine's cores with the consumer, so it cannot win here). "
+            f"On other hosts each data worker brings its own cores: about "
+            f"{row['remote_estimate_examples_per_sec'] / row['in_process_examples_per_sec']:.1f}x in-process "
+            f"(an estimate: min(data workers x in-process rate, the receive rate))."]
 
 
 def _mib(n: float | None) -> str:

@@ -57,6 +57,7 @@ from paradl_tf import cluster as cl
 from paradl_tf.benchmark import report as bench_report
 from paradl_tf.benchmark.worker import MARK
 from paradl_tf.config import Config
+from paradl_tf.errors import ParadlError
 
 # ================================================================ workloads
 Widen = Callable[[dict, int], dict]
@@ -620,10 +621,6 @@ PEAK_DTYPES = ("float32", "bfloat16", "float16")
 
 
 # ================================================================ the data section
-SERVICE_ROW = {"status": "not measured here",
-               "why": "tf.data service (data.service: local) against in-process input on an input-bound pipeline: "
-                      "its row is measured apart (issue 13, tf.data service)"}
-"""The place of the tf.data service row in results.json's `data` section, until its measurement lands."""
 RSS_TARGET_BYTES = 150 << 20
 TRAIN_TARGET = 0.95
 
@@ -710,10 +707,37 @@ def run_data_section(mode: Mode, machine: dict, out: Path, peak_flops: float | N
         run_interleaved(train, out, mode, deadline, log)
         memory = [s for s in specs["memory"] if shards[s.worker["config"]["data"]["train_files"].split("/")[-2]]["ok"]]
         run_interleaved(memory, out, mode, deadline, log)
+        service = run_service_row(plan, out, deadline, mode.timeout_s, log)
     finally:
         _remove(root)
     rows = [summarize_train(s, peak_flops, _data_flops(mode, s)) for s in train + memory]
-    return rows, {**data_summary(mode, shards, inputs, rows, time.perf_counter() - t0), "folder": root}
+    return rows, {**data_summary(mode, shards, inputs, rows, time.perf_counter() - t0), "service": service,
+                  "folder": root}
+
+
+def run_service_row(plan: DataPlan, out: Path, deadline: float, timeout_s: float,
+                    log: Callable[[str], None]) -> dict:
+    """The tf.data service row (paradl_tf.benchmark.service) in its own process, inside a private network
+    namespace where the kernel allows one: its dispatcher and data workers serve unauthenticated gRPC."""
+    if time.monotonic() > deadline:
+        return {"status": "skipped", "why": "the data section's budget was spent"}
+    t, result = time.perf_counter(), out / "logs" / "data_service.json"
+    result.unlink(missing_ok=True)
+    argv = [sys.executable, "-m", "paradl_tf.benchmark.service", f"--rounds={plan.input_rounds}",
+            f"--batches={plan.input_batches}", f"--out={result}"]
+    with open(out / "logs" / "data_service.log", "w") as stderr:
+        try:
+            code = cl.run_isolated(argv, timeout_s=timeout_s, stderr=stderr)
+        except ParadlError as exc:
+            code = str(exc)
+    if code != 0 or not result.exists():
+        log(f"  [{time.perf_counter() - t:5.1f} s] data service: FAILED ({code}); see logs/data_service.log")
+        return {"status": "failed", "why": f"exit {code}; see logs/data_service.log"}
+    row = {"status": "ok", **json.loads(result.read_text())}
+    log(f"  [{time.perf_counter() - t:5.1f} s] data service: {row['service_over_in_process']:.2f} of in-process "
+        f"input ({row['data_workers']} local data workers); estimate with remote data workers "
+        f"{row['remote_estimate_examples_per_sec']:,.0f} examples/s")
+    return row
 
 
 def _data_flops(mode: Mode, spec: Spec) -> int:
@@ -765,7 +789,6 @@ def data_summary(mode: Mode, shards: dict, inputs: list[dict], rows: list[dict],
                    "target_bytes": RSS_TARGET_BYTES, "model": plan.rss_model,
                    "image_shape": list(plan.rss_shape), "global_batch_size": plan.rss_batch,
                    "steps": plan.rss_big // plan.rss_batch},
-        "service": SERVICE_ROW,
         "budget_s": plan.budget_s,
         "wall_seconds": wall,
     }

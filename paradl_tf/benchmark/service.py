@@ -112,5 +112,16 @@ def service_input_row(data_workers: int = 2, batch: int = 64, batches: int = 60,
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--batches", type=int, default=60)
+    parser.add_argument("--out", default=None, help="write the row here as JSON (else print it)")
     args = parser.parse_args()
-    print(json.dumps(service_input_row(rounds=2 if args.quick else 5), indent=2))
+    from paradl_tf import cluster as cl
+
+    if cl.in_private_network():  # run by the bench inside a private network namespace: bring loopback up
+        cl.loopback_up()
+    row = service_input_row(rounds=args.rounds or (2 if args.quick else 5), batches=args.batches)
+    if args.out:
+        Path(args.out).write_text(json.dumps(row, indent=2) + "\n")
+    else:
+        print(json.dumps(row, indent=2))

@@ -581,7 +581,12 @@ class Config(Section):
         c = self.cluster
         if self.strategy.kind == "multi_worker_mirrored":
             return c.resolver == "local"
-        return self.strategy.kind == "parameter_server" and c.resolver == "local" and c.mode == "process"
+        if self.strategy.kind == "parameter_server":
+            return c.resolver == "local" and c.mode == "process"
+        # One process with its own tf.data service: the run and the service's servers go into the private
+        # network together, so the unauthenticated servers are out of reach of other machines.
+        service = getattr(self.data, "service", None)
+        return service is not None and service.kind == "local"
 
     @model_validator(mode="after")
     def _check_combinations(self) -> "Config":
