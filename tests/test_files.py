@@ -331,15 +331,18 @@ def test_a_truncated_shard_fails_training_with_one_line_naming_it(tmp_path, cli)
 
 
 def test_an_image_that_does_not_decode(tmp_path):
-    write_shards(load_splits(Config().data, 0), str(tmp_path / "s"), 1, "image_folder", 1, "digits")
+    rng = np.random.default_rng(0)
+    images = Splits(rng.random((64, 4, 4, 1), dtype=np.float32), np.arange(64, dtype=np.int32) % 4,
+                    rng.random((16, 4, 4, 1), dtype=np.float32), np.arange(16, dtype=np.int32) % 4, num_classes=4)
+    write_shards(images, str(tmp_path / "s"), 1, "image_folder", 1, "random")
     bad = sorted((tmp_path / "s" / "train" / "class_3").iterdir())[5]
     bad.write_bytes(b"not a png")
     data = {"kind": "image_folder", "train_dir": f"{tmp_path}/s/train", "validation_dir": f"{tmp_path}/s/validation",
-            "image_size": [8, 8], "channels": 1}
+            "image_size": [4, 4], "channels": 1}
     source = _source(data)  # the first image decodes: the bad one is met while training
     from paradl_tf.files.sources import explain
 
-    assert explain(source, RuntimeError()) .startswith(f"data.train_dir: {bad}: not an image that decodes")
+    assert explain(source, RuntimeError()).startswith(f"data.train_dir: {bad}: not an image that decodes")
 
 
 def test_a_csv_without_the_label_column(tmp_path):
