@@ -126,8 +126,12 @@ def _toolkit_prepare(cfg) -> dict[str, Any]:
     if job.placement and "groups" in job.placement:
         out["all_reduce_bytes_per_device"] = max(s["all_reduce_bytes_per_step"] for s in job.placement["stages"])
     elif job.replicas > 1:
-        out["all_reduce_bytes_per_device"] = sum(v.shape.num_elements() * v.dtype.size for v in
-                                                 (getattr(w, "value", w) for w in job.model.trainable_weights))
+        import numpy as np
+        import tensorflow as tf
+
+        # Keras 3 and tf_keras weights both have a shape and a dtype (a name in Keras 3, a DType in tf_keras).
+        out["all_reduce_bytes_per_device"] = sum(int(np.prod(w.shape)) * tf.as_dtype(w.dtype).size
+                                                 for w in job.model.trainable_weights)
     return out
 
 
