@@ -29,8 +29,8 @@ from paradl_tf.build.models import compile_model
 from paradl_tf.build.strategies import hybrid_cross_device_ops
 from paradl_tf.errors import ConfigError
 from paradl_tf.model_parallel.placed import (
-    add_gradients, build_optimizer_on_stage_devices, describe_layers, microbatch, place_model, plan_stages, scaled_loss,
-    tf_variable, variable_bytes_by_device,
+    add_gradients, build_optimizer_on_stage_devices, describe_layers, microbatch, model_class_for, place_model,
+    plan_stages, scaled_loss, tf_variable, variable_bytes_by_device,
 )
 from paradl_tf.model_parallel.placement import LayerInfo, Stage, balance_ratio, stage_table
 
@@ -101,13 +101,8 @@ def plan_groups(strategy_cfg, devices_cfg, layers: Sequence[LayerInfo]) -> list[
 
 
 # ================================================================ the Keras model
-_CLASSES: dict[str, type] = {}
-
-
 def _hybrid_model_class(keras: ModuleType) -> type:
-    if keras.__name__ not in _CLASSES:
-        _CLASSES[keras.__name__] = _define_hybrid_model(keras, keras3=keras.__name__ == "keras")
-    return _CLASSES[keras.__name__]
+    return model_class_for(keras, _define_hybrid_model)
 
 
 def _define_hybrid_model(keras: ModuleType, keras3: bool) -> type:

@@ -242,14 +242,21 @@ def tf_variable(variable) -> tf.Variable:
     return variable if callable(value) else value
 
 
-_CLASSES: dict[str, type] = {}
+_CLASSES: dict[tuple, type] = {}
+
+
+def model_class_for(keras: ModuleType, define) -> type:
+    """The model class `define(keras, keras3)` makes for this Keras, defined once per Keras (Keras 3 and tf_keras
+    differ in compute_loss and the loss metric, so each gets its own subclass of its own keras.Model)."""
+    key = (define, keras.__name__)
+    if key not in _CLASSES:
+        _CLASSES[key] = define(keras, keras3=keras.__name__ == "keras")
+    return _CLASSES[key]
 
 
 def _placed_model_class(keras: ModuleType) -> type:
-    """PlacedModel for this Keras (Keras 3 and tf_keras differ in compute_loss and the loss metric)."""
-    if keras.__name__ not in _CLASSES:
-        _CLASSES[keras.__name__] = _define_placed_model(keras, keras3=keras.__name__ == "keras")
-    return _CLASSES[keras.__name__]
+    """PlacedModel for this Keras."""
+    return model_class_for(keras, _define_placed_model)
 
 
 def _define_placed_model(keras: ModuleType, keras3: bool) -> type:
