@@ -62,17 +62,19 @@ class Format:
         ids = np.array([self.options["ids"][f] for f in split.files], dtype=np.int64)
         return paths, np.array(split.labels, dtype=np.int32), ids
 
-    def records(self, table: tf.data.Dataset, cycle_length: int, parallel: int) -> tf.data.Dataset:
-        """Files (a dataset of file_table rows) to records, reading `cycle_length` files at once, interleaved."""
+    def records(self, table: tuple, cycle_length: int, parallel: int) -> tf.data.Dataset:
+        """Files (file_table's columns, in the order to read them) to records, reading `cycle_length` files at
+        once, interleaved. An image folder's record is its file's row: (path, label, id)."""
         if self.one_example_per_file:
-            return table
+            return tf.data.Dataset.from_tensor_slices(tuple(tf.convert_to_tensor(column) for column in table))
+        paths = tf.data.Dataset.from_tensor_slices(tf.convert_to_tensor(table[0]))
         if self.kind == "tfrecord":
             read = lambda path: tf.data.TFRecordDataset(path)  # noqa: E731
         else:
             columns, defaults = self.options["select"], self.options["defaults"]
             read = lambda path: tf.data.experimental.CsvDataset(  # noqa: E731
                 path, defaults, header=True, select_cols=columns)
-        return table.interleave(lambda path: read(path), cycle_length=cycle_length, block_length=1,
+        return paths.interleave(lambda path: read(path), cycle_length=cycle_length, block_length=1,
                                 num_parallel_calls=min(parallel, cycle_length), deterministic=True)
 
     def batches(self, records: tf.data.Dataset, batch: int, parallel: int, drop_remainder: bool) -> tf.data.Dataset:

@@ -126,8 +126,7 @@ class FileSource:
         def one_pass(k):
             key = tf.random.experimental.stateless_fold_in(tf.constant([seed, 0], tf.int64), k)
             order = tf.argsort(tf.random.stateless_uniform(tf.shape(table[0])[:1], seed=key))
-            files = tf.data.Dataset.from_tensor_slices(tuple(tf.gather(c, order) for c in table))
-            records = fmt.records(files if len(table) > 1 else files.map(lambda *c: c[0]),
+            records = fmt.records(tuple(tf.gather(c, order) for c in table),
                                   min(cfg.cycle_length, len(self.train.files)), PARALLEL)
             if plan.policy == "data" and plan.pipelines > 1:
                 records = records.shard(plan.pipelines, tf.cast(index, tf.int64))
@@ -148,8 +147,7 @@ class FileSource:
         """Every validation example once, in file order: pipeline `index` keeps every N-th example (each pipeline
         reads every validation file, so the shares differ by at most one example and no worker waits on another)."""
         fmt = self.format
-        files = tf.data.Dataset.from_tensor_slices(tuple(tf.constant(c) for c in fmt.file_table(self.validation)))
-        records = fmt.records(files if fmt.one_example_per_file else files.map(lambda p: p), 1, PARALLEL)
+        records = fmt.records(fmt.file_table(self.validation), 1, PARALLEL)
         if pipelines > 1:
             records = records.shard(pipelines, index)
         batches = fmt.batches(records, batch, PARALLEL, drop_remainder=False).map(lambda x, y, ids: (x, y))
@@ -292,11 +290,8 @@ def _hold_out(split: FileSplit, fraction: float, key: str) -> tuple[FileSplit, F
 
 def check_first_batch(source: FileSource) -> None:
     """Parse the first few records of the first training file: a spec that does not fit the files fails here."""
-    one = FileSplit(source.train.files[:1], source.train.counts[:1], source.train.labels[:1]
-                    if source.train.labels else None)
     fmt = source.format
-    files = tf.data.Dataset.from_tensor_slices(tuple(tf.constant(c) for c in fmt.file_table(one)))
-    records = fmt.records(files if fmt.one_example_per_file else files.map(lambda p: p), 1, 1)
+    records = fmt.records(fmt.file_table(source.train.subset([0])), 1, 1)
     try:
         next(iter(fmt.batches(records.take(2), 2, 1, drop_remainder=False)))
     except (tf.errors.OpError, StopIteration) as exc:
@@ -324,8 +319,7 @@ def explain(source: FileSource, exc: BaseException, files: tuple[str, ...] | Non
             if files is not None and path not in files:
                 continue
             one = split.subset([i])
-            table = tf.data.Dataset.from_tensor_slices(tuple(tf.constant(c) for c in fmt.file_table(one)))
-            records = fmt.records(table if fmt.one_example_per_file else table.map(lambda p: p), 1, 1)
+            records = fmt.records(fmt.file_table(one), 1, 1)
             try:
                 for _ in fmt.batches(records, 1, 1, drop_remainder=False):
                     pass
