@@ -7,6 +7,7 @@ batched pipelines model.fit takes, split between the strategy's input pipelines 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Callable
@@ -223,6 +224,20 @@ def _file_datasets(cfg: Config, source: FileSource, strategy, skip_steps: int) -
         make_train=make_train,
         input=file_input(cfg, source, plan, epoch_steps),
     )
+
+
+def for_pipelines(cfg: Config, datasets: Datasets, source: Source, pipelines: int, batch: int, fed: int = 1,
+                  warn_now: bool = False) -> Datasets:
+    """`datasets` with an `input` that describes `pipelines` input pipelines, each giving `fed` batches of `batch`
+    per step: for cluster runs whose pipelines are built elsewhere (each MultiWorkerMirrored worker; each
+    parameter-server worker). In-memory sources are returned as they are."""
+    if not isinstance(source, FileSource):
+        return datasets
+    plan = source.plan(pipelines, batch, fed)
+    if warn_now:
+        warn(plan)
+    steps = cfg.train.steps_per_epoch or plan.batches_per_pass // fed
+    return dataclasses.replace(datasets, input=file_input(cfg, source, plan, steps))
 
 
 def file_input(cfg: Config, source: FileSource, plan, epoch_steps: int) -> dict:

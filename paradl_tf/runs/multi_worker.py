@@ -24,7 +24,6 @@ Keras 3's fit fails under this strategy (keras-team/keras#20585), so this path r
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 import re
@@ -38,7 +37,7 @@ import tensorflow as tf
 
 from paradl_tf import cluster as cl
 from paradl_tf.build.checkpoints import checkpoint_keeper
-from paradl_tf.build.data import build_dataset, file_input, load_source
+from paradl_tf.build.data import build_dataset, for_pipelines, load_source
 from paradl_tf.build.devices import setup_devices, setup_threads
 from paradl_tf.build.keras_version import import_keras, resolve_keras
 from paradl_tf.build.models import build_model
@@ -46,7 +45,6 @@ from paradl_tf.build.precision import check_model_precision, precision_policy, r
 from paradl_tf.build.strategies import check_global_batch
 from paradl_tf.config import Config, dump_config, load_config
 from paradl_tf.errors import ConfigError, ParadlError
-from paradl_tf.files.sources import FileSource
 from paradl_tf.runs.fit import Job, Run, fit_run
 from paradl_tf.runs.plan import describe_variable, plan_header
 
@@ -163,11 +161,8 @@ def plan(cfg: Config) -> dict[str, Any]:
     per_replica = check_global_batch(cfg.train.global_batch_size, len(replica_devices))
     source = load_source(cfg.data, cfg.train.seed)
     datasets = build_dataset(cfg, source)
-    if isinstance(source, FileSource):  # what each worker will read: one input pipeline per worker
-        workers = len(tasks["worker"])
-        shards = source.plan(workers, per_replica, len(local))
-        datasets = dataclasses.replace(datasets, input=file_input(
-            cfg, source, shards, cfg.train.steps_per_epoch or shards.batches_per_pass // len(local)))
+    # What each worker will read: one input pipeline per worker, feeding its local replicas.
+    datasets = for_pipelines(cfg, datasets, source, len(tasks["worker"]), per_replica, len(local))
     precision = resolve_precision(cfg.train.precision, cfg.devices.type)
     with precision_policy(keras, precision):
         model = build_model(cfg.model, datasets.input_shape, datasets.num_classes, keras)

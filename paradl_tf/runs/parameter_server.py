@@ -18,7 +18,6 @@ Keras 3 has no parameter-server support (keras-team/keras#18624), so this path r
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import threading
@@ -30,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from paradl_tf import cluster as cl
-from paradl_tf.build.data import build_dataset, file_input, load_source, shuffled_batches
+from paradl_tf.build.data import build_dataset, for_pipelines, load_source, shuffled_batches
 from paradl_tf.build.devices import setup_devices, setup_threads
 from paradl_tf.build.keras_version import import_keras, resolve_keras
 from paradl_tf.build.models import build_model, build_optimizer, compile_model
@@ -39,7 +38,7 @@ from paradl_tf.build.strategies import variable_partitioner
 from paradl_tf.config import Config
 from paradl_tf.errors import ConfigError
 from paradl_tf.files.service import service_address, shared_train_pipeline
-from paradl_tf.files.sources import FileSource, warn
+from paradl_tf.files.sources import FileSource
 from paradl_tf.runs.fit import Job, Run, fit_run
 from paradl_tf.runs.plan import plan_header
 
@@ -138,12 +137,7 @@ class ParameterServerRun(Run):
 
     def datasets(self, strategy, splits, done_steps: int):
         datasets = build_dataset(self.cfg, splits)  # shapes and steps for the results; the workers build their own
-        if isinstance(splits, FileSource):
-            plan = splits.plan(self.workers, self.cfg.train.global_batch_size, 1)
-            warn(plan)
-            datasets = dataclasses.replace(datasets, input=file_input(self.cfg, splits, plan,
-                                                                      self.cfg.train.steps_per_epoch))
-        return datasets
+        return for_pipelines(self.cfg, datasets, splits, self.workers, self.cfg.train.global_batch_size, warn_now=True)
 
     @property
     def workers(self) -> int:
@@ -415,10 +409,8 @@ def plan(cfg: Config) -> dict[str, Any]:
     setup_devices(cfg.devices)
     spec = planned_spec(cfg)
     source = load_source(cfg.data, cfg.train.seed)
-    datasets = build_dataset(cfg, source)
-    if isinstance(source, FileSource):  # what each worker will read
-        shards = source.plan(len(spec["worker"]), cfg.train.global_batch_size, 1)
-        datasets = dataclasses.replace(datasets, input=file_input(cfg, source, shards, cfg.train.steps_per_epoch))
+    datasets = for_pipelines(cfg, build_dataset(cfg, source), source, len(spec["worker"]),  # what each worker reads
+                             cfg.train.global_batch_size)
     created: list = []  # every variable in creation order, as the strategy would see them (Keras's own too)
 
     def record(next_creator, **kwargs):
