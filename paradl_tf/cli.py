@@ -35,8 +35,12 @@ flags.DEFINE_bool("json", False, "plan: print JSON instead of text.")
 flags.DEFINE_string("job", None, "serve: the job of the task to run (worker, ps, or a tf.data service's dispatcher "
                     "or data_worker); default: TF_CONFIG's task.")
 flags.DEFINE_integer("task", None, "serve: the index of the task to run; default: TF_CONFIG's task.")
-flags.DEFINE_bool("quick", False, "bench: fewer repetitions, methods and points (under 7 minutes on 2 cores, the data section included).")
+flags.DEFINE_bool("quick", False, "bench: fewer repetitions, methods and points (under 9 minutes on 2 cores, the data section included).")
 flags.DEFINE_string("out", "bench", "bench: directory for results.json, RESULTS.md and the plots.")
+flags.DEFINE_list("parts", ["main", "sections", "sweeps", "data"],
+                  "bench: which parts to measure, each on its own time budget: main (every method against its "
+                  "hand-written and tutorial-style code), sections (precision, threads), sweeps (batch, width), data "
+                  "(files against memory).")
 flags.DEFINE_bool("virtual_gpus", False, "bench: on a GPU machine, split GPU 0 into logical GPUs for multi-device methods.")
 flags.DEFINE_list("hosts", [], "tf-config: the hosts of the cluster, one task each ('host' or 'host:port'), "
                   "in order chief, workers, ps.")
@@ -109,8 +113,9 @@ COMMANDS = {
     ),
     "bench": Command(
         "Measure every method against one device and hand-written tf.distribute; writes results.json, RESULTS.md, plots.",
-        ("quick", "out", "virtual_gpus", "tiny", "tf_logs"),
-        ("paradl-tf bench --quick --out=/tmp/bench", "paradl-tf bench   # the full run, about 30 minutes on 2 cores"),
+        ("quick", "out", "parts", "virtual_gpus", "tiny", "tf_logs"),
+        ("paradl-tf bench --quick --out=/tmp/bench", "paradl-tf bench   # the full run, about an hour on 2 cores",
+         "paradl-tf bench --parts=sections --out=/tmp/bench   # precision and threads only"),
     ),
 }
 HELP_FLAGS = ("--help", "-h", "-help", "--helpshort", "-?")
@@ -151,10 +156,14 @@ def _run(command: str) -> None:
     if command == "bench":  # no run config: the benchmark builds one per measurement
         if importlib.util.find_spec("matplotlib") is None:
             raise ParadlError("paradl-tf bench needs its extra for the plots: pip install 'paradl_tf[bench]'")
-        _start_tensorflow()
-        from paradl_tf.benchmark.runner import run_bench
+        from paradl_tf.benchmark.runner import PARTS, run_bench
 
-        run_bench(quick=FLAGS.quick, out_dir=FLAGS.out, tiny=FLAGS.tiny, virtual_gpus=FLAGS.virtual_gpus)
+        unknown = [p for p in FLAGS.parts if p not in PARTS]
+        if unknown or not FLAGS.parts:
+            raise ParadlError(f"--parts={','.join(FLAGS.parts)}: each part must be one of {', '.join(PARTS)}")
+        _start_tensorflow()
+        run_bench(quick=FLAGS.quick, out_dir=FLAGS.out, tiny=FLAGS.tiny, virtual_gpus=FLAGS.virtual_gpus,
+                  parts=FLAGS.parts)
         return
     from paradl_tf.config import load_config
 

@@ -149,6 +149,13 @@ def test_hand_written_multi_worker_reference_stops_its_workers_when_one_fails():
 
 # ---------------------------------------------------------------- the whole command, tiny
 @pytest.mark.timeout(240)
+def test_bench_parts_must_be_known_parts(cli, tmp_path):
+    proc = cli("bench", "--tiny", "--parts=main,warp", f"--out={tmp_path}", timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == "error: --parts=main,warp: each part must be one of main, sections, sweeps, data"
+    assert not any(tmp_path.iterdir())  # refused before anything ran
+
+
 def test_bench_tiny_writes_results_tables_and_plots(cli, tmp_path):
     out = tmp_path / "bench"
     proc = cli("bench", "--quick", "--tiny", f"--out={out}", timeout=220)
@@ -156,6 +163,7 @@ def test_bench_tiny_writes_results_tables_and_plots(cli, tmp_path):
     assert "wrote" in proc.stdout and "TINY MODE" in proc.stdout
     results = json.loads((out / "results.json").read_text())
 
+    assert results["parts"] == ["main", "sections", "sweeps", "data"]
     assert {"schema", "created", "mode", "repetitions", "machine", "peak", "workloads", "methods", "rows", "ratios",
             "best_strategy", "sweeps", "pipeline", "targets", "files", "wall_seconds"} <= results.keys()
     machine = results["machine"]

@@ -76,6 +76,8 @@ def _header(results: dict) -> str:
         "# paradl_tf benchmark results",
         "",
         f"Mode: **{results['mode']}**, {results['created']}, {results['wall_seconds']:.0f} s. {reps['note']}.",
+        *(["", f"Parts measured in this run: {', '.join(results['parts'])} (`paradl-tf bench --parts`); the others "
+                "were not run."] if results.get("parts") and len(results["parts"]) < 4 else []),
         "",
         "| machine | |",
         "|---|---|",
@@ -96,6 +98,8 @@ def _header(results: dict) -> str:
 
 
 def _throughput_tables(results: dict) -> str:
+    if "main" not in results.get("parts", ["main"]):
+        return ""
     index, ratio = _index(results), {(r["workload"], r["method"]): r for r in results["ratios"]}
     out = ["## Throughput, steady state (examples/s: median (min-max))",
            "",
@@ -221,6 +225,8 @@ def _threads_table(results: dict) -> str:
 
 
 def _startup_table(results: dict) -> str:
+    if not any(r.get("startup") for r in _rows(results)):
+        return ""
     out = ["## Start-up cost and memory (seconds, median over processes)", "",
            "process = interpreter start; import = TensorFlow + Keras; build = strategy, data, model, compile "
            "(toolkit: `wall_seconds - fit_seconds` of its results); first epoch = tracing + one epoch; cluster = "

@@ -1,7 +1,8 @@
 """Benchmarks: every method measured side by side against one device and against hand-written tf.distribute.
 
-    paradl-tf bench --quick              # fewer repetitions and points: under 7 minutes on 2 cores
-    paradl-tf bench --out=bench          # the full run: under 41 minutes on 2 cores
+    paradl-tf bench --quick              # fewer repetitions and points: under 9 minutes on 2 cores
+    paradl-tf bench --out=bench          # the full run: under 66 minutes on 2 cores
+    paradl-tf bench --parts=sections     # some parts only (PARTS: main, sections, sweeps, data)
     make bench
 
     from paradl_tf.benchmark.runner import run_bench
@@ -275,13 +276,16 @@ class Mode:
     sweep_workloads: tuple[str, ...]
     matmul_sizes: tuple[int, ...]
     budget_s: float
-    """Wall-clock budget: past it, the specs not yet run are reported as skipped."""
+    """The main table's wall-clock budget: past it, the specs not yet run are reported as skipped."""
     timeout_s: float
     jobs: int = 1
     """Processes at a time. More than 1 only for tests: concurrent processes make the timings meaningless."""
     note: str = ""
     sections: tuple[Section, ...] = ()
     """Measured after the main table, `sweep_reps` processes per row."""
+    sections_budget_s: float = 0.0
+    sweeps_budget_s: float = 0.0
+    """Each part after the main table has its own budget, so a slow main table cannot starve the sections."""
     data: DataPlan | None = None
     """The data section (files against memory), measured last."""
 
@@ -293,11 +297,11 @@ MODES: dict[str, Mode] = {
     "full": Mode(
         "full", WORKLOADS, {w: _ALL for w in WORKLOADS}, reps=3, sweep_reps=2, epochs=4, steps_scale=1.0,
         batches=(64, 256, 1024, 2048), width_factors=(1, 2, 4), sweep_workloads=("mlp", "cnn"),
-        matmul_sizes=(1024, 2048, 4096), budget_s=28.5 * 60, timeout_s=300,
+        matmul_sizes=(1024, 2048, 4096), budget_s=38 * 60, timeout_s=300,
         note="3 processes per figure (2 per sweep point and section row), each 1 warm-up epoch + 3 timed epochs: "
              "a figure is the min/median/max of 9 timed epochs (6 per sweep point and section row)",
         sections=(_precision(("cnn", "mlp_wide"), (BASELINE, "mirrored_2", "model_parallel_2")),
-                  _threads(("mlp", "cnn"))),
+                  _threads(("mlp", "cnn"))), sections_budget_s=8 * 60, sweeps_budget_s=8 * 60,
         # 32x32x3 float32 images are 12.3 KB a record: 87,000 are 1.07 GB of shards, 1,700 are 21 MB.
         data=DataPlan(("mlp", "cnn"), shards=8, input_batches=200, input_rounds=5, reps=3, rss_shape=(32, 32, 3),
                       rss_small=1_700, rss_big=87_000, rss_shards=16, rss_model=_RSS_MODEL, rss_batch=128,
@@ -306,10 +310,11 @@ MODES: dict[str, Mode] = {
         "quick", WORKLOADS, {"mlp": ("no_strategy", "mirrored_2", "multi_worker_mirrored_2", "model_parallel_2"),
                              "cnn": ("no_strategy", "mirrored_2", "pipeline_4")},
         reps=1, sweep_reps=1, epochs=3, steps_scale=0.5, batches=(64, 512), width_factors=(1, 4),
-        sweep_workloads=("mlp",), matmul_sizes=(2048, 4096), budget_s=225, timeout_s=120,
+        sweep_workloads=("mlp",), matmul_sizes=(2048, 4096), budget_s=200, timeout_s=120,
         note="QUICK MODE: 1 process per figure, min/median/max over its 2 timed epochs; fewer methods, "
              "sweep points and section rows. Run without --quick for the real figures (3 processes per figure)",
-        sections=(_precision(("cnn", "mlp_wide"), (BASELINE,)), _threads(("mlp", "cnn"))),
+        sections=(_precision(("cnn", "mlp_wide"), (BASELINE,)), _threads(("mlp", "cnn"))), sections_budget_s=90,
+        sweeps_budget_s=45,
         data=DataPlan(("mlp", "cnn"), shards=8, input_batches=100, input_rounds=3, reps=1, rss_shape=(32, 32, 3),
                       rss_small=1_700, rss_big=17_000, rss_shards=8, rss_model=_RSS_MODEL, rss_batch=128,
                       budget_s=180)),
@@ -318,7 +323,7 @@ MODES: dict[str, Mode] = {
         epochs=2, steps_scale=1.0, batches=(32, 64), width_factors=(0.5, 1), sweep_workloads=("mlp",),
         matmul_sizes=(256,), budget_s=180, timeout_s=150, jobs=2,
         note="TINY MODE (tests): tiny models, processes run 2 at a time; the speeds mean nothing",
-        sections=(_precision(("mlp",), (BASELINE,)), _threads(("mlp",))),
+        sections=(_precision(("mlp",), (BASELINE,)), _threads(("mlp",))), sections_budget_s=60, sweeps_budget_s=60,
         data=DataPlan(("mlp",), shards=4, input_batches=20, input_rounds=2, reps=1, rss_shape=(8, 8, 3),
                       rss_small=256, rss_big=2_048, rss_shards=4, rss_model={"kind": "mlp", "hidden": [16]},
                       rss_batch=64, budget_s=120)),
@@ -854,15 +859,28 @@ def _package_root() -> str:
     return os.pathsep.join([root, os.environ["PYTHONPATH"]]) if os.environ.get("PYTHONPATH") else root
 
 
-def run_interleaved(specs: list[Spec], out: Path, mode: Mode, deadline: float, log: Callable[[str], None]) -> None:
-    """Round r runs repetition r of every spec, in order (A B C A B C ...); past `deadline` the rest are skipped."""
+@dataclass(frozen=True)
+class Budget:
+    """A part's wall-clock budget: a process that would end past `deadline` is reported as skipped."""
+
+    part: str
+    seconds: float
+    deadline: float
+
+    @classmethod
+    def start(cls, part: str, seconds: float) -> Budget:
+        return cls(part, seconds, time.monotonic() + seconds)
+
+
+def run_interleaved(specs: list[Spec], out: Path, mode: Mode, budget: Budget, log: Callable[[str], None]) -> None:
+    """Round r runs repetition r of every spec, in order (A B C A B C ...); past the budget the rest are skipped."""
     rounds = max((s.reps for s in specs), default=0)
     for r in range(rounds):
         batch = [s for s in specs if s.reps > r]
         if mode.jobs > 1:
             with ThreadPoolExecutor(mode.jobs) as pool:
                 try:
-                    list(pool.map(lambda s: _run_one(s, r, out, mode, deadline, log), batch))
+                    list(pool.map(lambda s: _run_one(s, r, out, mode, budget, log), batch))
                 except BaseException:  # Ctrl-C or SIGTERM in this thread: stop the workers the others wait for
                     for proc in list(_RUNNING):
                         _kill(proc)
@@ -870,7 +888,7 @@ def run_interleaved(specs: list[Spec], out: Path, mode: Mode, deadline: float, l
                     raise
         else:
             for spec in batch:
-                _run_one(spec, r, out, mode, deadline, log)
+                _run_one(spec, r, out, mode, budget, log)
 
 
 _WALLS: list[float] = []  # wall seconds of the processes run so far: what the next one will likely take
@@ -878,12 +896,12 @@ _WALLS: list[float] = []  # wall seconds of the processes run so far: what the n
 _METHOD_WALLS: dict[str, float] = {}
 
 
-def _run_one(spec: Spec, r: int, out: Path, mode: Mode, deadline: float, log: Callable[[str], None]) -> None:
+def _run_one(spec: Spec, r: int, out: Path, mode: Mode, budget: Budget, log: Callable[[str], None]) -> None:
     name = "_".join(str(k) for k in spec.key if k is not None)
     expected = _METHOD_WALLS.get(spec.key[2]) or (statistics.median(_WALLS) if _WALLS else 0.0)
-    if time.monotonic() + expected > deadline:
-        spec.results.append({"ok": False, "skipped": True,
-                             "error": f"skipped: it would end past the {mode.name} mode's budget of {mode.budget_s:.0f} s"})
+    if time.monotonic() + expected > budget.deadline:
+        spec.results.append({"ok": False, "skipped": True, "error": f"it would end past the {mode.name} mode's "
+                             f"{budget.part} budget of {budget.seconds:.0f} s"})
         log(f"  skipped {name} #{r + 1}: time budget")
         return
     t = time.perf_counter()
@@ -1028,68 +1046,84 @@ def best_strategy(rows: list[dict], workload: str) -> str | None:
 
 
 # ================================================================ the run
+PARTS = ("main", "sections", "sweeps", "data")
+"""What `paradl-tf bench --parts` can select, in the order they run; each has its own time budget."""
+
+
 def run_bench(quick: bool = False, out_dir: str | Path = "bench", *, tiny: bool = False, reps: int | None = None,
-              virtual_gpus: bool = False, gpu_memory_mb: int = 2048, log: Callable[[str], None] = print) -> dict:
+              virtual_gpus: bool = False, gpu_memory_mb: int = 2048, parts: Sequence[str] = PARTS,
+              log: Callable[[str], None] = print) -> dict:
     """Measure every available method and write results.json, RESULTS.md and the plots to `out_dir`.
 
-    quick: fewer processes, methods and points (under 7 minutes on 2 cores); tiny: tiny models, for tests.
+    quick: fewer processes, methods and points (under 9 minutes on 2 cores); tiny: tiny models, for tests.
     reps: processes per figure (default: the mode's). virtual_gpus: on a GPU machine, split GPU 0 into
-    logical GPUs of gpu_memory_mb each for the multi-device methods (default: the real GPUs only)."""
+    logical GPUs of gpu_memory_mb each for the multi-device methods (default: the real GPUs only).
+    parts: which of PARTS to measure (the matmul peaks always are); the others are left out of the results."""
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown or not parts:
+        raise ValueError(f"bench parts must be some of {', '.join(PARTS)}; got {', '.join(unknown) or 'none'}")
     mode = MODES["tiny" if tiny else "quick" if quick else "full"]
     if reps:
         mode = _with_reps(mode, reps)
     with _sigterm_interrupts():
-        return _run_bench(mode, Path(out_dir), virtual_gpus, gpu_memory_mb, log)
+        return _run_bench(mode, Path(out_dir), virtual_gpus, gpu_memory_mb, frozenset(parts), log)
 
 
-def _run_bench(mode: Mode, out: Path, virtual_gpus: bool, gpu_memory_mb: int, log: Callable[[str], None]) -> dict:
+def _run_bench(mode: Mode, out: Path, virtual_gpus: bool, gpu_memory_mb: int, parts: frozenset[str],
+               log: Callable[[str], None]) -> dict:
 
     out.mkdir(parents=True, exist_ok=True)
     started, t0 = datetime.datetime.now(datetime.timezone.utc), time.perf_counter()
-    deadline = time.monotonic() + mode.budget_s
+    budget = Budget.start("main table", mode.budget_s)
     _WALLS.clear()
     _METHOD_WALLS.clear()
     log(f"paradl-tf bench ({mode.name}): {mode.note}")
+    log(f"parts: {', '.join(p for p in PARTS if p in parts)} (budgets: main table {mode.budget_s:.0f} s, sections "
+        f"{mode.sections_budget_s:.0f} s, sweeps {mode.sweeps_budget_s:.0f} s, data "
+        f"{mode.data.budget_s if mode.data else 0:.0f} s)")
     log("machine: the matmul peaks (float32, bfloat16, float16 where native; this process also finds the devices)")
     probe = matmul_spec(mode, 1, dtypes=PEAK_DTYPES)
-    _run_one(probe, 0, out, mode, deadline, log)
+    _run_one(probe, 0, out, mode, budget, log)
     machine = describe_machine(probe.results[0], virtual_gpus)
     dtypes = [d for d in PEAK_DTYPES if d != "float16" or machine["native_float16"]]
 
-    specs, missing = main_specs(mode, machine, virtual_gpus, gpu_memory_mb)
+    specs, missing = main_specs(mode, machine, virtual_gpus, gpu_memory_mb) if "main" in parts else ([], [])
     peak_spec = matmul_spec(mode, mode.reps - 1, machine["device_type"], dtypes)
-    log(f"main table: {len(specs)} measurements x {mode.reps} process(es), interleaved")
+    if "main" in parts:
+        log(f"main table: {len(specs)} measurements x {mode.reps} process(es), interleaved")
     # Local clusters last in each round: they take several times longer, so a tight time budget skips them first.
     in_order = sorted(specs, key=lambda s: METHOD_BY_NAME[s.key[2]].cluster is not None)
-    run_interleaved(in_order + ([peak_spec] if peak_spec.reps else []), out, mode, deadline, log)
+    run_interleaved(in_order + ([peak_spec] if peak_spec.reps else []), out, mode, budget, log)
     all_peaks = Spec(peak_spec.key, peak_spec.worker, mode.reps, probe.results + peak_spec.results)
     peaks = {d: summarize_peak(all_peaks, d) for d in dtypes}
     peak = peaks["float32"]
     peak_flops = _median_flops(peak)
     rows = [summarize_train(s, peak_flops, _flops(s)) for s in specs]
 
-    extra, not_here = section_specs(mode, machine, virtual_gpus, gpu_memory_mb)
+    extra, not_here = section_specs(mode, machine, virtual_gpus, gpu_memory_mb) if "sections" in parts else ([], [])
     if extra:
         log(f"sections ({', '.join(s.name for s in mode.sections)}): {len(extra)} measurements x "
             f"{mode.sweep_reps} process(es), interleaved")
-        run_interleaved(extra, out, mode, deadline, log)
+        run_interleaved(extra, out, mode, Budget.start("sections", mode.sections_budget_s), log)
     # A precision row against the peak of the dtype it computes in, a threads row against the float32 peak.
     rows += [summarize_train(s, _median_flops(peaks.get(compute_dtype(s.key[4]) if s.key[0] == "precision"
                                                         else "float32")), _flops(s)) for s in extra]
     missing += not_here
 
     best = {w: best_strategy(rows, w) for w in mode.sweep_workloads}
-    sweeps = sweep_specs(mode, machine, best, virtual_gpus, gpu_memory_mb)
-    log(f"sweeps (batch, width) for one device and the best strategy {best}: {len(sweeps)} measurements")
-    run_interleaved(sweeps, out, mode, deadline, log)
-    rows += [summarize_train(s, peak_flops, _flops(s)) for s in sweeps]
+    if "sweeps" in parts:
+        sweeps = sweep_specs(mode, machine, best, virtual_gpus, gpu_memory_mb)
+        log(f"sweeps (batch, width) for one device and the best strategy {best}: {len(sweeps)} measurements")
+        run_interleaved(sweeps, out, mode, Budget.start("sweeps", mode.sweeps_budget_s), log)
+        rows += [summarize_train(s, peak_flops, _flops(s)) for s in sweeps]
 
     data = None
-    if mode.data:
+    if mode.data and "data" in parts:
         data_rows, data = run_data_section(mode, machine, out, peak_flops, virtual_gpus, gpu_memory_mb, log)
         rows += data_rows
 
     results = assemble(mode, started, machine, peaks, rows, missing, best, time.perf_counter() - t0)
+    results["parts"] = [p for p in PARTS if p in parts]
     results["data"] = data
     results["files"] = bench_report.write_all(results, out)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
