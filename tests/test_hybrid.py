@@ -117,6 +117,21 @@ def test_copies_are_bitwise_identical_after_training_with_adam():
     assert max_abs_diff(first, [w.numpy() for w in j.model.copies[0].weights]) == 0.0
 
 
+def test_bfloat16_groups_send_bfloat16_keep_float32_variables_and_logits_and_train():
+    j = job("model.hidden=[32, 16]", "strategy.placement.devices=2", "train.precision=mixed_bfloat16",
+            "data.kind=digits")
+    shown = j.precision
+    assert shown["activation_dtype"] == "bfloat16" and shown["variable_dtypes"] == ["float32"]
+    assert shown["output_dtype"] == "float32" and shown["float32_layers"] == ["logits"]
+    assert j.placement["activation_dtypes"] == ["bfloat16"]
+    assert [s["sends_bytes_per_example"] for s in j.placement["stages"]] == [32 * 2, 0] * 2  # hidden_0, 2 bytes
+    assert "activations sent between stages as: bfloat16" in format_plan(plan(j.cfg))
+    loss = fit(j, 30)["loss"]
+    assert j.model(np.zeros((4, 8, 8, 1), "float32")).dtype == tf.float32
+    first, second = ([w.numpy() for w in c.weights] for c in j.model.copies)
+    assert max_abs_diff(first, second) == 0.0 and np.isfinite(loss[-1])
+
+
 # ---------------------------------------------------------------- branches in two groups
 def test_inception_branches_in_two_groups():
     j = job("model.kind=inception", "model.stem_filters=8", "model.branch_filters=8", "model.blocks=1",

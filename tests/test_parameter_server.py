@@ -66,6 +66,10 @@ def test_legacy_optimizers_the_chief_uses_compute_the_same_update(name):
     (["strategy.variable_partitioner={kind: even}"],
      r"strategy\.variable_partitioner\.kind: unknown .* kind 'even'; choose one of: none, min_size, max_size, fixed"),
     (["cluster.mode=threads"], r"cluster\.mode: input should be 'process' or 'in_process'"),
+    (["train.precision=mixed_bfloat16", "strategy.variable_partitioner={kind: fixed, shards: 2}"],
+     r"train\.precision: mixed_bfloat16 cannot be combined with strategy\.variable_partitioner \(fixed\): Keras's "
+     r"mixed precision cannot wrap sharded variables; use float32 or no partitioner\. "
+     r"Received: train\.precision='mixed_bfloat16'$"),
     (["cluster.resolver=mpi"], r"cluster\.resolver: input should be 'local', 'tf_config', 'slurm', 'kubernetes', "
                                r"'jobset' or 'indexed_job'"),
 ])
@@ -73,6 +77,18 @@ def test_parameter_server_config_errors(overrides, message):
     with pytest.raises(ConfigError, match=message) as info:
         load_config(ROOT / CONFIG, overrides)
     assert "\n" not in str(info.value)
+
+
+def test_auto_precision_stays_float32_with_sharded_variables_and_says_why(monkeypatch):
+    from paradl_tf.build import precision as pr
+    from paradl_tf.runs.parameter_server import _precision
+
+    monkeypatch.setattr(pr, "_cpu_flags", lambda: {"avx512_bf16"})
+    cfg = load_config(ROOT / CONFIG, ["train.precision=auto"])
+    assert _precision(cfg).policy == "mixed_bfloat16"
+    sharded = _precision(load_config(ROOT / CONFIG, ["train.precision=auto",
+                                                     "strategy.variable_partitioner={kind: fixed, shards: 2}"]))
+    assert sharded.policy == "float32" and "strategy.variable_partitioner shards the variables" in sharded.why
 
 
 def test_keras_auto_resolves_tf_keras_and_keras3_exits_2(cli):
@@ -206,9 +222,10 @@ def _host_addresses() -> list[str]:
 # ---------------------------------------------------------------- end to end
 @pytest.mark.timeout(300)
 def test_cli_trains_digits_on_an_isolated_local_cluster(tmp_path):
-    """The acceptance run: configs/async_ps.yaml as it is (2 workers, 1 ps, 127.0.0.1). While it runs, none
-    of its task ports can be reached from outside its namespace; when it ends, none of its processes is left."""
-    run = ClusterRun(output_dir=tmp_path)
+    """The acceptance run: configs/async_ps.yaml as it is (2 workers, 1 ps, 127.0.0.1), in mixed_bfloat16. While it
+    runs, none of its task ports can be reached from outside its namespace; when it ends, none of its processes is
+    left."""
+    run = ClusterRun("train.precision=mixed_bfloat16", output_dir=tmp_path)
     try:
         cluster = _wait_for_file(tmp_path / "cluster" / "cluster.json", run)
         ports = [cl.task_port(a) for addrs in cluster["tasks"].values() for a in addrs]
@@ -233,6 +250,9 @@ def test_cli_trains_digits_on_an_isolated_local_cluster(tmp_path):
     assert sum(executed) == r["optimizer_iterations"] and all(n > 0 for n in executed), r["worker_steps"]
     assert "progress" in r and "chief" in r["evaluation"]
     assert r["optimizer_class"] == "tf_keras.src.optimizers.legacy.adam.Adam"  # LEGACY_SAME_UPDATE
+    # The workers compute in bfloat16; the variables on the ps and the logits stay float32.
+    assert r["precision"]["activation_dtype"] == "bfloat16" and r["precision"]["output_dtype"] == "float32"
+    assert {v["dtype"] for v in r["variable_placement"]} == {"float32"}
 
 
 @pytest.mark.timeout(360)
@@ -366,3 +386,4 @@ def test_in_process_cluster_places_variables_as_planned(tmp_path):
     r = out["results"]
     assert r["cluster"]["mode"] == "in_process" and r["cluster"]["private_network"] is True
     assert r["val_accuracy"] >= 0.85 and r["optimizer_iterations"] >= 6 * 20
+    assert {v["dtype"] for v in out["actual"]} == {"float32"}, out["actual"]

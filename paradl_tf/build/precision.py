@@ -145,7 +145,7 @@ def check_model_precision(model, precision: Precision) -> dict:
             f"train.precision: {precision.policy} has no effect on this model: every layer with weights pins "
             f"dtype float32 ({names}); build its layers without dtype='float32' or use train.precision: float32. "
             f"Received: train.precision={precision.policy!r}")
-    outputs = getattr(model, "outputs", None)  # None for the placed model: its last layer makes the logits
+    outputs = getattr(model, "outputs", None)  # None for placed and hybrid models: their last layer makes the logits
     output_dtype = dtype_name(outputs[0].dtype) if outputs else _compute_dtype(weighted[-1]) if weighted else "float32"
     return {
         **precision.describe(),
@@ -157,6 +157,9 @@ def check_model_precision(model, precision: Precision) -> dict:
 
 
 def _layers(model) -> list:
+    copies = getattr(model, "copies", None)  # hybrid: R placed copies of one model; its layers are the copies
+    if copies:
+        model = copies[0]
     return list(getattr(model, "placed_layers", None) or model.layers)
 
 

@@ -787,6 +787,13 @@ def _check_loss_scaling(cfg: Config) -> None:
         raise ValueError("train.precision: mixed_float16 needs loss scaling, which Keras does not support under "
                          "ParameterServerStrategy; use mixed_bfloat16 (no loss scaling) or float32. "
                          "Received: train.precision='mixed_float16'")
+    # tf_keras wraps a mixed-precision layer's variables in AutoCastVariables, which take a tf.Variable only: the
+    # ShardedVariable a partitioner makes fails there (tf_keras/src/mixed_precision/autocast_variable.py).
+    if (cfg.train.precision.startswith("mixed_") and cfg.strategy.kind == "parameter_server"
+            and cfg.strategy.variable_partitioner.kind != "none"):
+        raise ValueError(f"train.precision: {cfg.train.precision} cannot be combined with strategy.variable_partitioner "
+                         f"({cfg.strategy.variable_partitioner.kind}): Keras's mixed precision cannot wrap sharded "
+                         f"variables; use float32 or no partitioner. Received: train.precision='{cfg.train.precision}'")
 
 
 def _check_file_data(cfg: Config) -> None:

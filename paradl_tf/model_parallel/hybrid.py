@@ -30,7 +30,7 @@ from paradl_tf.build.strategies import hybrid_cross_device_ops
 from paradl_tf.errors import ConfigError
 from paradl_tf.model_parallel.placed import (
     add_gradients, build_optimizer_on_stage_devices, describe_layers, microbatch, model_class_for, place_model,
-    plan_stages, scaled_loss, tf_variable, variable_bytes_by_device,
+    plan_stages, scaled_loss, sent_dtypes, tf_variable, variable_bytes_by_device,
 )
 from paradl_tf.model_parallel.placement import LayerInfo, Stage, balance_ratio, stage_table
 
@@ -51,7 +51,9 @@ def compile_hybrid_model(model, cfg, keras: ModuleType):
     # XLA ignores tf.device (tensorflow/tensorflow#124880), as for model_parallel.
     compile_model(hybrid, cfg.train, keras, jit_compile=False)
     build_optimizer_on_stage_devices(hybrid)
-    return hybrid, mesh_summary(hybrid, layers, groups, s, type(reduction).__name__)
+    mesh = mesh_summary(hybrid, layers, groups, s, type(reduction).__name__)
+    mesh["activation_dtypes"] = sent_dtypes(model, layers, groups[0])  # as model_parallel's: bfloat16 halves them
+    return hybrid, mesh
 
 
 def group_devices(strategy_cfg, devices_cfg) -> list[list[str]]:

@@ -53,11 +53,11 @@ def compile_placed_model(model, cfg, keras: ModuleType):
     summary = placement_summary(placed, layers, stages, cfg.strategy)
     # Activations cross devices in the dtype the layers compute in (sends_bytes_per_example counts them so):
     # bfloat16 and float16 halve the bytes sent.
-    summary["activation_dtypes"] = _sent_dtypes(model, layers, stages)
+    summary["activation_dtypes"] = sent_dtypes(model, layers, stages)
     return placed, summary
 
 
-def _sent_dtypes(model, layers: Sequence[LayerInfo], stages: Sequence[Stage]) -> list[str]:
+def sent_dtypes(model, layers: Sequence[LayerInfo], stages: Sequence[Stage]) -> list[str]:
     """The dtypes of the layer outputs that another stage reads."""
     stage_of = {name: i for i, stage in enumerate(stages) for name in stage.layers}
     sent = {src for layer in layers for src in layer.inputs

@@ -33,7 +33,9 @@ from paradl_tf.build.data import build_dataset, for_pipelines, load_source, shuf
 from paradl_tf.build.devices import setup_devices, setup_threads
 from paradl_tf.build.keras_version import import_keras, resolve_keras
 from paradl_tf.build.models import build_model, build_optimizer, compile_model
-from paradl_tf.build.precision import check_model_precision, precision_policy, resolve_precision
+from paradl_tf.build.precision import (
+    Precision, check_model_precision, dtype_name, precision_policy, resolve_precision,
+)
 from paradl_tf.build.strategies import variable_partitioner
 from paradl_tf.config import Config
 from paradl_tf.errors import ConfigError
@@ -154,8 +156,8 @@ class ParameterServerRun(Run):
 
     def timer(self, job: Job):
         """Batch-level callbacks are refused here: the chief's evaluation times each epoch."""
-        precision = resolve_precision(self.cfg.train.precision, self.cfg.devices.type)
-        with precision_policy(job.keras, precision):  # the chief evaluates in the precision the workers train in
+        # The chief evaluates in the precision the workers train in.
+        with precision_policy(job.keras, _precision(self.cfg)):
             return _chief_evaluation(job.keras, self.cfg, job.splits, job.model, build_model)
 
     def fit_data(self, job: Job) -> dict[str, Any]:
@@ -357,8 +359,19 @@ def _ps_results(cfg: Config, model, history: dict, counter, cluster_info: dict, 
             for i, address in enumerate(workers)
         },
         "worker_steps_note": WORKER_STEPS_NOTE,
-        "variable_placement": [{"name": v.name, "devices": variable_devices(v)} for v in model.variables],
+        "variable_placement": [{"name": v.name, "devices": variable_devices(v), "dtype": dtype_name(v.dtype)}
+                               for v in model.variables],
     }
+
+
+def _precision(cfg: Config) -> Precision:
+    """The run's policy. A partitioner's sharded variables cannot be mixed precision (the config check refuses an
+    explicit mixed policy with one), so `auto` falls back to float32 there and says why."""
+    precision = resolve_precision(cfg.train.precision, cfg.devices.type)
+    if precision.policy != "float32" and cfg.strategy.variable_partitioner.kind != "none":
+        return Precision("float32", f"{precision.why}; float32 instead: strategy.variable_partitioner shards the "
+                                    "variables, which Keras's mixed precision cannot wrap")
+    return precision
 
 
 def variable_devices(variable) -> list[str]:
@@ -417,7 +430,7 @@ def plan(cfg: Config) -> dict[str, Any]:
         created.append(next_creator(**kwargs))
         return created[-1]
 
-    precision = resolve_precision(cfg.train.precision, cfg.devices.type)
+    precision = _precision(cfg)
     with tf.variable_creator_scope(record), precision_policy(keras, precision):
         model = build_model(cfg.model, datasets.input_shape, datasets.num_classes, keras)
     partitioner = variable_partitioner(cfg.strategy.variable_partitioner, len(spec["ps"]))

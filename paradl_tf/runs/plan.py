@@ -181,6 +181,8 @@ def format_mesh(mesh: dict[str, Any]) -> list[str]:
     m, idle = mesh["microbatches"], mesh["idle_fraction"]
     idle_text = "branches side by side" if idle is None else f"idle fraction (S-1)/(M+S-1) = {idle:.3f}"
     lines.append(f"pipeline: {m} micro-batch(es) per group; {idle_text}")
+    if mesh.get("activation_dtypes"):
+        lines.append(f"activations sent between stages as: {', '.join(mesh['activation_dtypes'])}")
     return lines
 
 
