@@ -1,5 +1,6 @@
-"""The benchmark: its registry and arithmetic without TensorFlow, a worker killed on timeout, and the whole
-`paradl-tf bench` on tiny workloads: the output files and their keys, never the speeds."""
+"""The benchmark: its registry and arithmetic without TensorFlow, a worker killed on timeout, one run of each
+tutorial-style reference, and the whole `paradl-tf bench` on tiny workloads: the output files and their keys,
+never the speeds."""
 
 import json
 import time
@@ -9,7 +10,8 @@ import psutil
 import pytest
 
 from paradl_tf.benchmark import runner as bench
-from paradl_tf.benchmark.reference import REFERENCES
+from paradl_tf.benchmark import report as bench_report
+from paradl_tf.benchmark.reference import REFERENCES, TUTORIALS
 
 CPU_MACHINE = {"device_type": "CPU", "gpus": []}
 FIGURE = {"min", "median", "max", "n", "samples"}
@@ -34,7 +36,11 @@ def test_every_method_is_registered_once_with_an_existing_reference():
     assert len(names) == len(set(names))
     for m in bench.METHODS:
         assert m.reference is None or m.reference in REFERENCES, m.name
+        assert m.tutorial is None or m.tutorial in TUTORIALS, m.name
         assert set(m.workloads) <= set(bench.WORKLOADS), m.name
+    # Issue 14: the two cluster strategies also run TensorFlow's tutorial-style code.
+    assert {m.name: m.tutorial for m in bench.METHODS if m.tutorial} == {
+        "multi_worker_mirrored_2": "multi_worker_mirrored", "parameter_server": "parameter_server"}
 
 
 def test_available_methods_validate_and_todo_methods_say_why():
@@ -72,9 +78,55 @@ def test_stat_and_paired_ratio():
     assert bench.paired_ratio(a, {"status": "failed"}) is None
 
 
+def test_full_mode_runs_the_tutorial_style_code_beside_toolkit_and_reference_for_the_cluster_methods():
+    mode = bench.MODES["full"]
+    specs, _ = bench.main_specs(mode, CPU_MACHINE, False, 0)
+    impls: dict[tuple, dict] = {}
+    for spec in specs:
+        impls.setdefault(spec.key[1:3], {})[spec.key[3]] = spec
+    for (wname, method), by_impl in impls.items():
+        if method in ("multi_worker_mirrored_2", "parameter_server"):
+            assert set(by_impl) == {"toolkit", "reference", "tutorial"}, (wname, method)
+            tut = by_impl["tutorial"]
+            assert tut.worker["tutorial"] == bench.METHOD_BY_NAME[method].tutorial and tut.reps == mode.reps
+            assert tut.worker["config"] == by_impl["toolkit"].worker["config"]  # the same workload and cluster
+            assert tut.worker["keras"] == by_impl["toolkit"].worker["keras"] == "tf_keras"
+        else:
+            assert "tutorial" not in by_impl, (wname, method)
+    assert {w for w, m in impls if m == "parameter_server"} == {"mlp", "cnn"}
+
+
+def test_ratios_pair_toolkit_with_the_tutorial_style_rows_and_the_report_shows_them():
+    def row(method, impl, samples):
+        return {"section": "main", "workload": "mlp", "method": method, "impl": impl, "status": "ok",
+                "keras": "tf_keras", "examples_per_sec": bench.stat(samples), "sample_keys": ["0.1", "1.1"],
+                "samples_over": "timed epochs of 2 processes"}
+
+    rows = [row("no_strategy", "reference", [1000, 1000]), row("parameter_server", "toolkit", [300, 360]),
+            row("parameter_server", "reference", [300, 300]), row("parameter_server", "tutorial", [200, 400]),
+            row("mirrored_2", "toolkit", [500, 500]), row("mirrored_2", "reference", [500, 500])]
+    found = {q["method"]: q for q in bench.ratios(rows)}
+    assert found["parameter_server"]["toolkit_over_tutorial"] == bench.stat([1.5, 0.9])  # round by round
+    assert found["parameter_server"]["toolkit_over_tutorial_target"] == bench.TARGETS["toolkit_over_tutorial"] == 1.0
+    assert found["mirrored_2"]["toolkit_over_tutorial"] is None  # no tutorial-style code for this method
+
+    results = {"workloads": {"mlp": {}}, "rows": rows, "ratios": list(found.values()),
+               "methods": {m.name: {"title": m.title} for m in bench.METHODS},
+               "targets": {"toolkit_over_tutorial": 1.0}}
+    table = bench_report._tutorial_table(results)
+    assert table.startswith("## Against TensorFlow's tutorials") and "legacy" in table and "prefetch(2)" in table
+    (line,) = [x for x in table.splitlines() if x.startswith("| mlp |")]
+    assert "parameter servers" in line and "330 (300-360)" in line and "300 (200-400)" in line
+    assert line.endswith("| 1.20x (0.90-1.50) ok |")
+    assert "  vs tutorial-style" in bench_report.console_table({**results, "peak": None, "mode": "full",
+                                                                "repetitions": {"note": ""}})
+    no_tutorial = [r for r in rows if r["impl"] != "tutorial"]
+    assert bench_report._tutorial_table({**results, "rows": no_tutorial, "ratios": bench.ratios(no_tutorial)}) == ""
+
+
 def test_quick_mode_plans_few_processes():
     specs, missing = bench.main_specs(bench.MODES["quick"], CPU_MACHINE, False, 0)
-    assert 8 <= len(specs) <= 14
+    assert 8 <= len(specs) <= 15  # 15: MultiWorkerMirrored's toolkit, hand-written and tutorial-style sides
     assert {r["status"] for r in missing} == {"skipped"}
     for spec in specs:  # the hand-written side runs the Keras the toolkit picks
         assert spec.worker["keras"] in ("keras3", "tf_keras")
@@ -144,6 +196,25 @@ def test_hand_written_multi_worker_reference_stops_its_workers_when_one_fails():
     cfg = bench.build_config(w, m, {"type": "CPU", "count": 1}, 32, 16, 3, 2, data={"kind": "no_such_data"})
     with pytest.raises(RuntimeError, match=r"worker \d exited with status 1"):
         REFERENCES["multi_worker_mirrored"](cfg, tf_keras)
+    assert not psutil.Process().children(recursive=True)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("method", ["parameter_server", "multi_worker_mirrored_2"])
+def test_tutorial_style_reference_trains_on_its_local_cluster(method, tmp_path):
+    """One real run of TensorFlow's tutorial-style code, through the worker as the bench starts it (a fresh process:
+    the parameter-server chief connects its process to the cluster)."""
+    w, m = bench.TINY_WORKLOADS["mlp"], bench.METHOD_BY_NAME[method]
+    cfg = bench.build_config(w, m, {"type": "CPU", "count": 1}, 32, 16, 3, 2)
+    spec = bench._train_spec(("main", "mlp", method, "tutorial", None), cfg, m, 1)
+    result = bench.run_worker(spec.worker, tmp_path / "tutorial.log", timeout_s=100)
+    assert result["ok"], (result.get("error"), (tmp_path / "tutorial.log").read_text()[-3000:])
+    assert len(result["epoch_seconds"]) == 2 and result["steps_per_epoch"] == 3 and result["global_batch_size"] == 32
+    assert result["keras"] == "tf_keras" and result["cluster_start_seconds"] > 0
+    assert result["input_pipeline"] == ("_ps_tutorial_input" if method == "parameter_server" else "_mwm_tutorial_input")
+    # The parameter-server tutorial compiles with a legacy optimizer; the multi-worker one with the new ones.
+    assert (".legacy." in result["optimizer"]) == (method == "parameter_server"), result["optimizer"]
+    assert result["optimizer"].endswith(".Adam")
     assert not psutil.Process().children(recursive=True)
 
 
@@ -248,10 +319,9 @@ def test_bench_tiny_writes_results_tables_and_plots(cli, tmp_path):
                     "### Training from files against in memory", "### Memory: peak RSS", "### tf.data service",
                     "| local tf.data service, 2 data workers |"):
         assert heading in md
+    assert "Against TensorFlow's tutorials" not in md  # tiny mode runs no local cluster, so no tutorial-style row
 
     # The hand-kept before/after record in the output folder closes RESULTS.md, rerun after rerun.
-    from paradl_tf.benchmark import report as bench_report
-
     (out / bench_report.BEFORE_AFTER).write_text("## Before and after\n\n### 1. A fix\n")
     bench_report.write_all(results, out)
     assert (out / "RESULTS.md").read_text().endswith("## Before and after\n\n### 1. A fix\n")

@@ -9,6 +9,22 @@ devices, strategy); nothing here imports paradl_tf.
 
     REFERENCES["mirrored"](config_dict, keras)   # -> {"epoch_seconds": [...], "steps_per_epoch": ..., ...}
 
+TUTORIALS holds, for the two cluster strategies, the same training written the way TensorFlow's own tutorials
+write it, so that the bench can also report toolkit / tutorial-style code (issue 14: at least 1.0). The workload
+comes from the config as for the references (data, model, loss and accuracy metric, global batch, steps per epoch,
+epochs, steps_per_execution, optimizer kind and learning rate, Keras); the rest is as the tutorial has it.
+What each differs in from the hand-written reference:
+
+- `parameter_server_tutorial` (tensorflow.org/tutorials/distribute/parameter_server_training, "Training with
+  Model.fit"): its `dataset_fn` shuffles (no seed), repeats, shards by input pipeline, batches without
+  drop_remainder and prefetches 2 batches (hand-written: shuffle, batch with drop_remainder, repeat, prefetch
+  AUTOTUNE), and it compiles with the legacy tf_keras optimizer of the same name, as the tutorial advises
+  (hand-written: the new one). The same local cluster of server processes.
+- `multi_worker_mirrored_tutorial` (tensorflow.org/tutorials/distribute/multi_worker_with_keras):
+  `from_tensor_slices(...).shuffle(len).repeat().batch(global batch)`: no shuffle seed, no drop_remainder, no
+  prefetch and the AUTO auto-shard policy (hand-written: prefetch AUTOTUNE and the DATA policy set explicitly, as
+  in-memory arrays have no files to shard). The same worker processes.
+
 Adding a strategy: write `def my_strategy(cfg, keras) -> dict` below and add it to REFERENCES.
 """
 
@@ -50,6 +66,12 @@ def mirrored(cfg: dict, keras: ModuleType) -> dict[str, Any]:
 def parameter_server(cfg: dict, keras: ModuleType) -> dict[str, Any]:
     """ParameterServerStrategy: worker and ps servers as local processes, this process the chief (tf_keras fit
     with a DatasetCreator, as TensorFlow's parameter-server tutorial does)."""
+    return _on_parameter_servers(cfg, lambda strategy: _fit(cfg, keras, strategy, time.perf_counter()))
+
+
+def _on_parameter_servers(cfg: dict, fit: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    """Start cluster.workers worker and cluster.ps ps servers as local processes, run fit(strategy) with this
+    process as the chief, and kill the servers on every path."""
     start = time.perf_counter()
     cluster = cfg.get("cluster", {})
     jobs = {"chief": 1, "worker": cluster.get("workers", 2), "ps": cluster.get("ps", 1)}
@@ -66,8 +88,7 @@ def parameter_server(cfg: dict, keras: ModuleType) -> dict[str, Any]:
         resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
             tf.train.ClusterSpec(spec), task_type="chief", task_id=0, rpc_layer="grpc")
         strategy = tf.distribute.experimental.ParameterServerStrategy(resolver)
-        out = _fit(cfg, keras, strategy, time.perf_counter())
-        return {**out, "cluster_start_seconds": cluster_start}
+        return {**fit(strategy), "cluster_start_seconds": cluster_start}
     finally:
         for server in servers:
             server.kill()
@@ -77,6 +98,11 @@ def parameter_server(cfg: dict, keras: ModuleType) -> dict[str, Any]:
 def multi_worker_mirrored(cfg: dict, keras: ModuleType) -> dict[str, Any]:
     """MultiWorkerMirroredStrategy: N worker processes of this file on 127.0.0.1, each with its TF_CONFIG, all run
     the same fit; worker 0 (the chief) prints its figures. tf_keras: Keras 3's fit fails under this strategy."""
+    return _multi_worker_mirrored(cfg, keras, "reference")
+
+
+def _multi_worker_mirrored(cfg: dict, keras: ModuleType, variant: str) -> dict[str, Any]:
+    """Start the N workers, each running `variant` (a key of _WORKER_INPUTS); the chief's figures."""
     n = cfg.get("cluster", {}).get("workers", 2)
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(n)]}
     workers, spawned_at = [], time.time()
@@ -85,7 +111,7 @@ def multi_worker_mirrored(cfg: dict, keras: ModuleType) -> dict[str, Any]:
             env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
                    "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}
             argv = [sys.executable, "-c", _RUN_SCRIPT, os.path.abspath(__file__), "worker", json.dumps(cfg),
-                    keras.__name__]
+                    keras.__name__, variant]
             # The chief's stdout is its result; the others' goes to fd 2, the log (this stdout is the bench's).
             workers.append(subprocess.Popen(argv, env=env, stdout=subprocess.PIPE if i == 0 else 2, text=True))
         deadline = time.monotonic() + _WORKERS_TIMEOUT_S
@@ -117,8 +143,9 @@ _WORKERS_TIMEOUT_S = 600
 _RUN_SCRIPT = "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
 
 
-def _multi_worker_mirrored_worker(cfg: dict, keras_name: str) -> None:
-    """One worker (`python bench_reference.py worker CFG KERAS`): train; the chief prints its figures, one line."""
+def _multi_worker_mirrored_worker(cfg: dict, keras_name: str, variant: str) -> None:
+    """One worker (`python reference.py worker CFG KERAS VARIANT`): train with the input pipeline of `variant`
+    (reference: hand-written; tutorial: TensorFlow's tutorial's); the chief prints its figures, one line."""
     try:
         ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL: die with the process that started it (Linux)
     except (OSError, AttributeError):
@@ -127,7 +154,7 @@ def _multi_worker_mirrored_worker(cfg: dict, keras_name: str) -> None:
     try:
         # First: collective ops must be configured before TensorFlow's runtime starts (listing devices starts it).
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
-        out = _fit(cfg, importlib.import_module(keras_name), strategy, start)
+        out = _fit(cfg, importlib.import_module(keras_name), strategy, start, input_pipeline=_WORKER_INPUTS[variant])
         if strategy.cluster_resolver.task_id == 0:
             print(json.dumps({**out, "clock_started_at": clock_started_at}))
     except BaseException:  # noqa: BLE001 - the parent reads the exit status; the traceback goes to the log
@@ -233,6 +260,51 @@ REFERENCES: dict[str, Callable[[dict, ModuleType], dict[str, Any]]] = {
     "multi_worker_mirrored": multi_worker_mirrored,
     "model_parallel": model_parallel,
     "hybrid": hybrid,
+}
+
+
+# ================================================================ TensorFlow's tutorials, written their way
+def parameter_server_tutorial(cfg: dict, keras: ModuleType) -> dict[str, Any]:
+    """ParameterServerStrategy as tensorflow.org/tutorials/distribute/parameter_server_training trains with
+    Model.fit: a DatasetCreator over the tutorial's dataset_fn, a legacy optimizer; the same local cluster."""
+    return _on_parameter_servers(cfg, lambda strategy: _fit(
+        cfg, keras, strategy, time.perf_counter(), optimizer=_legacy_optimizer, input_pipeline=_ps_tutorial_input))
+
+
+def multi_worker_mirrored_tutorial(cfg: dict, keras: ModuleType) -> dict[str, Any]:
+    """MultiWorkerMirroredStrategy as tensorflow.org/tutorials/distribute/multi_worker_with_keras: its dataset,
+    the model built and compiled inside strategy.scope(), fit(dataset, epochs, steps_per_epoch); the same workers."""
+    return _multi_worker_mirrored(cfg, keras, "tutorial")
+
+
+def _ps_tutorial_input(keras: ModuleType, strategy, x, y, train: dict):
+    """The tutorial's dataset_fn, line for line (its data replaced by the workload's)."""
+    global_batch_size = train["global_batch_size"]
+
+    def dataset_fn(input_context):
+        batch_size = input_context.get_per_replica_batch_size(global_batch_size)
+        dataset = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x)).repeat()
+        dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        dataset = dataset.batch(batch_size)
+        dataset = dataset.prefetch(2)
+        return dataset
+
+    return keras.utils.experimental.DatasetCreator(dataset_fn)
+
+
+def _mwm_tutorial_input(keras: ModuleType, strategy, x, y, train: dict):
+    """The tutorial's mnist_dataset (its data replaced by the workload's): AUTO sharding, as it leaves it."""
+    return tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x)).repeat().batch(train["global_batch_size"])
+
+
+def _legacy_optimizer(keras: ModuleType, name: str, learning_rate: float):
+    """tf_keras's legacy optimizer of that name: the parameter-server tutorial compiles with one."""
+    return getattr(keras.optimizers.legacy, _OPTIMIZER_CLASSES[name])(learning_rate=learning_rate)
+
+
+TUTORIALS: dict[str, Callable[[dict, ModuleType], dict[str, Any]]] = {
+    "parameter_server": parameter_server_tutorial,
+    "multi_worker_mirrored": multi_worker_mirrored_tutorial,
 }
 
 
@@ -393,28 +465,18 @@ def _split_devices(cfg: dict) -> list[str]:
 
 
 def _fit(cfg: dict, keras: ModuleType, strategy, build_start: float, build_model=None, optimizer=None,
-         **compile_args) -> dict[str, Any]:
+         input_pipeline=None, **compile_args) -> dict[str, Any]:
     """Data, model, compile, then model.fit on the training data only (the benchmark times training steps).
 
-    build_model(cfg, input_shape, classes, keras) and optimizer(keras, name, learning_rate): model parallel's own."""
+    build_model(cfg, input_shape, classes, keras) and optimizer(keras, name, learning_rate): model parallel's own;
+    input_pipeline(keras, strategy, x, y, train) -> what fit reads (default: the hand-written pipeline)."""
     train = cfg["train"]
     keras.utils.set_random_seed(train.get("seed", 0))
     (x, y), _, classes = _data(cfg["data"], train.get("seed", 0))
     batch = train["global_batch_size"]
     steps = train.get("steps_per_epoch") or len(x) // batch
     parameter_servers = isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy)
-    if parameter_servers:
-        dataset = keras.utils.experimental.DatasetCreator(_worker_dataset_fn(x, y, batch, train.get("seed", 0)))
-    else:
-        dataset = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=train.get("seed", 0))
-        dataset = dataset.batch(batch, drop_remainder=True)
-        if train.get("steps_per_epoch"):
-            dataset = dataset.repeat()
-        dataset = dataset.prefetch(tf.data.AUTOTUNE)
-        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):  # in-memory arrays: no files to shard
-            options = tf.data.Options()
-            options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-            dataset = dataset.with_options(options)
+    dataset = (input_pipeline or _hand_written_input)(keras, strategy, x, y, train)
     scope = strategy.scope() if strategy else _nothing()
     with scope:
         model = build_model(cfg, x.shape[1:], classes, keras) if build_model else _model(
@@ -436,7 +498,32 @@ def _fit(cfg: dict, keras: ModuleType, strategy, build_start: float, build_model
         "build_seconds": build_seconds,
         "replicas": strategy.num_replicas_in_sync if strategy else 1,
         "params": int(model.count_params()),
+        # What ran, for the logs and tests: the tutorial-style variants differ in these two.
+        "input_pipeline": (input_pipeline or _hand_written_input).__name__,
+        "optimizer": f"{type(model.optimizer).__module__}.{type(model.optimizer).__name__}",
     }
+
+
+def _hand_written_input(keras: ModuleType, strategy, x, y, train: dict):
+    """The pipeline a user writes: shuffle, batch (drop_remainder), repeat for steps_per_epoch, prefetch; under
+    ParameterServerStrategy each worker's own (a DatasetCreator)."""
+    batch, seed = train["global_batch_size"], train.get("seed", 0)
+    if isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy):
+        return keras.utils.experimental.DatasetCreator(_worker_dataset_fn(x, y, batch, seed))
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed)
+    dataset = dataset.batch(batch, drop_remainder=True)
+    if train.get("steps_per_epoch"):
+        dataset = dataset.repeat()
+    dataset = dataset.prefetch(tf.data.AUTOTUNE)
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):  # in-memory arrays: no files to shard
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        dataset = dataset.with_options(options)
+    return dataset
+
+
+# The input pipeline each variant of a MultiWorkerMirrored worker builds.
+_WORKER_INPUTS = {"reference": _hand_written_input, "tutorial": _mwm_tutorial_input}
 
 
 def _worker_dataset_fn(x, y, batch: int, seed: int):
@@ -498,9 +585,11 @@ class _nothing:
         return False
 
 
+_OPTIMIZER_CLASSES = {"sgd": "SGD", "adam": "Adam", "rmsprop": "RMSprop", "adagrad": "Adagrad"}
+
+
 def _optimizer(keras: ModuleType, name: str, learning_rate: float):
-    classes = {"sgd": "SGD", "adam": "Adam", "rmsprop": "RMSprop", "adagrad": "Adagrad"}
-    return getattr(keras.optimizers, classes[name])(learning_rate=learning_rate)
+    return getattr(keras.optimizers, _OPTIMIZER_CLASSES[name])(learning_rate=learning_rate)
 
 
 def epoch_timer(keras: ModuleType, batch_hooks: bool = True):
@@ -589,5 +678,5 @@ def _inception_body(inputs, model: dict, layers):
     return layers.GlobalAveragePooling2D()(x)
 
 
-if __name__ == "__main__" and sys.argv[1:2] == ["worker"]:  # a worker that multi_worker_mirrored() started
-    _multi_worker_mirrored_worker(json.loads(sys.argv[2]), sys.argv[3])
+if __name__ == "__main__" and sys.argv[1:2] == ["worker"]:  # a worker that _multi_worker_mirrored() started
+    _multi_worker_mirrored_worker(json.loads(sys.argv[2]), sys.argv[3], sys.argv[4])

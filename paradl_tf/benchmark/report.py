@@ -62,7 +62,8 @@ RESULTS.md ends with it, so a rerun of the benchmark keeps the history."""
 
 def markdown(results: dict, plots: list[str] = (), before_after: str = "") -> str:
     images = "\n".join(f"![{name.removesuffix('.png')}]({name})" for name in plots)
-    parts = [_header(results), _throughput_tables(results), images, _precision_table(results), _threads_table(results),
+    parts = [_header(results), _throughput_tables(results), _tutorial_table(results), images,
+             _precision_table(results), _threads_table(results),
              _startup_table(results), _model_parallel_table(results), _pipeline_table(results), _sweep_tables(results),
              _data_tables(results),
              _reading(results), before_after.strip()]
@@ -154,6 +155,44 @@ def _throughput_tables(results: dict) -> str:
     return "\n".join(out)
 
 
+TUTORIAL_NOTE = (
+    "tutorial-style = the same workload (data, model, loss, global batch, steps, epochs, optimizer kind and learning "
+    "rate, steps per execution, Keras) written as TensorFlow's own tutorials write it (`TUTORIALS` in "
+    "`paradl_tf/benchmark/reference.py`), on the same local cluster: parameter servers as "
+    "tensorflow.org/tutorials/distribute/parameter_server_training (\"Training with Model.fit\": a `DatasetCreator` "
+    "whose `dataset_fn` shuffles, repeats, shards, then batches without drop_remainder and `prefetch(2)`; the legacy "
+    "tf_keras optimizer the tutorial advises), MultiWorkerMirrored as "
+    "tensorflow.org/tutorials/distribute/multi_worker_with_keras (`shuffle().repeat().batch()`: no prefetch, the "
+    "AUTO auto-shard policy). The hand-written side batches (drop_remainder) before it repeats, prefetches "
+    "AUTOTUNE, sets the DATA auto-shard policy and uses the new optimizers.")
+
+
+def _tutorial_table(results: dict) -> str:
+    """Toolkit against TensorFlow's tutorial-style code, for the methods that have it (issue 14); nothing when no
+    tutorial-style row was measured (tiny mode skips the local clusters)."""
+    index, ratio = _index(results), {(r["workload"], r["method"]): r for r in results["ratios"]}
+    target = results["targets"].get("toolkit_over_tutorial")
+    rows = [(wname, method) for wname in results["workloads"] for method in _method_order(results)
+            if (wname, method, "tutorial") in index]
+    if not rows:
+        return ""
+    out = ["## Against TensorFlow's tutorials (examples/s: median (min-max))", "", TUTORIAL_NOTE
+           + f" `tk/tut` = toolkit / tutorial-style, round by round (target >= {target}).", "",
+           "| workload | method | keras | toolkit examples/s | tutorial-style examples/s | tk/tut |",
+           "|---|---|---|---|---|---|"]
+    for wname, method in rows:
+        tk, tut = index.get((wname, method, "toolkit")), index[(wname, method, "tutorial")]
+        r = ratio.get((wname, method), {})
+        out.append(f"| {wname} | {results['methods'][method]['title']} | {tut.get('keras') or '-'} "
+                   f"| {_figure_or_status(tk)} | {_figure_or_status(tut)} "
+                   f"| {fmt_ratio(r.get('toolkit_over_tutorial'), target)} |")
+    return "\n".join(out)
+
+
+def _figure_or_status(row: dict | None) -> str:
+    return fmt(row["examples_per_sec"]) if row and row.get("examples_per_sec") else _status(row)
+
+
 def results_target(results: dict, workload: str, method: str) -> float | None:
     return next((t["target"] for t in results["targets"]["vs_one_device"]
                  if t["workload"] == workload and t["method"] == method), None)
@@ -232,7 +271,8 @@ def _startup_table(results: dict) -> str:
            "(toolkit: `wall_seconds - fit_seconds` of its results); first epoch = tracing + one epoch; cluster = "
            "local cluster start before the chief's clock (driver process, tasks up and reachable); wall = the "
            "whole process, teardown included. RSS = peak resident memory of the measuring process (children: "
-           "the largest process it waited for, e.g. the cluster driver).", "",
+           "the largest process it waited for, e.g. the cluster driver). impl: toolkit, reference (hand-written) or "
+           "tutorial (tutorial-style).", "",
            "| workload | method | impl | process | import | build | first epoch | cluster | wall | peak RSS MiB "
            "| children RSS MiB |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -406,6 +446,7 @@ def console_table(results: dict) -> str:
     for wname in results["workloads"]:
         for method in _method_order(results):
             tk, hw = index.get((wname, method, "toolkit")), index.get((wname, method, "reference"))
+            tut = index.get((wname, method, "tutorial"))
             missing = next((r for r in _rows(results) if r["workload"] == wname and r["method"] == method
                             and r.get("impl") is None), None)
             if missing and missing["status"] == "skipped":
@@ -421,7 +462,11 @@ def console_table(results: dict) -> str:
             lines.append(f"{wname:10} {method:26} {tk_text:>24} {hw_text:>24} "
                          f"{_short(r.get('toolkit_over_reference')):>7} {_short(r.get('vs_one_device')):>7} "
                          f"{fmt((tk or {}).get('fraction_of_peak'), 100, 1, spread=False):>6}")
-            for row in (tk, hw):
+            if tut:  # TensorFlow's tutorial-style code: its figure under hand-written, toolkit / it under tk/hw
+                tut_text = fmt(tut.get("examples_per_sec")) if tut.get("examples_per_sec") else tut["status"]
+                lines.append(f"{'':10} {'  vs tutorial-style':26} {'':>24} {tut_text:>24} "
+                             f"{_short(r.get('toolkit_over_tutorial')):>7}")
+            for row in (tk, hw, tut):
                 if row and row["status"] != "ok":
                     lines.append(f"{'':37} {row['impl']} {row['status']}: {row.get('why', '')[:110]}")
     skipped = [f"{r['workload']}/{r['method']}" for r in _rows(results) if r.get("impl") is None

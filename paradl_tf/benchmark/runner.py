@@ -17,6 +17,8 @@ toolkit side builds everything with paradl_tf.prepare(cfg) and runs train()'s mo
 (parameter servers, MultiWorkerMirrored: paradl_tf.train, which starts the local cluster); the
 hand-written side runs paradl_tf.benchmark.reference (plain tf.distribute + Keras, the same data,
 model, optimizer; its own local cluster of processes on 127.0.0.1 where the toolkit starts one).
+Parameter servers and MultiWorkerMirrored have a third side, `tutorial`: the same workload written as
+TensorFlow's own tutorials write it (paradl_tf.benchmark.reference.TUTORIALS), toolkit / tutorial target 1.0.
 Processes run one at a time, interleaved (A B C A B C ...), so slow drift of the machine hits
 every method alike; each process trains one warm-up epoch (tracing) and then timed epochs.
 A figure is the min/median/max over the timed epochs of all its processes (quick mode: one
@@ -140,6 +142,9 @@ class Method:
     """Logical devices (CPU) or GPUs this method needs in one process."""
     reference: str | None = None
     """Key of paradl_tf.benchmark.reference.REFERENCES; None: no hand-written reference yet (ratio n/a)."""
+    tutorial: str | None = None
+    """Key of paradl_tf.benchmark.reference.TUTORIALS: TensorFlow's tutorial-style code for this method, measured
+    as a third side (ratio toolkit_over_tutorial); None: none."""
     workloads: tuple[str, ...] = ("mlp", "cnn")
     cluster: dict | None = None
     curve: tuple[str, int] | None = None
@@ -180,10 +185,10 @@ METHODS: list[Method] = [
            {"kind": "mirrored", "devices": 4}, devices=4, reference="mirrored", workloads=("mlp",),
            train={"steps_per_execution": 16}),
     Method("multi_worker_mirrored_2", "MultiWorkerMirroredStrategy, 2 local processes", "sync",
-           {"kind": "multi_worker_mirrored"}, reference="multi_worker_mirrored",
+           {"kind": "multi_worker_mirrored"}, reference="multi_worker_mirrored", tutorial="multi_worker_mirrored",
            cluster={"resolver": "local", "mode": "process", "workers": 2, "private_network": "auto"}),
     Method("parameter_server", "parameter servers: 2 workers, 1 ps (local processes)", "async",
-           {"kind": "parameter_server"}, reference="parameter_server",
+           {"kind": "parameter_server"}, reference="parameter_server", tutorial="parameter_server",
            cluster={"resolver": "local", "mode": "process", "workers": 2, "ps": 1, "private_network": "auto"}),
     _model_parallel(2), _model_parallel(4),
     _pipeline(2), _pipeline(4), _pipeline(8),
@@ -331,6 +336,7 @@ MODES: dict[str, Mode] = {
 
 TARGETS = {
     "toolkit_over_reference": 0.98,
+    "toolkit_over_tutorial": 1.0,  # issue 14: parameter servers and MultiWorkerMirrored against TF's tutorials
     "vs_one_device": {("mirrored_2", "cnn"): 0.9, ("mirrored_4", "cnn"): 0.9, ("mirrored_2", "mlp"): 0.6,
                       ("mirrored_4", "mlp"): 0.6, ("parameter_server", "cnn"): 0.8,
                       ("multi_worker_mirrored_2", "cnn"): 0.8},
@@ -488,7 +494,8 @@ def resolved_keras(cfg: dict) -> str:
 
 def _train_spec(key: tuple, cfg: dict, method: Method, reps: int) -> Spec:
     impl = key[3]
-    worker = {"kind": "train", "impl": impl, "config": cfg, "keras": resolved_keras(cfg), "reference": method.reference}
+    worker = {"kind": "train", "impl": impl, "config": cfg, "keras": resolved_keras(cfg), "reference": method.reference,
+              "tutorial": method.tutorial}
     return Spec(key, worker, reps)
 
 
@@ -509,7 +516,8 @@ def main_specs(mode: Mode, machine: dict, virtual_gpus: bool, gpu_memory_mb: int
             devices = devices_for(method, machine, virtual_gpus, gpu_memory_mb)
             steps = steps_for(workload, mode, workload.batch, workload.width, machine["device_type"])
             cfg = build_config(workload, method, devices, workload.batch, workload.width, steps, mode.epochs)
-            impls = ["toolkit"] + (["reference"] if method.reference else [])
+            impls = [impl for impl, side in (("toolkit", True), ("reference", method.reference),
+                                             ("tutorial", method.tutorial)) if side]
             specs += [_train_spec(("main", wname, method.name, impl, None), cfg, method, mode.reps) for impl in impls]
     return specs, missing
 
@@ -1019,7 +1027,8 @@ def paired_ratio(a: dict | None, b: dict | None) -> dict | None:
 
 
 def ratios(rows: list[dict]) -> list[dict]:
-    """Per workload and method: toolkit / hand-written, and toolkit / one device (hand-written, no strategy)."""
+    """Per workload and method: toolkit / hand-written, toolkit / tutorial-style (None where there is none), and
+    toolkit / one device (hand-written, no strategy)."""
     index = {(r["workload"], r["method"], r["impl"]): r for r in rows if r["section"] == "main" and r.get("impl")}
     out = []
     for (workload, method, impl), row in index.items():
@@ -1031,6 +1040,8 @@ def ratios(rows: list[dict]) -> list[dict]:
             "workload": workload, "method": method,
             "toolkit_over_reference": paired_ratio(row, index.get((workload, method, "reference"))),
             "toolkit_over_reference_target": TARGETS["toolkit_over_reference"],
+            "toolkit_over_tutorial": paired_ratio(row, index.get((workload, method, "tutorial"))),
+            "toolkit_over_tutorial_target": TARGETS["toolkit_over_tutorial"],
             "vs_one_device": paired_ratio(row, baseline),
             "vs_one_device_target": target,
             "plain_tf_before": bench_report.PLAIN_TF_BEFORE.get((method, workload)),
@@ -1148,7 +1159,7 @@ def assemble(mode: Mode, started: datetime.datetime, machine: dict, peaks: dict[
         "peaks": peaks,
         "workloads": _workload_table(mode),
         "methods": {m.name: {"title": m.title, "group": m.group, "devices": m.devices, "reference": m.reference,
-                             "todo": m.todo} for m in METHODS},
+                             "tutorial": m.tutorial, "todo": m.todo} for m in METHODS},
         "rows": rows + missing,
         "ratios": ratios(rows),
         "best_strategy": best,
@@ -1159,6 +1170,7 @@ def assemble(mode: Mode, started: datetime.datetime, machine: dict, peaks: dict[
                      for s in mode.sections],
         "section_ratios": section_ratios(rows, mode, machine),
         "targets": {"toolkit_over_reference": TARGETS["toolkit_over_reference"],
+                    "toolkit_over_tutorial": TARGETS["toolkit_over_tutorial"],
                     "vs_one_device": [{"method": m, "workload": w, "target": t}
                                       for (m, w), t in TARGETS["vs_one_device"].items()]},
         "wall_seconds": wall,

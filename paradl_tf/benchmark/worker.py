@@ -6,7 +6,8 @@ Fresh, because logical devices must be configured before TensorFlow starts and a
 holds one device layout for its whole life. paradl_tf.benchmark.runner starts one of these per
 measurement and reads the line that starts with MARK; everything else goes to the log.
 Kinds: `train` (impl `toolkit`: paradl_tf.train on the config; impl `reference`: the
-hand-written script of paradl_tf.benchmark.reference), `matmul` (the matmul peak of each dtype), and for the
+hand-written script of paradl_tf.benchmark.reference; impl `tutorial`: its TensorFlow-tutorial-style script,
+TUTORIALS[spec["tutorial"]]), `matmul` (the matmul peak of each dtype), and for the
 data section `data_write` (shards of an in-memory source, or of synthetic images generated shard by shard) and
 `input` (examples/s of training pipelines alone, no model, interleaved in one process).
 """
@@ -64,7 +65,7 @@ def _memory(children: bool) -> dict[str, int | None]:
     }
 
 
-# ================================================================ train: the toolkit or the hand-written reference
+# ================================================================ train: toolkit, hand-written or tutorial-style
 def measure_train(spec: dict) -> dict[str, Any]:
     t = time.perf_counter()
     import tensorflow as tf  # noqa: F401
@@ -73,6 +74,10 @@ def measure_train(spec: dict) -> dict[str, Any]:
     out: dict[str, Any] = {"import_seconds": time.perf_counter() - t, "keras": spec["keras"]}
     if spec["impl"] == "toolkit":
         out.update(_toolkit(spec))
+    elif spec["impl"] == "tutorial":
+        from paradl_tf.benchmark.reference import TUTORIALS
+
+        out.update(TUTORIALS[spec["tutorial"]](spec["config"], keras))
     else:
         from paradl_tf.benchmark.reference import REFERENCES
 
