@@ -691,7 +691,7 @@ def run_data_section(mode: Mode, machine: dict, out: Path, peak_flops: float | N
     """Write the shards into a temporary folder (removed on every path), then measure input, training and memory
     (see DataPlan). Returns the training and memory rows, and results.json's `data` section."""
     plan, t0 = mode.data, time.perf_counter()
-    deadline = time.monotonic() + plan.budget_s
+    budget = Budget.start("data section", plan.budget_s)
     root = tempfile.mkdtemp(prefix="paradl_bench_data_")
     log(f"data section (files against memory): shards written to {root} (removed at the end), "
         f"budget {plan.budget_s:.0f} s")
@@ -707,7 +707,7 @@ def run_data_section(mode: Mode, machine: dict, out: Path, peak_flops: float | N
             for name, s in shards.items()) if result.get("ok") else f"nothing: FAILED: {result.get('error')}"))
         inputs = []
         for wname, worker in specs["input"].items():
-            if not shards[wname]["ok"] or time.monotonic() > deadline:
+            if not shards[wname]["ok"] or time.monotonic() > budget.deadline:
                 inputs.append({"workload": wname, "status": "skipped" if shards[wname]["ok"] else "failed"})
                 continue
             t = time.perf_counter()
@@ -717,10 +717,10 @@ def run_data_section(mode: Mode, machine: dict, out: Path, peak_flops: float | N
                 f"memory {inputs[-1]['memory']['median']:,.0f}, files {inputs[-1]['files']['median']:,.0f} examples/s"
                 if result.get("ok") else f"FAILED: {result.get('error')}"))
         train = [s for s in specs["train"] if shards[s.key[1]]["ok"]]
-        run_interleaved(train, out, mode, deadline, log)
+        run_interleaved(train, out, mode, budget, log)
         memory = [s for s in specs["memory"] if shards[s.worker["config"]["data"]["train_files"].split("/")[-2]]["ok"]]
-        run_interleaved(memory, out, mode, deadline, log)
-        service = run_service_row(plan, out, deadline, mode.timeout_s, log)
+        run_interleaved(memory, out, mode, budget, log)
+        service = run_service_row(plan, out, budget.deadline, mode.timeout_s, log)
     finally:
         _remove(root)
     rows = [summarize_train(s, peak_flops, _data_flops(mode, s)) for s in train + memory]
