@@ -41,6 +41,8 @@ flags.DEFINE_list("parts", ["main", "sections", "sweeps", "data"],
                   "bench: which parts to measure, each on its own time budget: main (every method against its "
                   "hand-written and tutorial-style code), sections (precision, threads), sweeps (batch, width), data "
                   "(files against memory).")
+flags.DEFINE_list("methods", None, "bench: only these methods in the main table (e.g. "
+                  "multi_worker_mirrored_2,parameter_server); default: all.")
 flags.DEFINE_bool("virtual_gpus", False, "bench: on a GPU machine, split GPU 0 into logical GPUs for multi-device methods.")
 flags.DEFINE_list("hosts", [], "tf-config: the hosts of the cluster, one task each ('host' or 'host:port'), "
                   "in order chief, workers, ps.")
@@ -113,7 +115,7 @@ COMMANDS = {
     ),
     "bench": Command(
         "Measure every method against one device and hand-written tf.distribute; writes results.json, RESULTS.md, plots.",
-        ("quick", "out", "parts", "virtual_gpus", "tiny", "tf_logs"),
+        ("quick", "out", "parts", "methods", "virtual_gpus", "tiny", "tf_logs"),
         ("paradl-tf bench --quick --out=/tmp/bench", "paradl-tf bench   # the full run, about an hour on 2 cores",
          "paradl-tf bench --parts=sections --out=/tmp/bench   # precision and threads only"),
     ),
@@ -156,14 +158,18 @@ def _run(command: str) -> None:
     if command == "bench":  # no run config: the benchmark builds one per measurement
         if importlib.util.find_spec("matplotlib") is None:
             raise ParadlError("paradl-tf bench needs its extra for the plots: pip install 'paradl_tf[bench]'")
-        from paradl_tf.benchmark.runner import PARTS, run_bench
+        from paradl_tf.benchmark.runner import METHOD_BY_NAME, PARTS, run_bench
 
         unknown = [p for p in FLAGS.parts if p not in PARTS]
         if unknown or not FLAGS.parts:
             raise ParadlError(f"--parts={','.join(FLAGS.parts)}: each part must be one of {', '.join(PARTS)}")
+        unknown = [m for m in FLAGS.methods or () if m not in METHOD_BY_NAME]
+        if unknown:
+            raise ParadlError(f"--methods={','.join(FLAGS.methods)}: no method {unknown[0]!r}; the methods: "
+                              f"{', '.join(METHOD_BY_NAME)}")
         _start_tensorflow()
         run_bench(quick=FLAGS.quick, out_dir=FLAGS.out, tiny=FLAGS.tiny, virtual_gpus=FLAGS.virtual_gpus,
-                  parts=FLAGS.parts)
+                  parts=FLAGS.parts, methods=FLAGS.methods)
         return
     from paradl_tf.config import load_config
 

@@ -94,6 +94,10 @@ def test_full_mode_runs_the_tutorial_style_code_beside_toolkit_and_reference_for
         else:
             assert "tutorial" not in by_impl, (wname, method)
     assert {w for w, m in impls if m == "parameter_server"} == {"mlp", "cnn"}
+    # --methods: only those, on every workload they run on
+    only, _ = bench.main_specs(mode, CPU_MACHINE, False, 0, only=["parameter_server", "branches_4"])
+    assert {s.key[1:3] for s in only} == {("mlp", "parameter_server"), ("cnn", "parameter_server"),
+                                          ("inception", "branches_4")}
 
 
 def test_ratios_pair_toolkit_with_the_tutorial_style_rows_and_the_report_shows_them():
@@ -220,10 +224,14 @@ def test_tutorial_style_reference_trains_on_its_local_cluster(method, tmp_path):
 
 # ---------------------------------------------------------------- the whole command, tiny
 @pytest.mark.timeout(240)
-def test_bench_parts_must_be_known_parts(cli, tmp_path):
+def test_bench_parts_and_methods_must_be_known(cli, tmp_path):
     proc = cli("bench", "--tiny", "--parts=main,warp", f"--out={tmp_path}", timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == "error: --parts=main,warp: each part must be one of main, sections, sweeps, data"
+    proc = cli("bench", "--tiny", "--methods=mirrored_2,mirored_4", f"--out={tmp_path}", timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith("error: --methods=mirrored_2,mirored_4: no method 'mirored_4'; the methods: "
+                                          "no_strategy, mirrored_1, mirrored_2,")
     assert not any(tmp_path.iterdir())  # refused before anything ran
 
 

@@ -142,6 +142,13 @@ def test_a_resumed_stream_sees_what_the_uninterrupted_one_saw(tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(whole[45:], resumed)) and len(resumed) == 25
 
 
+def test_the_training_stream_from_files_is_declared_infinite(digits_shards):
+    # Not unknown (a flat_map's): MultiWorkerMirrored reads an unknown one with an all-reduce more per step.
+    data = build_dataset(Config.model_validate({"data": _tfrecord_data(digits_shards)}))
+    assert data.train_stream.cardinality().numpy() == -1  # tf.data.INFINITE_CARDINALITY
+    assert data.train.cardinality().numpy() == data.steps_per_epoch
+
+
 def test_plan_shows_each_workers_files(cli, digits_shards):
     data = json.dumps(_tfrecord_data(digits_shards))
     done = cli("plan", "--config=configs/sync_multiworker.yaml", "--set", f"data={data}", timeout=120)

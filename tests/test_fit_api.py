@@ -59,3 +59,5 @@ def test_fit_kwargs_give_the_endless_stream_its_step_counts():
     assert kwargs["x"] is data.train_stream and kwargs["steps_per_epoch"] == data.steps_per_epoch
     assert kwargs["validation_steps"] is None and data.fit_kwargs("tf_keras")["validation_steps"] == data.validation_steps
     assert data.train.cardinality().numpy() == data.steps_per_epoch
+    # Declared infinite, not unknown: MultiWorkerMirrored reads an unknown one with an all-reduce more per step.
+    assert data.train_stream.cardinality().numpy() == -1  # tf.data.INFINITE_CARDINALITY

@@ -79,6 +79,8 @@ def _header(results: dict) -> str:
         f"Mode: **{results['mode']}**, {results['created']}, {results['wall_seconds']:.0f} s. {reps['note']}.",
         *(["", f"Parts measured in this run: {', '.join(results['parts'])} (`paradl-tf bench --parts`); the others "
                 "were not run."] if results.get("parts") and len(results["parts"]) < 4 else []),
+        *(["", f"Main-table methods measured in this run: {', '.join(results['methods_selected'])} "
+                "(`paradl-tf bench --methods`)."] if results.get("methods_selected") else []),
         "",
         "| machine | |",
         "|---|---|",

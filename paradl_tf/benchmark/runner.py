@@ -499,12 +499,14 @@ def _train_spec(key: tuple, cfg: dict, method: Method, reps: int) -> Spec:
     return Spec(key, worker, reps)
 
 
-def main_specs(mode: Mode, machine: dict, virtual_gpus: bool, gpu_memory_mb: int) -> tuple[list[Spec], list[dict]]:
-    """The main table's specs, and a row for each method that will not run here (not available / skipped)."""
+def main_specs(mode: Mode, machine: dict, virtual_gpus: bool, gpu_memory_mb: int,
+               only: Sequence[str] | None = None) -> tuple[list[Spec], list[dict]]:
+    """The main table's specs, and a row for each method that will not run here (not available / skipped).
+    only: the methods to measure (`--methods`); the others are left out of this run's results."""
     specs, missing = [], []
     for wname, workload in mode.workloads.items():
         for method in METHODS:
-            if wname not in method.workloads:
+            if wname not in method.workloads or (only and method.name not in only):
                 continue
             why, status = unavailable(method, workload, machine, virtual_gpus), "not available"
             if why is None and method.name not in mode.methods.get(wname, ()):
@@ -1063,25 +1065,29 @@ PARTS = ("main", "sections", "sweeps", "data")
 
 def run_bench(quick: bool = False, out_dir: str | Path = "bench", *, tiny: bool = False, reps: int | None = None,
               virtual_gpus: bool = False, gpu_memory_mb: int = 2048, parts: Sequence[str] = PARTS,
-              log: Callable[[str], None] = print) -> dict:
+              methods: Sequence[str] | None = None, log: Callable[[str], None] = print) -> dict:
     """Measure every available method and write results.json, RESULTS.md and the plots to `out_dir`.
 
     quick: fewer processes, methods and points (under 9 minutes on 2 cores); tiny: tiny models, for tests.
     reps: processes per figure (default: the mode's). virtual_gpus: on a GPU machine, split GPU 0 into
     logical GPUs of gpu_memory_mb each for the multi-device methods (default: the real GPUs only).
-    parts: which of PARTS to measure (the matmul peaks always are); the others are left out of the results."""
+    parts: which of PARTS to measure (the matmul peaks always are); the others are left out of the results.
+    methods: the main table's methods to measure (names of METHODS; default: all)."""
     unknown = sorted(set(parts) - set(PARTS))
     if unknown or not parts:
         raise ValueError(f"bench parts must be some of {', '.join(PARTS)}; got {', '.join(unknown) or 'none'}")
+    unknown = sorted(set(methods or ()) - set(METHOD_BY_NAME))
+    if unknown:
+        raise ValueError(f"bench methods must be some of {', '.join(METHOD_BY_NAME)}; got {', '.join(unknown)}")
     mode = MODES["tiny" if tiny else "quick" if quick else "full"]
     if reps:
         mode = _with_reps(mode, reps)
     with _sigterm_interrupts():
-        return _run_bench(mode, Path(out_dir), virtual_gpus, gpu_memory_mb, frozenset(parts), log)
+        return _run_bench(mode, Path(out_dir), virtual_gpus, gpu_memory_mb, frozenset(parts), methods, log)
 
 
 def _run_bench(mode: Mode, out: Path, virtual_gpus: bool, gpu_memory_mb: int, parts: frozenset[str],
-               log: Callable[[str], None]) -> dict:
+               methods: Sequence[str] | None, log: Callable[[str], None]) -> dict:
 
     out.mkdir(parents=True, exist_ok=True)
     started, t0 = datetime.datetime.now(datetime.timezone.utc), time.perf_counter()
@@ -1098,7 +1104,7 @@ def _run_bench(mode: Mode, out: Path, virtual_gpus: bool, gpu_memory_mb: int, pa
     machine = describe_machine(probe.results[0], virtual_gpus)
     dtypes = [d for d in PEAK_DTYPES if d != "float16" or machine["native_float16"]]
 
-    specs, missing = main_specs(mode, machine, virtual_gpus, gpu_memory_mb) if "main" in parts else ([], [])
+    specs, missing = main_specs(mode, machine, virtual_gpus, gpu_memory_mb, methods) if "main" in parts else ([], [])
     peak_spec = matmul_spec(mode, mode.reps - 1, machine["device_type"], dtypes)
     if "main" in parts:
         log(f"main table: {len(specs)} measurements x {mode.reps} process(es), interleaved")
@@ -1135,6 +1141,7 @@ def _run_bench(mode: Mode, out: Path, virtual_gpus: bool, gpu_memory_mb: int, pa
 
     results = assemble(mode, started, machine, peaks, rows, missing, best, time.perf_counter() - t0)
     results["parts"] = [p for p in PARTS if p in parts]
+    results["methods_selected"] = list(methods) if methods else None
     results["data"] = data
     results["files"] = bench_report.write_all(results, out)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")

@@ -208,9 +208,10 @@ def _file_datasets(cfg: Config, source: FileSource, strategy, skip_steps: int) -
             b = per_replica if ctx is not None else batch
             if address is not None:  # validation stays in-process: it is small and read once, in order
                 epoch = None if endless else epoch_steps * fed
-                return _tuned(sync_train_pipeline(source, plan, i, b, seed, address, skip_steps * fed, epoch))
+                ds = sync_train_pipeline(source, plan, i, b, seed, address, skip_steps * fed, epoch)
+                return _tuned(infinite(ds) if endless else ds)
             if endless:
-                return _tuned(source.train_pipeline(plan, i, b, seed, start_batch=skip_steps * fed))
+                return _tuned(infinite(source.train_pipeline(plan, i, b, seed, start_batch=skip_steps * fed)))
             return _tuned(source.train_pipeline(plan, i, b, seed, epoch_batches=epoch_steps * fed))
         return distribute(fn)
 
@@ -363,12 +364,20 @@ def shuffled_batches(x, y, steps: int, global_batch: int, seed, share: tuple[int
         return tf.data.Dataset.from_tensor_slices((tf.gather(features, mine), tf.gather(labels, mine)))
 
     if epoch_steps is None:
-        return tf.data.Dataset.counter().flat_map(one_pass)
+        return infinite(tf.data.Dataset.counter().flat_map(one_pass))
     # Every replica's pipeline draws the same keys for its k-th iterator (same seed), so the replicas still
     # share each permutation; the known cardinality gives fit its step count.
     keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(-(-epoch_steps // steps))
     batches = epoch_steps * (global_batch // n) // batch
     return keys.flat_map(one_pass).take(batches).apply(tf.data.experimental.assert_cardinality(batches))
+
+
+def infinite(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """`ds`, declared without end. A flat_map's cardinality is unknown, and under MultiWorkerMirroredStrategy a
+    distributed dataset of unknown cardinality is read with get_next_as_optional: every step then all-reduces
+    across the workers whether each still has data (tensorflow/python/distribute/input_lib.py,
+    _enable_get_next_as_optional), a collective more per step. An infinite one is read with plain get_next."""
+    return ds.apply(tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY))
 
 
 def _skipping(fn, steps: int):
