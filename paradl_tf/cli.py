@@ -37,10 +37,10 @@ flags.DEFINE_string("job", None, "serve: the job of the task to run (worker, ps,
 flags.DEFINE_integer("task", None, "serve: the index of the task to run; default: TF_CONFIG's task.")
 flags.DEFINE_bool("quick", False, "bench: fewer repetitions, methods and points (under 9 minutes on 2 cores, the data section included).")
 flags.DEFINE_string("out", "bench", "bench: directory for results.json, RESULTS.md and the plots.")
-flags.DEFINE_list("parts", ["main", "sections", "sweeps", "data"],
+flags.DEFINE_list("parts", None,
                   "bench: which parts to measure, each on its own time budget: main (every method against its "
                   "hand-written and tutorial-style code), sections (precision, threads), sweeps (batch, width), data "
-                  "(files against memory).")
+                  "(files against memory); default: all four.")
 flags.DEFINE_list("methods", None, "bench: only these methods in the main table (e.g. "
                   "multi_worker_mirrored_2,parameter_server); default: all.")
 flags.DEFINE_bool("virtual_gpus", False, "bench: on a GPU machine, split GPU 0 into logical GPUs for multi-device methods.")
@@ -158,18 +158,13 @@ def _run(command: str) -> None:
     if command == "bench":  # no run config: the benchmark builds one per measurement
         if importlib.util.find_spec("matplotlib") is None:
             raise ParadlError("paradl-tf bench needs its extra for the plots: pip install 'paradl_tf[bench]'")
-        from paradl_tf.benchmark.runner import METHOD_BY_NAME, PARTS, run_bench
+        from paradl_tf.benchmark.runner import PARTS, check_selection, run_bench
 
-        unknown = [p for p in FLAGS.parts if p not in PARTS]
-        if unknown or not FLAGS.parts:
-            raise ParadlError(f"--parts={','.join(FLAGS.parts)}: each part must be one of {', '.join(PARTS)}")
-        unknown = [m for m in FLAGS.methods or () if m not in METHOD_BY_NAME]
-        if unknown:
-            raise ParadlError(f"--methods={','.join(FLAGS.methods)}: no method {unknown[0]!r}; the methods: "
-                              f"{', '.join(METHOD_BY_NAME)}")
+        parts = PARTS if FLAGS.parts is None else FLAGS.parts
+        check_selection(parts, FLAGS.methods)  # before TensorFlow starts
         _start_tensorflow()
         run_bench(quick=FLAGS.quick, out_dir=FLAGS.out, tiny=FLAGS.tiny, virtual_gpus=FLAGS.virtual_gpus,
-                  parts=FLAGS.parts, methods=FLAGS.methods)
+                  parts=parts, methods=FLAGS.methods)
         return
     from paradl_tf.config import load_config
 

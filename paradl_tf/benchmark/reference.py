@@ -476,7 +476,8 @@ def _fit(cfg: dict, keras: ModuleType, strategy, build_start: float, build_model
     batch = train["global_batch_size"]
     steps = train.get("steps_per_epoch") or len(x) // batch
     parameter_servers = isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy)
-    dataset = (input_pipeline or _hand_written_input)(keras, strategy, x, y, train)
+    input_pipeline = input_pipeline or _hand_written_input
+    dataset = input_pipeline(keras, strategy, x, y, train)
     scope = strategy.scope() if strategy else _nothing()
     with scope:
         model = build_model(cfg, x.shape[1:], classes, keras) if build_model else _model(
@@ -499,7 +500,7 @@ def _fit(cfg: dict, keras: ModuleType, strategy, build_start: float, build_model
         "replicas": strategy.num_replicas_in_sync if strategy else 1,
         "params": int(model.count_params()),
         # What ran, for the logs and tests: the tutorial-style variants differ in these two.
-        "input_pipeline": (input_pipeline or _hand_written_input).__name__,
+        "input_pipeline": input_pipeline.__name__,
         "optimizer": f"{type(model.optimizer).__module__}.{type(model.optimizer).__name__}",
     }
 

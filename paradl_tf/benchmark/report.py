@@ -144,9 +144,8 @@ def _throughput_tables(results: dict) -> str:
             if not tk and not hw:
                 continue
             r = ratio.get((wname, method), {})
-            tk_text = fmt(tk.get("examples_per_sec")) if tk and tk.get("examples_per_sec") else _status(tk)
-            hw_text = (fmt(hw.get("examples_per_sec")) if hw and hw.get("examples_per_sec") else _status(hw)) \
-                if hw else "no reference yet"
+            tk_text = _figure_or_status(tk)
+            hw_text = _figure_or_status(hw) if hw else "no reference yet"
             target = r.get("vs_one_device_target")
             out.append(
                 f"| {title} | {(tk or hw).get('keras') or '-'} | {tk_text} "

@@ -60,7 +60,7 @@ from paradl_tf import cluster as cl
 from paradl_tf.benchmark import report as bench_report
 from paradl_tf.benchmark.worker import MARK
 from paradl_tf.config import Config
-from paradl_tf.errors import ParadlError
+from paradl_tf.errors import ConfigError, ParadlError
 
 # ================================================================ workloads
 Widen = Callable[[dict, int], dict]
@@ -1063,6 +1063,16 @@ PARTS = ("main", "sections", "sweeps", "data")
 """What `paradl-tf bench --parts` can select, in the order they run; each has its own time budget."""
 
 
+def check_selection(parts: Sequence[str], methods: Sequence[str] | None) -> None:
+    """`--parts` and `--methods` name known parts and methods; a ConfigError (one line) otherwise."""
+    if not parts or any(p not in PARTS for p in parts):
+        raise ConfigError(f"--parts={','.join(parts)}: each part must be one of {', '.join(PARTS)}")
+    unknown = [m for m in methods or () if m not in METHOD_BY_NAME]
+    if unknown:
+        raise ConfigError(f"--methods={','.join(methods)}: no method {unknown[0]!r}; the methods: "
+                          f"{', '.join(METHOD_BY_NAME)}")
+
+
 def run_bench(quick: bool = False, out_dir: str | Path = "bench", *, tiny: bool = False, reps: int | None = None,
               virtual_gpus: bool = False, gpu_memory_mb: int = 2048, parts: Sequence[str] = PARTS,
               methods: Sequence[str] | None = None, log: Callable[[str], None] = print) -> dict:
@@ -1073,12 +1083,7 @@ def run_bench(quick: bool = False, out_dir: str | Path = "bench", *, tiny: bool 
     logical GPUs of gpu_memory_mb each for the multi-device methods (default: the real GPUs only).
     parts: which of PARTS to measure (the matmul peaks always are); the others are left out of the results.
     methods: the main table's methods to measure (names of METHODS; default: all)."""
-    unknown = sorted(set(parts) - set(PARTS))
-    if unknown or not parts:
-        raise ValueError(f"bench parts must be some of {', '.join(PARTS)}; got {', '.join(unknown) or 'none'}")
-    unknown = sorted(set(methods or ()) - set(METHOD_BY_NAME))
-    if unknown:
-        raise ValueError(f"bench methods must be some of {', '.join(METHOD_BY_NAME)}; got {', '.join(unknown)}")
+    check_selection(parts, methods)
     mode = MODES["tiny" if tiny else "quick" if quick else "full"]
     if reps:
         mode = _with_reps(mode, reps)
