@@ -2,7 +2,7 @@
 
 This module imports no TensorFlow: a run that launches a local cluster only waits for its processes, and the
 CLI validates a config before anything starts TensorFlow. A new strategy kind is a config section, a strategy
-builder (paradl_tf.build.strategies) and a row here; a cluster kind also brings its `Run` hooks
+builder (paradl_tf.builders.strategies) and a row here; a cluster kind also brings its `Run` hooks
 (paradl_tf.runs.fit.Run) and, for local clusters, a driver module.
 """
 

@@ -184,7 +184,7 @@ def _run(command: str) -> None:
         if not FLAGS["out"].present:
             raise ParadlError("data write: --out is required: the directory to write the shards to")
         _start_tensorflow()
-        from paradl_tf.build.data import load_splits
+        from paradl_tf.builders.data import load_splits
         from paradl_tf.files.write import write_shards
 
         written = write_shards(load_splits(cfg.data, cfg.train.seed), FLAGS.out, FLAGS.shards, _format(DATA_FORMATS),

@@ -86,3 +86,16 @@ def test_launching_and_validating_import_no_tensorflow():
             "paradl_tf.cluster.deploy, paradl_tf.runs.multi_worker_driver; print('tensorflow' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "False", done.stderr
+
+
+def test_no_source_folder_is_named_like_build_output(pytestconfig):
+    """pytest's norecursedirs (and linters, coverage, .gitignore patterns) skip folders named like build output
+    (`build`, `dist`, ...): a source folder of that name is a folder the tools do not see."""
+    from fnmatch import fnmatch
+
+    skipped = pytestconfig.getini("norecursedirs")  # setup.cfg sets none: pytest's defaults
+    folders = [p for top in (PACKAGE, ROOT / "tests") for p in [top, *top.rglob("*")]
+               if p.is_dir() and p.name != "__pycache__"]
+    named_like_output = [str(p.relative_to(ROOT)) for p in folders
+                         if any(fnmatch(p.name, pattern) for pattern in skipped) or p.name in {"out", "dist"}]
+    assert named_like_output == []

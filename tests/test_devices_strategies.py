@@ -5,8 +5,8 @@ import tensorflow as tf
 
 import paradl_tf
 from paradl_tf import ConfigError, DeviceSetupError, build_strategy, load_config
-from paradl_tf.build.keras_version import import_keras, resolve_keras
-from paradl_tf.build.strategies import check_global_batch
+from paradl_tf.builders.keras_version import import_keras, resolve_keras
+from paradl_tf.builders.strategies import check_global_batch
 
 
 def test_virtual_devices_exist_and_repeat_setup_is_a_noop():

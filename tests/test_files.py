@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 from paradl_tf import cluster as cl
-from paradl_tf.build.data import Splits, build_dataset, load_splits
+from paradl_tf.builders.data import Splits, build_dataset, load_splits
 from paradl_tf.config import load_config
 from paradl_tf.config.schema import Config
 from paradl_tf.errors import ConfigError

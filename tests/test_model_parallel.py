@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from equivalence import TOLERANCE, float64, max_abs_diff  # tests/ is on sys.path under pytest
 from paradl_tf import ConfigError, load_config, prepare
-from paradl_tf.build.devices import canonical_device
+from paradl_tf.builders.devices import canonical_device
 from paradl_tf.model_parallel.placed import plan_stages, variable_bytes_by_device
 from paradl_tf.model_parallel.placement import LayerInfo
 from paradl_tf.api import plan

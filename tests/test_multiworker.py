@@ -59,7 +59,7 @@ def test_multi_worker_only_keys_elsewhere_are_errors(config, overrides, message)
 
 
 def test_keras_auto_resolves_to_tf_keras_and_config_defaults():
-    from paradl_tf.build.keras_version import resolve_keras
+    from paradl_tf.builders.keras_version import resolve_keras
 
     cfg = load_config(CONFIG)
     assert cfg.strategy.kind == "multi_worker_mirrored" and cfg.cluster.workers == 2

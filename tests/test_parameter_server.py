@@ -40,7 +40,7 @@ def test_legacy_optimizers_the_chief_uses_compute_the_same_update(name):
     import tensorflow as tf
     import tf_keras
 
-    from paradl_tf.build.models import build_optimizer
+    from paradl_tf.builders.models import build_optimizer
     from paradl_tf.runs.parameter_server import LEGACY_SAME_UPDATE
 
     train_cfg = load_config(CONFIG, [f"train.optimizer={name}"]).train
@@ -80,7 +80,7 @@ def test_parameter_server_config_errors(overrides, message):
 
 
 def test_auto_precision_stays_float32_with_sharded_variables_and_says_why(monkeypatch):
-    from paradl_tf.build import precision as pr
+    from paradl_tf.builders import precision as pr
     from paradl_tf.runs.parameter_server import _precision
 
     monkeypatch.setattr(pr, "_cpu_flags", lambda: {"avx512_bf16"})
@@ -92,7 +92,7 @@ def test_auto_precision_stays_float32_with_sharded_variables_and_says_why(monkey
 
 
 def test_keras_auto_resolves_tf_keras_and_keras3_exits_2(cli):
-    from paradl_tf.build.keras_version import resolve_keras
+    from paradl_tf.builders.keras_version import resolve_keras
 
     assert resolve_keras("auto", "parameter_server") == "tf_keras"
     done = cli("train", f"--config={CONFIG}", "--set", "keras=keras3", timeout=60)

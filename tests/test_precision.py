@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import paradl_tf
-from paradl_tf.build import precision as pr
+from paradl_tf.builders import precision as pr
 from paradl_tf.errors import ConfigError
 
 DIGITS = ["train.epochs=15", "train.verbose=0", "strategy.devices=2"]

@@ -485,7 +485,7 @@ def config_error(cfg: dict) -> str | None:
 
 def resolved_keras(cfg: dict) -> str:
     """The Keras the toolkit picks for this config (keras: auto); the hand-written reference uses the same one."""
-    from paradl_tf.build.keras_version import resolve_keras
+    from paradl_tf.builders.keras_version import resolve_keras
 
     strategy = cfg["strategy"]
     replicas = strategy.get("devices", 1) if strategy["kind"] == "mirrored" else 1

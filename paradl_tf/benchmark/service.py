@@ -68,7 +68,7 @@ def service_input_row(data_workers: int = 2, batch: int = 64, batches: int = 60,
                       work_dir: str | None = None) -> dict:
     """The row: in-process and through a local service (medians of `rounds` alternating chunks), the receive
     ceiling, the estimate for remote data workers."""
-    from paradl_tf.build.data import load_splits
+    from paradl_tf.builders.data import load_splits
     from paradl_tf.cluster.data_service import LocalService
     from paradl_tf.config import load_config
     from paradl_tf.files.sources import load_file_source

@@ -168,7 +168,7 @@ def measure_matmul(spec: dict) -> dict[str, Any]:
     t = time.perf_counter()
     import tensorflow as tf
 
-    from paradl_tf.build.precision import native_float16
+    from paradl_tf.builders.precision import native_float16
 
     out: dict[str, Any] = {"import_seconds": time.perf_counter() - t, **_machine(tf)}
     gpu = spec.get("device_type", "auto") in ("auto", "GPU") and tf.config.list_physical_devices("GPU")
@@ -236,7 +236,7 @@ def measure_data_write(spec: dict) -> dict[str, Any]:
     A job with `stream`: synthetic images (class prototypes plus noise, as data.kind synthetic_images) generated
     and written one shard at a time, so that the writer holds one shard whatever the total; else the job's
     in-memory `data` source through `paradl-tf data write`'s write_shards (the very arrays training loads)."""
-    from paradl_tf.build.data import load_splits
+    from paradl_tf.builders.data import load_splits
     from paradl_tf.files.write import write_shards
 
     written = {}
@@ -287,8 +287,8 @@ def measure_input(spec: dict) -> dict[str, Any]:
     t = time.perf_counter()
     import tensorflow  # noqa: F401 - timed apart from the rest
 
-    from paradl_tf.build.data import build_dataset, load_source
-    from paradl_tf.build.devices import setup_devices
+    from paradl_tf.builders.data import build_dataset, load_source
+    from paradl_tf.builders.devices import setup_devices
 
     out: dict[str, Any] = {"import_seconds": time.perf_counter() - t}
     cfgs = {name: _load(spec, name, c) for name, c in spec["configs"].items()}

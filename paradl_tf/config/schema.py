@@ -816,7 +816,7 @@ def _check_file_data(cfg: Config) -> None:
 
 def _check_keras_for_strategy(cfg: Config) -> None:
     """An explicit keras: keras3 with a strategy Keras 3 cannot run fails here, before anything starts."""
-    from paradl_tf.build.keras_version import KERAS3_UNSUPPORTED
+    from paradl_tf.builders.keras_version import KERAS3_UNSUPPORTED
 
     why = KERAS3_UNSUPPORTED.get(cfg.strategy.kind)
     if cfg.keras == "keras3" and why:

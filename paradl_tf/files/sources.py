@@ -20,13 +20,13 @@ from typing import Any, Callable
 import numpy as np
 import tensorflow as tf
 
-from paradl_tf.build.imports import import_callable
+from paradl_tf.builders.imports import import_callable
 from paradl_tf.errors import ConfigError
 from paradl_tf.files import formats
 from paradl_tf.files.formats import FileSplit, Format
 
 PARALLEL = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-"""Parallel reads and parses: tf.data's autotuning is off (see paradl_tf.build.data._pipeline), so a fixed count."""
+"""Parallel reads and parses: tf.data's autotuning is off (see paradl_tf.builders.data._pipeline), so a fixed count."""
 _ENDLESS = 2**62  # passes of an endless stream
 
 

@@ -24,7 +24,7 @@ FORMATS = ("tfrecord", "image_folder", "csv")
 
 def write_shards(splits, out: str, shards: int, fmt: str = "tfrecord", validation_shards: int = 1,
                  source: str = "") -> dict[str, Any]:
-    """Write `splits` (paradl_tf.build.data.Splits) under `out`; returns the metadata written beside them."""
+    """Write `splits` (paradl_tf.builders.data.Splits) under `out`; returns the metadata written beside them."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
     for name, n, examples in (("--shards", shards, len(splits.x_train)),

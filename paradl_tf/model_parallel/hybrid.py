@@ -24,9 +24,9 @@ import tensorflow as tf
 # outside a strategy's replica context, and the groups here are not a strategy's replicas.
 from tensorflow.python.distribute.values import PerReplica
 
-from paradl_tf.build.devices import existing_device, select_devices
-from paradl_tf.build.models import compile_model
-from paradl_tf.build.strategies import hybrid_cross_device_ops
+from paradl_tf.builders.devices import existing_device, select_devices
+from paradl_tf.builders.models import compile_model
+from paradl_tf.builders.strategies import hybrid_cross_device_ops
 from paradl_tf.errors import ConfigError
 from paradl_tf.model_parallel.placed import (
     add_gradients, build_optimizer_on_stage_devices, describe_layers, microbatch, model_class_for, place_model,

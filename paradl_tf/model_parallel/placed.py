@@ -29,13 +29,13 @@ from typing import Any, Sequence
 import numpy as np
 import tensorflow as tf
 
-from paradl_tf.build.devices import canonical_device, existing_device, select_devices
+from paradl_tf.builders.devices import canonical_device, existing_device, select_devices
 from paradl_tf.errors import ConfigError
-from paradl_tf.build.models import compile_model
+from paradl_tf.builders.models import compile_model
 from paradl_tf.model_parallel.placement import (
     LayerInfo, Stage, auto_stages, balance_ratio, branch_stages, explicit_stages, stage_table,
 )
-from paradl_tf.build.precision import dtype_name
+from paradl_tf.builders.precision import dtype_name
 
 KEY = "strategy.placement"
 

@@ -15,17 +15,17 @@ from typing import Any
 import tensorflow as tf
 
 from paradl_tf import cluster as cl
-from paradl_tf.build.checkpoints import backed_up_steps, export_model, keras3_backed_up_epochs
+from paradl_tf.builders.checkpoints import backed_up_steps, export_model, keras3_backed_up_epochs
 from paradl_tf.config import Config, dump_config
-from paradl_tf.build.data import Datasets, build_dataset, load_source, source_steps_per_epoch
-from paradl_tf.build.devices import setup_devices
+from paradl_tf.builders.data import Datasets, build_dataset, load_source, source_steps_per_epoch
+from paradl_tf.builders.devices import setup_devices
 from paradl_tf.files.sources import data_error
-from paradl_tf.build.keras_version import import_keras, resolve_keras
+from paradl_tf.builders.keras_version import import_keras, resolve_keras
 from paradl_tf.model_parallel.hybrid import compile_hybrid_model
 from paradl_tf.model_parallel.placed import compile_placed_model
-from paradl_tf.build.models import build_model, compile_model
-from paradl_tf.build.precision import check_model_precision, precision_policy, resolve_precision
-from paradl_tf.build.strategies import build_strategy, check_global_batch
+from paradl_tf.builders.models import build_model, compile_model
+from paradl_tf.builders.precision import check_model_precision, precision_policy, resolve_precision
+from paradl_tf.builders.strategies import build_strategy, check_global_batch
 
 
 @dataclass

@@ -36,13 +36,13 @@ import numpy as np
 import tensorflow as tf
 
 from paradl_tf import cluster as cl
-from paradl_tf.build.checkpoints import checkpoint_keeper
-from paradl_tf.build.data import build_dataset, for_pipelines, load_source
-from paradl_tf.build.devices import setup_devices, setup_threads
-from paradl_tf.build.keras_version import import_keras, resolve_keras
-from paradl_tf.build.models import build_model
-from paradl_tf.build.precision import check_model_precision, precision_policy, resolve_precision
-from paradl_tf.build.strategies import check_global_batch
+from paradl_tf.builders.checkpoints import checkpoint_keeper
+from paradl_tf.builders.data import build_dataset, for_pipelines, load_source
+from paradl_tf.builders.devices import setup_devices, setup_threads
+from paradl_tf.builders.keras_version import import_keras, resolve_keras
+from paradl_tf.builders.models import build_model
+from paradl_tf.builders.precision import check_model_precision, precision_policy, resolve_precision
+from paradl_tf.builders.strategies import check_global_batch
 from paradl_tf.config import Config, dump_config, load_config
 from paradl_tf.errors import ConfigError, ParadlError
 from paradl_tf.runs.fit import Job, Run, fit_run

@@ -29,14 +29,14 @@ import numpy as np
 import tensorflow as tf
 
 from paradl_tf import cluster as cl
-from paradl_tf.build.data import build_dataset, for_pipelines, load_source, shuffled_batches
-from paradl_tf.build.devices import setup_devices, setup_threads
-from paradl_tf.build.keras_version import import_keras, resolve_keras
-from paradl_tf.build.models import build_model, build_optimizer, compile_model
-from paradl_tf.build.precision import (
+from paradl_tf.builders.data import build_dataset, for_pipelines, load_source, shuffled_batches
+from paradl_tf.builders.devices import setup_devices, setup_threads
+from paradl_tf.builders.keras_version import import_keras, resolve_keras
+from paradl_tf.builders.models import build_model, build_optimizer, compile_model
+from paradl_tf.builders.precision import (
     Precision, check_model_precision, dtype_name, precision_policy, resolve_precision,
 )
-from paradl_tf.build.strategies import variable_partitioner
+from paradl_tf.builders.strategies import variable_partitioner
 from paradl_tf.config import Config
 from paradl_tf.errors import ConfigError
 from paradl_tf.files.service import service_address, shared_train_pipeline
@@ -415,7 +415,7 @@ def ps_placement(variables: Sequence[dict], num_ps: int, shards_for: Callable[[d
 def plan(cfg: Config) -> dict[str, Any]:
     """The plan of a parameter_server config, without starting a cluster: the tasks, and which ps holds each
     variable and shard (computed as ParameterServerStrategy places them; a test checks it on a real cluster)."""
-    from paradl_tf.build.models import build_model
+    from paradl_tf.builders.models import build_model
 
     keras_name = resolve_keras(cfg.keras, "parameter_server")
     keras = import_keras(keras_name)

@@ -8,7 +8,7 @@ from typing import Callable, Iterator
 import tensorflow as tf
 
 from paradl_tf.config import Config, DevicesConfig
-from paradl_tf.build.devices import select_devices
+from paradl_tf.builders.devices import select_devices
 from paradl_tf.errors import ConfigError
 
 StrategyBuilder = Callable[..., tf.distribute.Strategy]

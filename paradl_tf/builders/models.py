@@ -9,7 +9,7 @@ from types import ModuleType
 
 from paradl_tf.config import CNNConfig, InceptionConfig, MLPConfig, TrainConfig, UserModelConfig
 from paradl_tf.errors import ConfigError
-from paradl_tf.build.imports import import_callable
+from paradl_tf.builders.imports import import_callable
 
 
 def build_model(model_cfg, input_shape: tuple[int, ...], num_classes: int, keras: ModuleType):

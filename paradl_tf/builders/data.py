@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from paradl_tf.config import Config, DigitsConfig, SyntheticImagesConfig, SyntheticTabularConfig, UserDataConfig
 from paradl_tf.errors import ConfigError
-from paradl_tf.build.imports import import_callable
+from paradl_tf.builders.imports import import_callable
 from paradl_tf.files.service import service_address, service_mode, sync_train_pipeline
 from paradl_tf.files.sources import FileSource, UserDatasetSource, load_file_source, load_user_dataset, warn
 
