@@ -14,6 +14,7 @@ from typing import Any
 
 from paradl_tf import cluster as cl
 from paradl_tf.config import Config
+from paradl_tf.runs.communication import parse_bandwidth, predict
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,15 @@ def train(cfg: Config) -> dict[str, Any]:
     return importlib.import_module(runner.module).train(cfg)
 
 
-def plan(cfg: Config) -> dict[str, Any]:
-    """What `cfg` will run, without training and without starting a cluster."""
-    return importlib.import_module(RUNNERS[cfg.strategy.kind].module).plan(cfg)
+def plan(cfg: Config, link: str | None = None) -> dict[str, Any]:
+    """What `cfg` will run, without training and without starting a cluster. With `link` (a bandwidth such as
+    '25Gbit'), also the communication each step needs over links of that bandwidth, next to the compute time of
+    a step measured here (`communication` in the plan; paradl_tf.runs.communication has the models)."""
+    bits_per_s = parse_bandwidth(link) if link else None  # a bad --link fails before TensorFlow starts
+    p = importlib.import_module(RUNNERS[cfg.strategy.kind].module).plan(cfg)
+    if bits_per_s:
+        from paradl_tf.runs.plan import measure_step_seconds
+
+        compute, source = measure_step_seconds(cfg, p["keras"], p["per_replica_batch_size"])
+        p["communication"] = predict(p, bits_per_s, compute, source)
+    return p

@@ -4,6 +4,7 @@
     paradl-tf train --config=configs/sync_mirrored.yaml --set train.epochs=3 --set strategy.devices=2
     paradl-tf train --config=configs/one_device.yaml                     # the single-device baseline
     paradl-tf plan --config=configs/sync_mirrored.yaml [--json]          # devices, replicas, variables; no training
+    paradl-tf plan --config=configs/sync_multiworker.yaml --link=25Gbit  # + communication per step over such links
     paradl-tf train --config=configs/async_ps.yaml                       # parameter servers: 2 workers, 1 ps, local
     paradl-tf train --config=configs/sync_multiworker.yaml               # MultiWorkerMirroredStrategy: 2 processes
     paradl-tf tf-config --config=configs/sync_multiworker.yaml --hosts=10.0.0.1,10.0.0.2   # TF_CONFIG per task
@@ -32,6 +33,9 @@ flags.DEFINE_string("config", None, "YAML config file describing the run.")
 flags.DEFINE_multi_string("set", [], "Override a config key, e.g. --set train.epochs=3 (repeatable).")
 flags.DEFINE_bool("tf_logs", False, "Show TensorFlow's own log lines (C++ start-up lines, INFO records) for debugging.")
 flags.DEFINE_bool("json", False, "plan: print JSON instead of text.")
+flags.DEFINE_string("link", None, "plan: a link bandwidth, e.g. 25Gbit, 100Mbit: add the bytes and seconds each step "
+                    "sends over such links (all-reduce, ps traffic, activations between stages) next to a compute "
+                    "time measured here.")
 flags.DEFINE_string("job", None, "serve: the job of the task to run (worker, ps, or a tf.data service's dispatcher "
                     "or data_worker); default: TF_CONFIG's task.")
 flags.DEFINE_integer("task", None, "serve: the index of the task to run; default: TF_CONFIG's task.")
@@ -83,9 +87,10 @@ COMMANDS = {
     ),
     "plan": Command(
         "Show devices, replicas, the batch split, variables and where each value came from; trains nothing.",
-        ("config", "set", "json", "tf_logs"),
+        ("config", "set", "json", "link", "tf_logs"),
         ("paradl-tf plan --config=configs/sync_mirrored.yaml",
-         "paradl-tf plan --config=configs/model_parallel.yaml --json"),
+         "paradl-tf plan --config=configs/model_parallel.yaml --json",
+         "paradl-tf plan --config=configs/sync_multiworker.yaml --link=25Gbit   # will the network dominate?"),
     ),
     "serve": Command(
         "Run one task of a cluster (worker, ps, or a tf.data service's dispatcher or data_worker) until stopped.",
@@ -197,7 +202,7 @@ def _run(command: str) -> None:
         from paradl_tf.api import plan
         from paradl_tf.runs.plan import format_plan
 
-        print(format_plan(plan(cfg), as_json=FLAGS.json))
+        print(format_plan(plan(cfg, link=FLAGS.link), as_json=FLAGS.json))
     elif command == "train":
         if not cfg.launches_local_cluster:  # a launcher only waits for its tasks: it needs no TensorFlow
             _start_tensorflow()

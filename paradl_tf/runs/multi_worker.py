@@ -46,7 +46,7 @@ from paradl_tf.builders.strategies import check_global_batch
 from paradl_tf.config import Config, dump_config, load_config
 from paradl_tf.errors import ConfigError, ParadlError
 from paradl_tf.runs.fit import Job, Run, fit_run
-from paradl_tf.runs.plan import describe_variable, plan_header
+from paradl_tf.runs.plan import describe_variable, plan_header, trainable_bytes
 
 KIND = "multi_worker_mirrored"
 JOBS = cl.REQUIRED_JOBS[KIND]
@@ -168,8 +168,7 @@ def plan(cfg: Config) -> dict[str, Any]:
         model = build_model(cfg.model, datasets.input_shape, datasets.num_classes, keras)
     variables = [describe_variable(v, replica_devices) for v in model.variables]
     header = plan_header(cfg, tf.distribute.MultiWorkerMirroredStrategy.__name__, keras_name, variables,
-                         check_model_precision(model, precision))
-    trainable = {id(v) for v in model.trainable_variables}
+                         check_model_precision(model, precision), trainable_bytes(model))
     return {
         **header,
         "replicas": len(replica_devices),
@@ -178,8 +177,7 @@ def plan(cfg: Config) -> dict[str, Any]:
         "cluster": {"resolver": c.resolver, "mode": "process" if c.resolver == "local" else "remote", "tasks": tasks},
         "input": datasets.input,
         "all_reduce": {"communication": cfg.strategy.communication, "local_replicas": len(local),
-                       "bytes_per_step": sum(row["bytes"] for v, row in zip(model.variables, variables)
-                                             if id(v) in trainable)},
+                       "bytes_per_step": header["gradient_bytes"]},
     }
 
 

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
+from paradl_tf.builders.data import load_source
+from paradl_tf.builders.devices import logical_device_names
+from paradl_tf.builders.keras_version import import_keras
+from paradl_tf.builders.models import build_model, compile_model
+from paradl_tf.builders.precision import precision_policy, resolve_precision
 from paradl_tf.config import Config
+from paradl_tf.runs.communication import format_communication
 from paradl_tf.runs.fit import prepare
 
 
@@ -17,8 +24,11 @@ def plan(cfg: Config) -> dict[str, Any]:
     plan without starting their cluster (paradl_tf.runs.multi_worker.plan, .parameter_server.plan)."""
     job = prepare(cfg)
     variables = [describe_variable(v, variable_devices(v, job.strategy)) for v in job.model.variables]
+    mesh = job.placement if job.placement and "groups" in job.placement else None
+    # Hybrid's model holds R copies: one replica computes the gradients of one copy.
+    gradients = mesh["mirrored_all_reduce_bytes_per_step"] if mesh else trainable_bytes(job.model)
     return {
-        **plan_header(cfg, type(job.strategy).__name__, job.keras_name, variables, job.precision),
+        **plan_header(cfg, type(job.strategy).__name__, job.keras_name, variables, job.precision, gradients),
         "replicas": job.replicas,
         "devices": job.devices,
         "per_replica_batch_size": job.per_replica_batch_size,
@@ -28,8 +38,9 @@ def plan(cfg: Config) -> dict[str, Any]:
 
 
 def plan_header(cfg: Config, strategy_class: str, keras_name: str, variables: list[dict],
-                precision: dict) -> dict[str, Any]:
-    """The keys every plan has: the config with provenance, devices, strategy, Keras, precision and the variables."""
+                precision: dict, gradient_bytes: int) -> dict[str, Any]:
+    """The keys every plan has: the config with provenance, devices, strategy, Keras, precision, the variables and
+    the bytes of the gradients one replica computes per step (what an all-reduce or a push to the ps moves)."""
     return {
         "config": cfg.model_dump(mode="json"),
         "provenance": cfg.provenance,
@@ -42,7 +53,36 @@ def plan_header(cfg: Config, strategy_class: str, keras_name: str, variables: li
         "global_batch_size": cfg.train.global_batch_size,
         "variables": variables,
         "parameter_bytes": sum(v["bytes"] for v in variables),
+        "gradient_bytes": gradient_bytes,
     }
+
+
+def trainable_bytes(model) -> int:
+    """Bytes of a model's trainable variables: the gradients of one step."""
+    return sum(int(np.prod(v.shape, dtype=np.int64)) * tf.as_dtype(v.dtype).size for v in model.trainable_variables)
+
+
+def measure_step_seconds(cfg: Config, keras_name: str, batch: int, steps: int = 10) -> tuple[float, str]:
+    """The median time of one training step of cfg's whole model on this machine's first device, with `batch`
+    random examples: the compute one replica (or one worker, or the whole pipeline) does per step, measured here.
+    Returns the seconds and where they were measured."""
+    keras = import_keras(keras_name)
+    source = load_source(cfg.data, cfg.train.seed)
+    device = logical_device_names(cfg.devices.type)[0]
+    rng = np.random.default_rng(cfg.train.seed)
+    x = rng.random((batch, *source.input_shape), dtype=np.float32)
+    y = rng.integers(0, source.num_classes, size=batch).astype(np.int32)
+    with tf.device(device), precision_policy(keras, resolve_precision(cfg.train.precision, cfg.devices.type)):
+        model = build_model(cfg.model, source.input_shape, source.num_classes, keras)
+        compile_model(model, cfg.train, keras)
+        for _ in range(3):  # tracing and the first steps' allocations are not the step
+            model.train_on_batch(x, y)
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            model.train_on_batch(x, y)
+            times.append(time.perf_counter() - start)
+    return float(np.median(times)), f"measured here: median of {steps} steps of batch {batch} on {device}"
 
 
 def variable_devices(variable, strategy: tf.distribute.Strategy) -> list[str]:
@@ -104,6 +144,8 @@ def format_plan(p: dict[str, Any], as_json: bool = False) -> str:
         lines.extend(format_placement(p["placement"]))
     if p.get("input"):
         lines.extend(format_input(p["input"]))
+    if p.get("communication"):
+        lines.extend(format_communication(p["communication"]))
     return "\n".join(lines)
 
 
