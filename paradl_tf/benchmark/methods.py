@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+
 @dataclass(frozen=True)
 class Method:
     """One way to train: the toolkit's `strategy` section, the devices it needs, its hand-written reference."""

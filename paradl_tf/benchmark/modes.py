@@ -93,6 +93,7 @@ MODES: dict[str, Mode] = {
 """Each part's time budget per mode is in its registry entry (paradl_tf.benchmark.parts.PARTS); a part's own
 settings per mode, in its module (the data part's: paradl_tf.benchmark.parts.data.PLANS)."""
 
+
 def with_reps(mode: Mode, reps: int) -> Mode:
     """`mode` with `reps` processes per figure (and no more per sweep point and section row)."""
     return replace(mode, reps=reps, sweep_reps=min(mode.sweep_reps, reps))

@@ -130,4 +130,3 @@ def input_shape(data: dict) -> tuple[list[int], int]:
     if data["kind"] == "synthetic_tabular":
         return [data["features"]], data["num_classes"]
     raise ValueError(f"no shape for data kind {data['kind']!r}")
-

@@ -36,7 +36,6 @@ def _worker_dataset_fn(x, y, batch: int, seed: int):
     return dataset_fn
 
 
-
 def _ps_tutorial_input(keras: ModuleType, strategy, x, y, train: dict):
     """The tutorial's dataset_fn, line for line (its data replaced by the workload's)."""
     global_batch_size = train["global_batch_size"]

@@ -239,4 +239,3 @@ def _optimizer_beside_variables(keras: ModuleType, name: str, learning_rate: flo
                 return super().add_variable_from_reference(reference_variable, *args, **kwargs)
 
     return BesideVariables(learning_rate=learning_rate)
-

@@ -63,4 +63,3 @@ def console_table(results: dict) -> str:
 
 def _short(s: dict | None) -> str:
     return f"{s['median']:.2f}" if s else "n/a"
-

@@ -56,7 +56,7 @@ def data_tables(results: dict) -> str:
         if not row:
             continue
         diff = "" if name == "small" else mib(m["difference_bytes"] if name == "big" else
-                                               m.get("difference_same_buffer_bytes"))
+                                              m.get("difference_same_buffer_bytes"))
         buffer = "10,000 (default)" if row["shuffle_buffer"] == "default" else f"{row['shuffle_buffer']:,}"
         out.append(f"| {label} | {row['examples']:,} | {mib(row['bytes'])} | {buffer} | "
                    f"{mib(row['peak_rss_bytes'] and row['peak_rss_bytes']['median'])} | {diff} |")
@@ -91,4 +91,3 @@ def _service_lines(row: dict) -> list[str]:
             f"On other hosts each data worker brings its own cores: about "
             f"{row['remote_estimate_examples_per_sec'] / row['in_process_examples_per_sec']:.1f}x in-process "
             f"(an estimate: min(data workers x in-process rate, the receive rate))."]
-

@@ -46,7 +46,6 @@ def row_status(row: dict | None) -> str:
     return f"{row['status']}: {row.get('why', '')}".replace("|", "/")
 
 
-
 def mib(n: float | None) -> str:
     return "-" if n is None else f"{n / MIB:,.0f} MiB"
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from paradl_tf.benchmark.report.format import (MIB, figure_or_status, fmt, fmt_ratio, index_of, method_order,
-                                                 plotted_methods, rows_of)
+                                               plotted_methods, rows_of)
 
 # Measured with plain TensorFlow on a 2-core CPU before any toolkit code (issue 7): the figures to beat.
 PLAIN_TF_BEFORE = {("mirrored_4", "mlp"): "0.33x", ("mirrored_4", "cnn"): "1.00x",
                    ("multi_worker_mirrored_2", "mlp"): "0.12x", ("multi_worker_mirrored_2", "cnn"): "0.63x",
                    ("parameter_server", "mlp"): "0.18-0.38x", ("parameter_server", "cnn"): "0.74-0.85x"}
-
 
 
 def throughput_tables(results: dict) -> str:
@@ -102,7 +101,6 @@ def tutorial_table(results: dict) -> str:
     return "\n".join(out)
 
 
-
 def results_target(results: dict, workload: str, method: str) -> float | None:
     return next((t["target"] for t in results["targets"]["vs_one_device"]
                  if t["workload"] == workload and t["method"] == method), None)
@@ -111,7 +109,6 @@ def results_target(results: dict, workload: str, method: str) -> float | None:
 def _plain_tf(workload: str, method: str) -> str:
 
     return PLAIN_TF_BEFORE.get((method, workload), "")
-
 
 
 def startup_table(results: dict) -> str:
@@ -166,5 +163,3 @@ def pipeline_table(results: dict) -> str:
     for p in points:
         out.append(f"| {p['workload']} | {p['microbatches']} | {fmt(p['examples_per_sec'])} | {p['status']} |")
     return "\n".join(out)
-
-

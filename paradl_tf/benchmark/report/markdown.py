@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from paradl_tf.benchmark.parts import PARTS
 from paradl_tf.benchmark.report.data import data_tables
 from paradl_tf.benchmark.report.format import fmt
 from paradl_tf.benchmark.report.main import (model_parallel_table, pipeline_table, startup_table, throughput_tables,
-                                               tutorial_table)
+                                             tutorial_table)
 from paradl_tf.benchmark.report.plots import write_plots
 from paradl_tf.benchmark.report.sections import precision_table, threads_table
 from paradl_tf.benchmark.report.sweeps import sweep_tables
@@ -37,7 +38,7 @@ def _header(results: dict) -> str:
         "",
         f"Mode: **{results['mode']}**, {results['created']}, {results['wall_seconds']:.0f} s. {reps['note']}.",
         *(["", f"Parts measured in this run: {', '.join(results['parts'])} (`paradl-tf bench --parts`); the others "
-                "were not run."] if results.get("parts") and len(results["parts"]) < 4 else []),
+                "were not run."] if results.get("parts") and len(results["parts"]) < len(PARTS) else []),
         *(["", f"Main-table methods measured in this run: {', '.join(results['methods_selected'])} "
                 "(`paradl-tf bench --methods`)."] if results.get("methods_selected") else []),
         "",
@@ -59,7 +60,6 @@ def _header(results: dict) -> str:
     return "\n".join(lines)
 
 
-
 def _reading(results: dict) -> str:
     if results["machine"]["device_type"] != "CPU":
         return ""
@@ -70,11 +70,9 @@ def _reading(results: dict) -> str:
             "own overhead and should be ~1.00 whatever the machine.")
 
 
-
 def write_all(results: dict, out: Path) -> list[str]:
     """RESULTS.md and the plots into `out`; returns the file names written."""
     plots = write_plots(results, out)
     record = out / BEFORE_AFTER
     (out / "RESULTS.md").write_text(markdown(results, plots, record.read_text() if record.exists() else ""))
     return ["RESULTS.md", *plots]
-

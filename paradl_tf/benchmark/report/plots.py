@@ -119,4 +119,3 @@ def _plot_pipeline(results: dict, plt):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return fig
-

@@ -57,4 +57,3 @@ def threads_table(results: dict) -> str:
                    f"| {fmt_ratio(ratio.get('over_baseline')) if ratio else ''} | {ceiling} | {of} "
                    f"| {why.replace('|', '/')} |")
     return "\n".join(out)
-

@@ -22,4 +22,3 @@ def sweep_tables(results: dict) -> str:
                        f"| {p['workload']} | {p['method']} ({p['impl']}) | {p['x']} | - | - | {p['status']} |")
         out.append("")
     return "\n".join(out).rstrip()
-
