@@ -41,7 +41,7 @@ from paradl_tf.config import Config
 from paradl_tf.errors import ConfigError
 from paradl_tf.files.service import service_address, shared_train_pipeline
 from paradl_tf.files.sources import FileSource
-from paradl_tf.runs.fit import Job, Run, fit_run
+from paradl_tf.runs.fit import Job, Run, fit_run, stop_on_nan
 from paradl_tf.runs.plan import plan_header
 
 JOBS = cl.REQUIRED_JOBS["parameter_server"]
@@ -172,6 +172,9 @@ class ParameterServerRun(Run):
             creator = worker_dataset_fn(job.splits, self.cfg.train.global_batch_size, self.cfg.train.seed)
         return {"x": job.keras.utils.experimental.DatasetCreator(creator),
                 "steps_per_epoch": self.cfg.train.steps_per_epoch}
+
+    def stop_on_nan(self, job: Job):
+        return stop_on_nan(job.keras, self.cfg, self.cfg.train.steps_per_epoch, per_epoch=True)
 
     def verbose(self, job: Job) -> int:
         if self.cfg.train.verbose != 1:
