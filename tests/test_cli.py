@@ -92,6 +92,19 @@ def test_command_help_gives_its_flags_and_examples(name):
         assert f"  --{flag} " in proc.stdout
     for example in COMMANDS[name].examples:
         assert example in proc.stdout
+    # Only its own words: no flag text or default of another command (absl's flags are global; the help is not).
+    flags_part = proc.stdout.split("\nflags:\n")[1].split("\nexamples:\n")[0]
+    assert flags_part.count("\n  --") + 1 == len(COMMANDS[name].flags), flags_part
+    for other, command in COMMANDS.items():
+        if other == name:
+            continue
+        # another command named (not a config key such as train.epochs)
+        assert not re.search(rf"(?<![\w.-]){re.escape(other)}(?![\w.-])", flags_part), (other, flags_part)
+        for flag, text in command.flags.items():
+            if COMMANDS[name].flags.get(flag) != text:
+                assert text not in proc.stdout, (other, flag)
+            if flag in command.defaults and command.defaults[flag] != COMMANDS[name].defaults.get(flag):
+                assert f"--{flag}" not in flags_part or f"(default: {command.defaults[flag]!r})" not in flags_part
 
 
 # ================================================================ configs refused at once

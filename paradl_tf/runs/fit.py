@@ -119,6 +119,10 @@ class Run:
         """The callback that stops the run at the first step whose loss is not finite (stop_on_nan)."""
         return stop_on_nan(job.keras, self.cfg, job.datasets.steps_per_epoch)
 
+    def data_error(self, job: Job, exc: BaseException) -> BaseException:
+        """What to raise for a read, parse or check failure of the input pipeline during fit."""
+        return data_error(job.splits, exc)
+
     def backup(self, job: Job):
         """A rerun resumes at the epoch after the last backup; the backup is removed when fit ends."""
         return job.keras.callbacks.BackupAndRestore(backup_dir=self.cfg.checkpoint.dir)
@@ -208,7 +212,7 @@ def fit_run(run: Run) -> dict[str, Any]:
             (out / "results.json").write_text(json.dumps(unfinished_results(job, exc), indent=2) + "\n")
         raise
     except DATA_ERRORS as exc:
-        raise data_error(job.splits, exc) from exc
+        raise run.data_error(job, exc) from exc
     fit_seconds = time.perf_counter() - fit_start
     export_model(job.model, out / "model.keras", job.is_chief, cfg.checkpoint.export)
     results = run_results(job, history.history, timer.epoch_seconds, fit_seconds, time.perf_counter() - start)
@@ -298,10 +302,15 @@ def stop_on_nan(keras: ModuleType, cfg: Config, steps_per_epoch: int, per_epoch:
         def _check(self, loss, step: str, step_number: int | None) -> None:
             if loss is None or np.isfinite(float(loss)):
                 return
-            resume = (f"its last backup in checkpoint.dir={backup} is kept: fix the data (or lower "
-                      "train.learning_rate) and rerun the same command to resume from it" if backup else
-                      "fix the data (or lower train.learning_rate); with checkpoint.dir set, a rerun resumes "
-                      "from the last backup")
+            if not backup:
+                resume = ("fix the data (or lower train.learning_rate); with checkpoint.dir set, a rerun resumes "
+                          "from the last backup")
+            elif tf.io.gfile.exists(backup) and tf.io.gfile.listdir(backup):
+                resume = (f"its last backup in checkpoint.dir={backup} is kept: fix the data (or lower "
+                          "train.learning_rate) and rerun the same command to resume from it")
+            else:
+                resume = (f"no backup was taken yet in checkpoint.dir={backup}: fix the data (or lower "
+                          "train.learning_rate) and rerun")
             raise TrainingDiverged(
                 f"train: the loss became {float(loss)} at epoch {self.epoch + 1}, {step}: the run stopped there and "
                 f"did not finish (results.json says so); {resume}", epoch=self.epoch + 1, step=step_number)

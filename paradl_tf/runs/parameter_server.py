@@ -19,6 +19,7 @@ Keras 3 has no parameter-server support (keras-team/keras#18624), so this path r
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 import time
@@ -172,6 +173,15 @@ class ParameterServerRun(Run):
             creator = worker_dataset_fn(job.splits, self.cfg.train.global_batch_size, self.cfg.train.seed)
         return {"x": job.keras.utils.experimental.DatasetCreator(creator),
                 "steps_per_epoch": self.cfg.train.steps_per_epoch}
+
+    def data_error(self, job: Job, exc: BaseException) -> BaseException:
+        """A worker's pipeline failed: the chief reports it once, naming the worker (TensorFlow's remote error
+        names the device it ran on)."""
+        error = super().data_error(job, exc)
+        worker = re.search(r"/job:worker/replica:\d+/task:(\d+)", str(exc))
+        if isinstance(error, ConfigError) and worker:
+            return ConfigError(f"worker:{worker.group(1)}: {error}")
+        return error
 
     def stop_on_nan(self, job: Job):
         return stop_on_nan(job.keras, self.cfg, self.cfg.train.steps_per_epoch, per_epoch=True)
