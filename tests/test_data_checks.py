@@ -9,6 +9,7 @@ worker's error reaches the terminal once."""
 import json
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,7 @@ def read_through(data: dict, *extra: str):
     source = load_source(cfg.data, cfg.train.seed)
     datasets = build_dataset(cfg, source)
     try:
-        batches = sum(1 for _ in datasets.train) + sum(1 for _ in datasets.validation)
+        batches = sum(1 for _ in datasets.validation) + sum(1 for _ in datasets.train)  # the quicker first
     except DATA_ERRORS as exc:
         raise data_error(source, exc) from None
     return source, batches
@@ -217,12 +218,13 @@ VARIANTS = {
     "csv_label_negative_in_validation": ("csv", lambda r: edit_csv(r / va("csv"), 300, set_cell(1, "-3")),
                                          rf"data\.validation_files: {R}/{va('csv')}: row 300: column 'label' is -3, "
                                          r"outside \[0, 10\)"),
-    "csv_label_not_an_integer": ("csv", lambda r: edit_csv(r / tr(1, "csv"), 40, set_cell(1, "3.5")),
-                                 rf"data\.train_files: {R}/{tr(1, 'csv')}: row 40: column 'label' is '3\.5'; it must "
+    # (in the first rows of the first file: met before training)
+    "csv_label_not_an_integer": ("csv", lambda r: edit_csv(r / tr(0, "csv"), 3, set_cell(1, "3.5")),
+                                 rf"data\.train_files: {R}/{tr(0, 'csv')}: row 3: column 'label' is '3\.5'; it must "
                                  r"be an integer class id"),
-    "csv_cell_not_a_number": ("csv", lambda r: edit_csv(r / tr(3, "csv"), 51, set_cell(9, "abc")),
-                              rf"data\.train_files: {R}/{tr(3, 'csv')}: row 51: column 'f7' is 'abc'; features must "
-                              r"be numbers"),
+    "csv_cell_not_a_number": ("csv", lambda r: edit_csv(r / va("csv"), 2, set_cell(9, "abc")),
+                              rf"data\.validation_files: {R}/{va('csv')}: row 2: column 'f7' is 'abc'; features "
+                              r"must be numbers"),
     "csv_cell_nan": ("csv", lambda r: edit_csv(r / tr(0, "csv"), 20, set_cell(5, "nan")),
                      rf"data\.train_files: {R}/{tr(0, 'csv')}: row 20: column 'f3' is nan; features must be finite"),
     "csv_cell_inf_in_validation": ("csv", lambda r: edit_csv(r / va("csv"), 7, set_cell(60, "inf")),
@@ -253,6 +255,7 @@ VARIANTS = {
         tf.io.encode_png(tf.zeros([16, 12, 1], tf.uint8)).numpy()), None),
     "image_in_color": ("image_folder", lambda r: image(r, "train", 5).write_bytes(
         tf.io.encode_png(tf.fill([8, 8, 3], tf.constant(200, tf.uint8))).numpy()), None),
+    "image_removed": ("image_folder", lambda r: image(r, "train", 6).unlink(), None),  # counted, and said (below)
     "image_folder_with_a_text_file": ("image_folder", lambda r: (r / "train" / "class_0" / "README.txt").write_text("hi"),
                                       None),
 }
@@ -276,8 +279,13 @@ def test_a_broken_file_is_one_line_naming_it_or_reads_through(written, tmp_path,
     shutil.copytree(written / fmt, root)
     breaks(root)
     if expected is None:  # valid after all: every batch reads
-        source, batches = read_through(data_section(fmt, root))
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            source, batches = read_through(data_section(fmt, root))
         assert batches > 0 and source.train_examples > 0
+        if name == "image_removed":
+            assert f"data.train_dir: {root}/train holds 1436 images, but {root}/metadata.json says train_examples: " \
+                   "1437; training on the 1436 found" in [str(w.message) for w in said]
         return
     with pytest.raises(ConfigError) as caught:
         read_through(data_section(fmt, root))
@@ -285,6 +293,19 @@ def test_a_broken_file_is_one_line_naming_it_or_reads_through(written, tmp_path,
     assert "\n" not in message
     assert re.fullmatch(expected.replace("ROOT", re.escape(str(root))) + ".*", message), message
     print(f"{name}\t{message}")
+
+
+def test_a_file_gone_during_training_is_named(written, tmp_path):
+    root = tmp_path / "tfrecord"
+    shutil.copytree(written / "tfrecord", root)
+    cfg = load_config("configs/one_device.yaml", ["data=" + json.dumps(data_section("tfrecord", root))])
+    source = load_source(cfg.data, 0)
+    (root / va()).unlink()  # after the run checked its files
+    with pytest.raises(DATA_ERRORS) as caught:
+        sum(1 for _ in build_dataset(cfg, source).validation)
+    message = str(data_error(source, caught.value))
+    assert message.startswith(f"data.validation_files: {root / va()}: cannot be read ("), message
+    print(f"file_removed_during_training\t{message}")
 
 
 # ---------------------------------------------------------------- a user's pipeline or arrays

@@ -52,6 +52,8 @@ def _tfrecord_rows(fmt: Format, path: str) -> Iterator[str | None]:
         for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
             yield _example_problem(record, index, feature_key, label_key, width, fmt)
             index += 1
+    except tf.errors.NotFoundError as exc:
+        yield f"cannot be read ({first_error_line(exc)})"
     except tf.errors.OpError as exc:
         yield f"a corrupt or truncated record at record {index} ({first_error_line(exc)})"
 
@@ -128,7 +130,11 @@ def _csv_row_problem(row: list[str], line: int, header: list[str], label_at: int
 # ---------------------------------------------------------------- images
 def _image_problem(fmt: Format, path: str) -> str | None:
     try:
-        tf.io.decode_image(tf.io.read_file(path), channels=fmt.input_shape[-1], expand_animations=False)
+        data = tf.io.read_file(path)
+    except tf.errors.OpError as exc:
+        return f"cannot be read ({first_error_line(exc)})"
+    try:
+        tf.io.decode_image(data, channels=fmt.input_shape[-1], expand_animations=False)
     except tf.errors.OpError as exc:
         return f"not an image that decodes ({first_error_line(exc)})"
     return None

@@ -266,8 +266,10 @@ def _csv_columns(cfg, files: tuple[str, ...], shape) -> tuple[dict, list[int]]:
 
 def _image_folder(cfg) -> FileSource:
     train, classes = formats.list_images(cfg.train_dir, "data.train_dir")
+    _say_image_count(cfg.train_dir, "train", len(train.files))
     if cfg.validation_dir:
         validation, _ = formats.list_images(cfg.validation_dir, "data.validation_dir", classes)
+        _say_image_count(cfg.validation_dir, "validation", len(validation.files))
     else:
         held = [i for label in range(len(classes)) for i in _last(
             [j for j, l in enumerate(train.labels) if l == label], cfg.validation_fraction)]
@@ -278,6 +280,17 @@ def _image_folder(cfg) -> FileSource:
     if len(classes) < 2:
         raise ConfigError(f"data.train_dir: {cfg.train_dir} has {len(classes)} class sub-folder(s); need 2 or more")
     return FileSource(cfg, fmt, train, validation)
+
+
+def _say_image_count(folder: str, split: str, found: int) -> None:
+    """Where `paradl-tf data write` wrote this folder, its metadata.json says how many images it wrote: a count that
+    differs (images added or removed since) is trained on as found, and said."""
+    folder = folder.rstrip("/")
+    metadata, path = formats.read_metadata(None, folder)
+    written = metadata.get(f"{split}_examples")
+    if metadata.get(split) == posixpath.basename(folder) + "/" and written is not None and written != found:
+        warnings.warn(f"data.{'train' if split == 'train' else 'validation'}_dir: {folder} holds {found} images, but "
+                      f"{path} says {split}_examples: {written}; training on the {found} found", stacklevel=3)
 
 
 def _last(items: list, fraction: float) -> list:
@@ -305,13 +318,10 @@ def check_first_batch(source: FileSource) -> None:
         except (tf.errors.OpError, StopIteration) as exc:
             raise ConfigError(explain(source, exc, split.files[:1]) or
                               f"{fmt.key}: {split.files[0]}: its first record does not parse "
-                              f"({first_line(exc)})") from None
+                              f"({formats.first_error_line(exc)})") from None
 
 
 # ================================================================ naming the file at fault
-first_line = formats.first_error_line
-
-
 def explain(source: FileSource, exc: BaseException, files: tuple[str, ...] | None = None) -> str | None:
     """After a read, parse or check error: find the file at fault by reading the files one by one (paid only on
     this path; `files`: only these), and say what is wrong with it in one line naming the key and the file."""
@@ -340,7 +350,9 @@ def data_error(source, exc: BaseException) -> BaseException:
         found = explain(source, exc)
         if found:
             return ConfigError(found)
-    check = re.search(rf"(data\.\w+:[^\n]*? a batch {formats.CHECK_FAILED}: [^\n]*?)(?:\] \[| : Tensor had|\n|$)", str(exc))
+    # The check's own message, up to what tf.debugging appends ("] [Condition ...", " : Tensor had NaN values").
+    check = re.search(rf"(data\.\w+:[^\n]*? a batch {formats.CHECK_FAILED}: [^\n]*?)(?:\] \[| : Tensor had|\n|$)",
+                      str(exc))
     if check:
         return ConfigError(check.group(1))
     return exc
