@@ -322,7 +322,8 @@ def test_a_record_without_the_feature_is_named_before_training(tmp_path):
             w.write(tf.train.Example(features=tf.train.Features(feature={
                 "pixels": tf.train.Feature(float_list=tf.train.FloatList(value=[0.0] * 4)),
                 "y": tf.train.Feature(int64_list=tf.train.Int64List(value=[i % 2]))})).SerializeToString())
-    with pytest.raises(ConfigError, match=rf"^data\.train_files: {path}: a record lacks a feature the spec needs "):
+    with pytest.raises(ConfigError, match=rf"^data\.train_files: {path}: a record lacks a feature the spec needs: "
+                                          r"record 0 has no 'x' \(it has pixels, y; "):
         _source({"kind": "tfrecord", "train_files": str(path), "validation_files": str(path),
                  "feature_shape": [4], "num_classes": 2})
 
