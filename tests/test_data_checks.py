@@ -283,6 +283,7 @@ def test_a_broken_file_is_one_line_naming_it_or_reads_through(written, tmp_path,
             warnings.simplefilter("always")
             source, batches = read_through(data_section(fmt, root))
         assert batches > 0 and source.train_examples > 0
+        print(f"{name}\t(valid after all: {source.train_examples} training examples, {batches} batches read)")
         if name == "image_removed":
             assert f"data.train_dir: {root}/train holds 1436 images, but {root}/metadata.json says train_examples: " \
                    "1437; training on the 1436 found" in [str(w.message) for w in said]
@@ -434,7 +435,7 @@ def test_cli_multiworker_reports_a_workers_data_error_once_naming_it(cli, tmp_pa
     line = one_error_line(done)
     assert line == (f"error: worker:0: data.train_files: {root / tr(2)}: record 90: 'y' is 12, outside [0, 10) "
                     "(data.num_classes: 10)")
-    print(f"cli_multiworker_nan_feature\t{line}")
+    print(f"cli_multiworker_label_out_of_range\t{line}")
 
 
 # ---------------------------------------------------------------- a diverging run stops at its step
@@ -465,6 +466,7 @@ def test_a_non_finite_loss_raises_at_its_step_keeps_the_backup_and_a_fixed_run_r
     assert (caught.value.epoch, caught.value.step) == (2, 1)
     assert str(caught.value).startswith("train: the loss became nan at epoch 2, step 1 of 5: the run stopped there "
                                         "and did not finish (results.json says so); its last backup in checkpoint.dir=")
+    print(f"keras3_nan_loss_in_epoch_2\t{caught.value}")
     assert any((tmp_path / "backup").iterdir())  # epoch 1's backup is kept
     history = fit(poison=False)
     assert len(history.history["loss"]) == 2  # resumed at epoch 2 of 3
