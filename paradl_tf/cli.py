@@ -18,6 +18,7 @@ of the terminal unless --tf_logs is given.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import sys
@@ -227,8 +228,10 @@ def _run(command: str) -> None:
         if not cfg.launches_local_cluster:  # a launcher only waits for its tasks: it needs no TensorFlow
             _start_tensorflow()
         from paradl_tf.api import train
+        from paradl_tf.tf_logs import without_tensorflow_lines
 
-        results = train(cfg)
+        with contextlib.nullcontext() if FLAGS.tf_logs else without_tensorflow_lines():
+            results = train(cfg)
         print(f"val_accuracy {results['val_accuracy']:.4f}, {results['examples_per_sec']:.0f} examples/s "
               f"on {results['runs_on']} with {results['keras']}")
         print(f"results: {os.path.join(cfg.output_dir, 'results.json')}")

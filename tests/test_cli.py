@@ -72,6 +72,15 @@ def test_tensorflow_that_fails_to_start_shows_its_log(monkeypatch, capfd):
     assert "loader.cc:1] libtensorflow_framework.so.2: cannot open" in capfd.readouterr().err
 
 
+def test_tensorflow_lines_written_during_a_run_are_dropped_and_the_rest_kept(capfd):
+    from paradl_tf.tf_logs import without_tensorflow_lines
+
+    with without_tensorflow_lines():
+        os.write(2, b"E0000 00:00:1796541260.387560    9507 ring_alg.cc:291] Aborting RingReduce with CANCELLED\n")
+        os.write(2, b"a warning of the run\n")
+    assert capfd.readouterr().err == "a warning of the run\n"
+
+
 @pytest.mark.timeout(60)
 def test_help_lists_every_command_with_an_example():
     proc = plain_cli("--help")

@@ -424,6 +424,21 @@ def test_cli_data_write_onto_a_file_is_one_line(cli, tmp_path):
     print(f"cli_data_write_onto_a_file\t{line}")
 
 
+@pytest.mark.timeout(180)
+def test_cli_mirrored_replicas_meet_a_bad_label_and_say_one_line(cli, tmp_path, cli_shards):
+    """One replica's pipeline fails its check while the other waits in the all-reduce: TensorFlow's C++ abort
+    line for that stays out of the terminal, the run's own line comes once."""
+    root = tmp_path / "tfrecord"
+    shutil.copytree(cli_shards, root)
+    edit_record(root / tr(1), 50, set_label(12))
+    line = one_error_line(cli("train", "--config=configs/sync_mirrored.yaml", "--set",
+                              "data=" + json.dumps(data_section("tfrecord", root)), "--set", f"output_dir={tmp_path}/out",
+                              "--set", "devices.count=2", "--set", "strategy.devices=2", timeout=180))
+    assert line == (f"error: data.train_files: {root / tr(1)}: record 50: 'y' is 12, outside [0, 10) "
+                    "(data.num_classes: 10)")
+    print(f"cli_mirrored_label_out_of_range\t{line}")
+
+
 @pytest.mark.timeout(240)
 def test_cli_multiworker_reports_a_workers_data_error_once_naming_it(cli, tmp_path, cli_shards):
     root = tmp_path / "tfrecord"
