@@ -19,67 +19,60 @@ of the terminal unless --tf_logs is given.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from absl import app, flags
 
 from paradl_tf.errors import ParadlError
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("config", None, "YAML config file describing the run.")
-flags.DEFINE_multi_string("set", [], "Override a config key, e.g. --set train.epochs=3 (repeatable).")
-flags.DEFINE_bool("tf_logs", False, "Show TensorFlow's own log lines (C++ start-up lines, INFO records) for debugging.")
-flags.DEFINE_bool("json", False, "plan: print JSON instead of text.")
-flags.DEFINE_string("link", None, "plan: a link bandwidth, e.g. 25Gbit, 100Mbit: add the bytes and seconds each step "
-                    "sends over such links (all-reduce, ps traffic, activations between stages) next to a compute "
-                    "time measured here.")
-flags.DEFINE_string("job", None, "serve: the job of the task to run (worker, ps, or a tf.data service's dispatcher "
-                    "or data_worker); default: TF_CONFIG's task.")
-flags.DEFINE_integer("task", None, "serve: the index of the task to run; default: TF_CONFIG's task.")
-flags.DEFINE_bool("quick", False, "bench: fewer repetitions, methods and points (under 9 minutes on 2 cores, the data section included).")
-flags.DEFINE_string("out", "bench", "bench: directory for results.json, RESULTS.md and the plots.")
-flags.DEFINE_list("parts", None,
-                  "bench: which parts to measure, each on its own time budget: main (every method against its "
-                  "hand-written and tutorial-style code), sections (precision, threads), sweeps (batch, width), data "
-                  "(files against memory); default: all four.")
-flags.DEFINE_list("methods", None, "bench: only these methods in the main table (e.g. "
-                  "multi_worker_mirrored_2,parameter_server); default: all.")
-flags.DEFINE_bool("virtual_gpus", False, "bench: on a GPU machine, split GPU 0 into logical GPUs for multi-device methods.")
-flags.DEFINE_list("hosts", [], "tf-config: the hosts of the cluster, one task each ('host' or 'host:port'), "
-                  "in order chief, workers, ps.")
+# absl's flags are global: each is defined once here, for the parser, and each command gives the flags it takes
+# their words and defaults in COMMANDS below, so that `paradl-tf COMMAND --help` speaks of that command alone.
+_PER_COMMAND = "this flag's meaning and default depend on the command: see paradl-tf COMMAND --help"
+for _name in ("config", "job", "out", "format", "image", "cpu", "memory", "checkpoint_claim", "link"):
+    flags.DEFINE_string(_name, None, _PER_COMMAND)
+for _name in ("task", "gpus"):
+    flags.DEFINE_integer(_name, None, _PER_COMMAND, lower_bound=0)
+for _name in ("tf_logs", "json", "quick", "virtual_gpus", "tiny"):
+    flags.DEFINE_bool(_name, False, _PER_COMMAND)
+for _name in ("parts", "methods"):
+    flags.DEFINE_list(_name, None, _PER_COMMAND)
+flags.DEFINE_multi_string("set", [], _PER_COMMAND)
+flags.DEFINE_list("hosts", [], _PER_COMMAND)
+flags.DEFINE_integer("shards", None, _PER_COMMAND, lower_bound=1)
+flags.DEFINE_integer("validation_shards", None, _PER_COMMAND, lower_bound=1)
+flags.DEFINE_string("command", None, _PER_COMMAND)
 EXPORT_FORMATS = ("tfjob", "jobset", "indexed-job", "slurm")
 DATA_FORMATS = ("tfrecord", "image_folder", "csv")
-flags.DEFINE_string("format", None,
-                    "export: tfjob (a Kubeflow TFJob; needs the legacy operator), jobset, indexed-job (an Indexed Job "
-                    "and headless Service; multi-worker) or slurm (an sbatch script); default tfjob. data write: "
-                    "tfrecord, image_folder or csv; default tfrecord.")
-flags.DEFINE_integer("shards", 4, "data write: training files to write.", lower_bound=1)
-flags.DEFINE_integer("validation_shards", 1, "data write: validation files to write.", lower_bound=1)
-flags.DEFINE_string("image", None, "export to Kubernetes: the container image with paradl-tf installed.")
-flags.DEFINE_string("command", "paradl-tf", "export: the command that runs paradl-tf on a node or in a pod.")
-flags.DEFINE_string("cpu", None, "export to Kubernetes: CPU each pod requests, e.g. 4.")
-flags.DEFINE_string("memory", None, "export to Kubernetes: memory each pod requests and is limited to, e.g. 16Gi.")
-flags.DEFINE_integer("gpus", None, "export to Kubernetes: nvidia.com/gpu per worker pod; default 1 where "
-                     "devices.type is GPU, else none.", lower_bound=0)
-flags.DEFINE_string("checkpoint_claim", None, "export to Kubernetes: a ReadWriteMany PersistentVolumeClaim mounted "
-                    "on checkpoint.dir's parent in every pod that trains, so a restarted run resumes.")
-flags.DEFINE_bool("tiny", False, "bench: tiny models and concurrent processes, for tests; the speeds mean nothing.")
+
+CONFIG = "YAML config file describing the run."
+SET = "Override a config key, e.g. --set train.epochs=3 (repeatable)."
+TF_LOGS = "Show TensorFlow's own log lines (C++ start-up lines, INFO records) for debugging."
 
 
 @dataclass(frozen=True)
 class Command:
     summary: str
-    flags: tuple[str, ...]
+    flags: dict[str, str]
+    """Each flag the command takes, with what it means here."""
     examples: tuple[str, ...]
+    defaults: dict[str, Any] = field(default_factory=dict)
+    """The command's defaults for its flags (absl's are the same for every command)."""
+
+    def value(self, name: str):
+        """The flag's value as given, else this command's default."""
+        return FLAGS[name].value if FLAGS[name].present else self.defaults.get(name, FLAGS[name].default)
 
 
 COMMANDS = {
     "train": Command(
         "Train with model.fit as the config says; writes config.yaml, results.json (and the model) to output_dir.",
-        ("config", "set", "tf_logs"),
+        {"config": CONFIG, "set": SET, "tf_logs": TF_LOGS},
         ("paradl-tf train --config=configs/sync_mirrored.yaml",
          "paradl-tf train --config=configs/sync_mirrored.yaml --set train.epochs=3 --set strategy.devices=2",
          "paradl-tf train --config=configs/async_ps.yaml          # parameter servers: 2 workers, 1 ps, local",
@@ -87,14 +80,20 @@ COMMANDS = {
     ),
     "plan": Command(
         "Show devices, replicas, the batch split, variables and where each value came from; trains nothing.",
-        ("config", "set", "json", "link", "tf_logs"),
+        {"config": CONFIG, "set": SET, "json": "Print JSON instead of text.",
+         "link": "A link bandwidth, e.g. 25Gbit or 100Mbit: add the bytes and seconds each step sends over such "
+                 "links (all-reduce, ps traffic, activations between stages) next to a compute time measured here.",
+         "tf_logs": TF_LOGS},
         ("paradl-tf plan --config=configs/sync_mirrored.yaml",
          "paradl-tf plan --config=configs/model_parallel.yaml --json",
          "paradl-tf plan --config=configs/sync_multiworker.yaml --link=25Gbit   # will the network dominate?"),
     ),
     "serve": Command(
         "Run one task of a cluster (worker, ps, or a tf.data service's dispatcher or data_worker) until stopped.",
-        ("job", "task", "config", "set"),
+        {"job": "The job of the task to run: worker, ps, dispatcher or data_worker; default: TF_CONFIG's task.",
+         "task": "The index of the task to run; default: TF_CONFIG's task.",
+         "config": "YAML config of the run, where no TF_CONFIG is set: its cluster section finds the tasks.",
+         "set": SET},
         ("TF_CONFIG='{\"cluster\": {...}, \"task\": {\"type\": \"ps\", \"index\": 0}}' paradl-tf serve",
          "TF_CONFIG='{\"cluster\": {\"dispatcher\": [\"h0:5050\"], \"data_worker\": [\"h1:5051\"]}}' "
          "paradl-tf serve --job=data_worker --task=0",
@@ -102,27 +101,52 @@ COMMANDS = {
     ),
     "tf-config": Command(
         "Print the TF_CONFIG of every task of a multi-host run, given its hosts.",
-        ("config", "set", "hosts"),
+        {"config": CONFIG, "set": SET,
+         "hosts": "The hosts of the cluster, one task each ('host' or 'host:port'), in order chief, workers, ps."},
         ("paradl-tf tf-config --config=configs/sync_multiworker.yaml --hosts=10.0.0.1,10.0.0.2",),
     ),
     "export": Command(
         "Write what launches the config on a cluster: a JobSet, an Indexed Job, a Kubeflow TFJob or an sbatch script.",
-        ("config", "set", "format", "image", "command", "cpu", "memory", "gpus", "checkpoint_claim"),
+        {"config": CONFIG, "set": SET,
+         "format": "tfjob (a Kubeflow TFJob; needs the legacy operator), jobset, indexed-job (an Indexed Job and "
+                   "headless Service; multi-worker) or slurm (an sbatch script).",
+         "image": "Kubernetes: the container image with paradl-tf installed.",
+         "command": "The command that runs paradl-tf on a node or in a pod.",
+         "cpu": "Kubernetes: CPU each pod requests, e.g. 4.",
+         "memory": "Kubernetes: memory each pod requests and is limited to, e.g. 16Gi.",
+         "gpus": "Kubernetes: nvidia.com/gpu per worker pod; default 1 where devices.type is GPU, else none.",
+         "checkpoint_claim": "Kubernetes: a ReadWriteMany PersistentVolumeClaim mounted on checkpoint.dir's parent "
+                             "in every pod that trains, so a restarted run resumes."},
         ("paradl-tf export --config=configs/sync_multiworker.yaml --format=jobset --image=registry/paradl:1 > jobset.yaml",
          "paradl-tf export --config=configs/sync_multiworker.yaml --format=indexed-job --image=registry/paradl:1 > job.yaml",
          "paradl-tf export --config=configs/async_ps.yaml --format=slurm > job.sbatch"),
+        defaults={"format": EXPORT_FORMATS[0], "command": "paradl-tf"},
     ),
     "data write": Command(
         "Write the config's in-memory data (digits, synthetic, a user's arrays) as TFRecord, image-folder or CSV shards.",
-        ("config", "set", "out", "shards", "validation_shards", "format", "tf_logs"),
+        {"config": CONFIG, "set": SET,
+         "out": "The directory to write the shards and metadata.json to: a new or empty one (required).",
+         "shards": "Training files to write.", "validation_shards": "Validation files to write.",
+         "format": "tfrecord, image_folder or csv.", "tf_logs": TF_LOGS},
         ("paradl-tf data write --config=configs/sync_mirrored.yaml --out=runs/digits_tfrecord --shards=4",
          "paradl-tf train --config=configs/tfrecord_multiworker.yaml   # then train on the shards"),
+        defaults={"shards": 4, "validation_shards": 1, "format": DATA_FORMATS[0]},
     ),
     "bench": Command(
         "Measure every method against one device and hand-written tf.distribute; writes results.json, RESULTS.md, plots.",
-        ("quick", "out", "parts", "methods", "virtual_gpus", "tiny", "tf_logs"),
+        {"quick": "Fewer repetitions, methods and points (under 9 minutes on 2 cores, the data section included).",
+         "out": "The directory for results.json, RESULTS.md and the plots.",
+         "parts": "Which parts to measure, each on its own time budget: main (every method against its "
+                  "hand-written and tutorial-style code), sections (precision, threads), sweeps (batch, width), "
+                  "data (files against memory); default: all four.",
+         "methods": "Only these methods in the main table (e.g. multi_worker_mirrored_2,parameter_server); "
+                    "default: all.",
+         "virtual_gpus": "On a GPU machine, split GPU 0 into logical GPUs for multi-device methods.",
+         "tiny": "Tiny models and concurrent processes, for tests; the speeds mean nothing.",
+         "tf_logs": TF_LOGS},
         ("paradl-tf bench --quick --out=/tmp/bench", "paradl-tf bench   # the full run, about an hour on 2 cores",
          "paradl-tf bench --parts=sections --out=/tmp/bench   # precision and threads only"),
+        defaults={"out": "bench"},
     ),
 }
 HELP_FLAGS = ("--help", "-h", "-help", "--helpshort", "-?")
@@ -169,7 +193,7 @@ def _run(command: str) -> None:
         parts = PARTS if FLAGS.parts is None else FLAGS.parts
         check_selection(parts, FLAGS.methods)  # before TensorFlow starts
         _start_tensorflow()
-        run_bench(quick=FLAGS.quick, out_dir=FLAGS.out, tiny=FLAGS.tiny, virtual_gpus=FLAGS.virtual_gpus,
+        run_bench(quick=FLAGS.quick, out_dir=COMMANDS["bench"].value("out"), tiny=FLAGS.tiny, virtual_gpus=FLAGS.virtual_gpus,
                   parts=parts, methods=FLAGS.methods)
         return
     from paradl_tf.config import load_config
@@ -179,8 +203,8 @@ def _run(command: str) -> None:
         from paradl_tf.cluster import deploy
 
         if command == "export":
-            fmt = _format(EXPORT_FORMATS)
-            print(deploy.export(cfg, fmt, FLAGS.config, FLAGS.image, FLAGS.command, FLAGS.set, cpu=FLAGS.cpu,
+            fmt = _format(EXPORT_FORMATS, COMMANDS["export"].value("format"))
+            print(deploy.export(cfg, fmt, FLAGS.config, FLAGS.image, COMMANDS["export"].value("command"), FLAGS.set, cpu=FLAGS.cpu,
                                 memory=FLAGS.memory, gpus=FLAGS.gpus, checkpoint_claim=FLAGS.checkpoint_claim), end="")
         else:
             for task, text in deploy.tf_configs(cfg, FLAGS.hosts).items():
@@ -193,8 +217,10 @@ def _run(command: str) -> None:
         from paradl_tf.builders.data import load_splits
         from paradl_tf.files.write import write_shards
 
-        written = write_shards(load_splits(cfg.data, cfg.train.seed), FLAGS.out, FLAGS.shards, _format(DATA_FORMATS),
-                               FLAGS.validation_shards, source=cfg.data.kind)
+        command = COMMANDS["data write"]
+        written = write_shards(load_splits(cfg.data, cfg.train.seed), FLAGS.out, command.value("shards"),
+                               _format(DATA_FORMATS, command.value("format")), command.value("validation_shards"),
+                               source=cfg.data.kind)
         print(f"wrote {written['train_examples']} training and {written['validation_examples']} validation examples "
               f"({written['format']}) to {FLAGS.out}; metadata: {os.path.join(FLAGS.out, 'metadata.json')}")
         return
@@ -208,16 +234,17 @@ def _run(command: str) -> None:
         if not cfg.launches_local_cluster:  # a launcher only waits for its tasks: it needs no TensorFlow
             _start_tensorflow()
         from paradl_tf.api import train
+        from paradl_tf.tf_logs import without_tensorflow_lines
 
-        results = train(cfg)
+        with contextlib.nullcontext() if FLAGS.tf_logs else without_tensorflow_lines():
+            results = train(cfg)
         print(f"val_accuracy {results['val_accuracy']:.4f}, {results['examples_per_sec']:.0f} examples/s "
               f"on {results['runs_on']} with {results['keras']}")
         print(f"results: {os.path.join(cfg.output_dir, 'results.json')}")
 
 
-def _format(choices: tuple[str, ...]) -> str:
-    """--format for this command: one of `choices`, the first by default."""
-    fmt = FLAGS.format or choices[0]
+def _format(choices: tuple[str, ...], fmt: str) -> str:
+    """--format for this command: one of `choices`."""
     if fmt not in choices:
         raise ParadlError(f"--format: {fmt!r} is not one of {', '.join(choices)}")
     return fmt
@@ -253,11 +280,9 @@ def usage(command: str | None = None) -> str:
         return "\n".join(lines) + "\n"
     c = COMMANDS[command]
     lines = [f"usage: paradl-tf {command} [flags]", "", c.summary, "", "flags:"]
-    for name in c.flags:
-        flag = FLAGS[name]
-        default = "" if flag.default in (None, [], False) else f" (default: {flag.default_as_str})"
-        text = flag.help.split(";\n")[0]  # absl appends "repeat this option ..." to a multi flag's help
-        lines.append(f"  --{name:<17} {text}{default}")
+    for name, text in c.flags.items():
+        default = c.defaults.get(name)
+        lines.append(f"  --{name:<19} {text}{'' if default is None else f' (default: {default!r})'}")
     lines += ["", "examples:"] + [f"  {e}" for e in c.examples]
     return "\n".join(lines) + "\n"
 

@@ -15,3 +15,16 @@ class DeviceSetupError(ParadlError, RuntimeError):
 
 class ClusterError(ParadlError, RuntimeError):
     """A cluster could not start, lost a task it cannot do without, or ran out of time."""
+
+
+class TrainingDiverged(ParadlError, RuntimeError):
+    """The training loss became NaN or infinite: the run stopped at that step, its last backup kept."""
+
+    def __init__(self, message: str, epoch: int | None = None, step: int | None = None):
+        super().__init__(message)
+        self.epoch, self.step = epoch, step
+
+
+ONE_LINE = {cls.__name__: cls for cls in (ConfigError, DeviceSetupError, ClusterError, TrainingDiverged)}
+"""Errors a process of a local cluster reports through its status file, by class name: the process that reads
+the status raises the same class, so the user sees the one line once, from whoever reports it."""

@@ -16,6 +16,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 from types import ModuleType
 
 from paradl_tf.errors import ParadlError
@@ -80,3 +81,32 @@ def _stderr_into(lines: list[str]):
             os.close(saved)
             tmp.seek(0)
             lines.extend(tmp.read().decode(errors="replace").splitlines(keepends=True))
+
+
+@contextlib.contextmanager
+def without_tensorflow_lines():
+    """File descriptor 2 through a pipe that drops TensorFlow's C++ log lines and passes everything else on, as
+    it comes. TF_CPP_MIN_LOG_LEVEL=2 still shows C++ errors, and some are only echoes of the run's own one-line
+    error: when one replica's input pipeline fails a check, MirroredStrategy's other replicas log "Aborting
+    RingReduce with CANCELLED" on their way out."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    read, write = os.pipe()
+    os.dup2(write, 2)
+    os.close(write)
+
+    def pump():
+        with os.fdopen(read, "rb") as pipe:
+            for line in pipe:
+                if not TF_LOG_LINE.match(line.decode(errors="replace")):
+                    os.write(saved, line)
+
+    thread = threading.Thread(target=pump, name="stderr-without-tensorflow-lines", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # the pipe's last writer closes: the pump reads to its end and stops
+        thread.join(timeout=5)
+        os.close(saved)

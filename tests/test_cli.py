@@ -72,6 +72,15 @@ def test_tensorflow_that_fails_to_start_shows_its_log(monkeypatch, capfd):
     assert "loader.cc:1] libtensorflow_framework.so.2: cannot open" in capfd.readouterr().err
 
 
+def test_tensorflow_lines_written_during_a_run_are_dropped_and_the_rest_kept(capfd):
+    from paradl_tf.tf_logs import without_tensorflow_lines
+
+    with without_tensorflow_lines():
+        os.write(2, b"E0000 00:00:1796541260.387560    9507 ring_alg.cc:291] Aborting RingReduce with CANCELLED\n")
+        os.write(2, b"a warning of the run\n")
+    assert capfd.readouterr().err == "a warning of the run\n"
+
+
 @pytest.mark.timeout(60)
 def test_help_lists_every_command_with_an_example():
     proc = plain_cli("--help")
@@ -92,6 +101,19 @@ def test_command_help_gives_its_flags_and_examples(name):
         assert f"  --{flag} " in proc.stdout
     for example in COMMANDS[name].examples:
         assert example in proc.stdout
+    # Only its own words: no flag text or default of another command (absl's flags are global; the help is not).
+    flags_part = proc.stdout.split("\nflags:\n")[1].split("\nexamples:\n")[0]
+    assert flags_part.count("\n  --") + 1 == len(COMMANDS[name].flags), flags_part
+    for other, command in COMMANDS.items():
+        if other == name:
+            continue
+        # another command named (not a config key such as train.epochs)
+        assert not re.search(rf"(?<![\w.-]){re.escape(other)}(?![\w.-])", flags_part), (other, flags_part)
+        for flag, text in command.flags.items():
+            if COMMANDS[name].flags.get(flag) != text:
+                assert text not in proc.stdout, (other, flag)
+            if flag in command.defaults and command.defaults[flag] != COMMANDS[name].defaults.get(flag):
+                assert f"--{flag}" not in flags_part or f"(default: {command.defaults[flag]!r})" not in flags_part
 
 
 # ================================================================ configs refused at once

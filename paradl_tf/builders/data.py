@@ -262,12 +262,13 @@ def _user_datasets(cfg: Config, source: UserDatasetSource, strategy) -> Datasets
         def fn(ctx):
             b = per_replica if ctx is not None else batch
             ds = source.dataset(ctx, seed, "train").shuffle(cfg.data.shuffle_buffer, seed=seed).repeat()
-            ds = ds.batch(b, drop_remainder=True)
+            ds = source.checked(ds.batch(b, drop_remainder=True), "train")
             return _tuned(ds if endless else ds.take(train_cfg.steps_per_epoch * fed))
         return distribute(fn)
 
     def validation(ctx):
-        return _tuned(source.dataset(ctx, seed, "validation").batch(per_replica if ctx is not None else batch))
+        ds = source.dataset(ctx, seed, "validation").batch(per_replica if ctx is not None else batch)
+        return _tuned(source.checked(ds, "validation"))
 
     distribute = _distribution(strategy)
     return Datasets(
@@ -446,9 +447,32 @@ def _user(cfg: UserDataConfig, seed: int) -> Splits:
         raise ConfigError(
             f"data.fn: {cfg.fn} must return ((x_train, y_train), (x_val, y_val)); got {type(out).__name__}"
         ) from None
-    x_train, x_val = np.asarray(x_train, "float32"), np.asarray(x_val, "float32")
-    y_train, y_val = np.asarray(y_train, "int32"), np.asarray(y_val, "int32")
-    if len(x_train) != len(y_train) or len(x_val) != len(y_val):
-        raise ConfigError(f"data.fn: {cfg.fn} returned features and labels of different lengths")
+    x_train, y_train = _user_arrays(cfg.fn, "training", x_train, y_train)
+    x_val, y_val = _user_arrays(cfg.fn, "validation", x_val, y_val)
+    if x_train.shape[1:] != x_val.shape[1:]:
+        raise ConfigError(f"data.fn: {cfg.fn} returned training features of shape {list(x_train.shape[1:])} and "
+                          f"validation features of shape {list(x_val.shape[1:])}; both splits need one shape")
     num_classes = int(max(y_train.max(), y_val.max())) + 1
     return Splits(x_train, y_train, x_val, y_val, num_classes=num_classes)
+
+
+def _user_arrays(fn: str, split: str, x, y) -> tuple[np.ndarray, np.ndarray]:
+    """A user's split as float32 features and int32 class ids, checked: what the pipeline cannot use is one line."""
+    try:
+        x, y = np.asarray(x, "float32"), np.asarray(y)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"data.fn: {fn}'s {split} features are not an array of numbers ({exc})") from None
+    where = f"data.fn: {fn}'s {split}"
+    if len(x) != len(y) or len(x) == 0:
+        raise ConfigError(f"{where} split has {len(x)} feature rows and {len(y)} labels; it needs as many of "
+                          "each, and at least one")
+    if y.ndim != 1 or not (np.issubdtype(y.dtype, np.integer) or np.array_equal(y, np.round(y))):
+        raise ConfigError(f"{where} labels must be one integer class id per example; got {y.dtype} of shape "
+                          f"{list(y.shape)}")
+    if y.min() < 0:
+        raise ConfigError(f"{where} label {int(y.min())} (example {int(np.argmin(y))}) is negative; class ids "
+                          "are 0, 1, ...")
+    bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
+    if len(bad):
+        raise ConfigError(f"{where} example {int(bad[0])} has a feature that is not finite; features must be finite")
+    return x, y.astype("int32")

@@ -27,7 +27,7 @@ from paradl_tf.cluster.processes import (
     describe_exit, descendants, host_pids, kill_tree, preexec_die_with_parent, set_process_title,
 )
 from paradl_tf.config import Config, dump_config, load_config
-from paradl_tf.errors import ClusterError, ConfigError, ParadlError
+from paradl_tf.errors import ONE_LINE, ClusterError, ParadlError
 
 
 
@@ -153,8 +153,8 @@ def launch(cfg: Config, driver: str) -> dict[str, Any]:
                             on_poll=_host_pid_recorder(run_dir / "cluster.json"))
     status = json.loads(status_path.read_text()) if status_path.exists() else {}
     if status.get("error"):
-        if status.get("type") == "ConfigError":
-            raise ConfigError(status["error"])
+        if status.get("type") in ONE_LINE and status["type"] != "ClusterError":  # the task's own line, as it said it
+            raise ONE_LINE[status["type"]](status["error"])
         raise ClusterError(f"{status['error']} (logs: {run_dir})")
     if code != 0 or not results_path.exists():
         raise ClusterError(f"the local cluster's driver failed ({describe_exit(code)}) without saying why; "

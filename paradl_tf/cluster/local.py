@@ -223,7 +223,8 @@ class LogFollower:
                 chunk = log.read()
             self._offset += len(chunk)
             *lines, self._partial = (self._partial + chunk.decode(errors="replace")).split("\n")
-            shown = [ln for ln in lines if ln.strip() and not TF_LOG_LINE.match(ln)]
+            # A task's `error: ...` line stays in its log: the launcher reports it to the user once, naming the task.
+            shown = [ln for ln in lines if ln.strip() and not TF_LOG_LINE.match(ln) and not ln.startswith("error: ")]
             if shown:
                 print("\n".join(shown), flush=True)
 

@@ -12,6 +12,7 @@ Nothing is loaded whole: memory is the shuffle buffer and the prefetched batches
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 import warnings
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import tensorflow as tf
 from paradl_tf.builders.imports import import_callable
 from paradl_tf.errors import ConfigError
 from paradl_tf.files import formats
+from paradl_tf.files.checks import file_problem
 from paradl_tf.files.formats import FileSplit, Format
 
 PARALLEL = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -90,6 +92,8 @@ class FileSource:
     format: Format
     train: FileSplit
     validation: FileSplit
+    counted_by_metadata: frozenset[str] = frozenset()
+    """The files whose record counts metadata.json gave (the others were counted by reading them)."""
 
     @property
     def kind(self) -> str:
@@ -222,14 +226,16 @@ def _record_files(cfg) -> FileSource:
     val_files = formats.match(cfg.validation_files, "data.validation_files") if cfg.validation_files else ()
     if cfg.kind == "csv":
         options, shape = _csv_columns(cfg, train_files + val_files, shape)
-    counts = formats.count_records(train_files, metadata, cfg.kind)
+    counts = formats.count_records(train_files, metadata, cfg.kind, key)
     train = FileSplit(train_files, counts)
     if val_files:
-        validation = FileSplit(val_files, formats.count_records(val_files, metadata, cfg.kind))
+        validation = FileSplit(val_files, formats.count_records(val_files, metadata, cfg.kind,
+                                                                "data.validation_files"))
     else:
         train, validation = _hold_out(train, cfg.validation_fraction, key)
     fmt = Format(cfg.kind, tuple(int(d) for d in shape), int(classes), key, options)
-    return FileSource(cfg, fmt, train, validation)
+    counted = frozenset(f for f in train_files + val_files if posixpath.basename(f) in metadata.get("examples", {}))
+    return FileSource(cfg, fmt, train, validation, counted)
 
 
 def _csv_columns(cfg, files: tuple[str, ...], shape) -> tuple[dict, list[int]]:
@@ -260,8 +266,10 @@ def _csv_columns(cfg, files: tuple[str, ...], shape) -> tuple[dict, list[int]]:
 
 def _image_folder(cfg) -> FileSource:
     train, classes = formats.list_images(cfg.train_dir, "data.train_dir")
+    _say_image_count(cfg.train_dir, "train", len(train.files))
     if cfg.validation_dir:
         validation, _ = formats.list_images(cfg.validation_dir, "data.validation_dir", classes)
+        _say_image_count(cfg.validation_dir, "validation", len(validation.files))
     else:
         held = [i for label in range(len(classes)) for i in _last(
             [j for j, l in enumerate(train.labels) if l == label], cfg.validation_fraction)]
@@ -272,6 +280,17 @@ def _image_folder(cfg) -> FileSource:
     if len(classes) < 2:
         raise ConfigError(f"data.train_dir: {cfg.train_dir} has {len(classes)} class sub-folder(s); need 2 or more")
     return FileSource(cfg, fmt, train, validation)
+
+
+def _say_image_count(folder: str, split: str, found: int) -> None:
+    """Where `paradl-tf data write` wrote this folder, its metadata.json says how many images it wrote: a count that
+    differs (images added or removed since) is trained on as found, and said."""
+    folder = folder.rstrip("/")
+    metadata, path = formats.read_metadata(None, folder)
+    written = metadata.get(f"{split}_examples")
+    if metadata.get(split) == posixpath.basename(folder) + "/" and written is not None and written != found:
+        warnings.warn(f"data.{'train' if split == 'train' else 'validation'}_dir: {folder} holds {found} images, but "
+                      f"{path} says {split}_examples: {written}; training on the {found} found", stacklevel=3)
 
 
 def _last(items: list, fraction: float) -> list:
@@ -289,64 +308,54 @@ def _hold_out(split: FileSplit, fraction: float, key: str) -> tuple[FileSplit, F
 
 
 def check_first_batch(source: FileSource) -> None:
-    """Parse the first few records of the first training file: a spec that does not fit the files fails here."""
+    """Parse and check the first few records of the first training and validation files: a spec that does not fit
+    the files, a label out of range or a bad value at their start fails here, before the model is built."""
     fmt = source.format
-    records = fmt.records(fmt.file_table(source.train.subset([0])), 1, 1)
-    try:
-        next(iter(fmt.batches(records.take(2), 2, 1, drop_remainder=False)))
-    except (tf.errors.OpError, StopIteration) as exc:
-        raise ConfigError(explain(source, exc, source.train.files[:1]) or
-                          f"{fmt.key}: {source.train.files[0]}: its first record does not parse "
-                          f"({first_line(exc)})") from None
+    for split in (source.train, source.validation):
+        records = fmt.records(fmt.file_table(split.subset([0])), 1, 1)
+        try:
+            next(iter(fmt.batches(records.take(2), 2, 1, drop_remainder=False)))
+        except (tf.errors.OpError, StopIteration) as exc:
+            raise ConfigError(explain(source, exc, split.files[:1]) or
+                              f"{fmt.key}: {split.files[0]}: its first record does not parse "
+                              f"({formats.first_error_line(exc)})") from None
 
 
 # ================================================================ naming the file at fault
-def first_line(exc: BaseException) -> str:
-    """A TensorFlow error's message without its function-node prefix and op suffix."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip() and not ln.strip().startswith("[[")]
-    text = lines[0] if lines else type(exc).__name__
-    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
-    return re.sub(r"\s*\[Op:\w+\].*$", "", text)
-
-
 def explain(source: FileSource, exc: BaseException, files: tuple[str, ...] | None = None) -> str | None:
-    """After a read or parse error during training: find the file at fault by reading the files one by one
-    (paid only on this path), and say what is wrong with it in one line naming the key and the file."""
+    """After a read, parse or check error: find the file at fault by reading the files one by one (paid only on
+    this path; `files`: only these), and say what is wrong with it in one line naming the key and the file."""
     fmt = source.format
-    splits = [(source.train, fmt.key), (source.validation, fmt.key.replace("train", "validation"))]
-    for split, key in splits:
-        for i, path in enumerate(split.files):
-            if files is not None and path not in files:
-                continue
-            one = split.subset([i])
-            records = fmt.records(fmt.file_table(one), 1, 1)
-            try:
-                for _ in fmt.batches(records, 1, 1, drop_remainder=False):
-                    pass
-            except tf.errors.OpError as error:
-                return f"{key}: {path}: {_what(fmt, error)}"
+    for split, key in ((source.train, fmt.key), (source.validation, fmt.key.replace("train", "validation"))):
+        counted = source.counted_by_metadata
+        for path, count in zip(split.files, split.counts):
+            if files is None or path in files:
+                found = file_problem(fmt, path, key, count if path in counted else None)
+                if found:
+                    return found
     return None
 
 
+DATA_ERRORS = (tf.errors.DataLossError, tf.errors.InvalidArgumentError, tf.errors.FailedPreconditionError,
+               tf.errors.NotFoundError)
+"""What a read, parse or check of the input pipeline fails with (a record count that disagrees with the
+metadata: FailedPrecondition, from assert_cardinality; a file gone: NotFound)."""
+
+
 def data_error(source, exc: BaseException) -> BaseException:
-    """The error to raise for a read or parse failure during training: a one-line ConfigError naming the file at
-    fault where a file source has one, else the original error."""
+    """The error to raise for a read, parse or check failure during training: a one-line ConfigError naming the
+    file, record and key at fault where a file source has one, the failed check's own line for a user's pipeline,
+    else the original error."""
     if isinstance(source, FileSource):
         found = explain(source, exc)
         if found:
             return ConfigError(found)
+    # The check's own message, up to what tf.debugging appends ("] [Condition ...", " : Tensor had NaN values").
+    check = re.search(rf"(data\.\w+:[^\n]*? a batch {formats.CHECK_FAILED}: [^\n]*?)(?:\] \[| : Tensor had|\n|$)",
+                      str(exc))
+    if check:
+        return ConfigError(check.group(1))
     return exc
-
-
-def _what(fmt: Format, error: tf.errors.OpError) -> str:
-    text = first_line(error)
-    if isinstance(error, tf.errors.DataLossError) or "corrupted record" in text or "truncated" in text.lower():
-        return f"a corrupt or truncated record ({text})"
-    if fmt.one_example_per_file:
-        return f"not an image that decodes ({text})"
-    if "is required but could not be found" in text or "Feature:" in text:
-        return f"a record lacks a feature the spec needs ({text})"
-    return text
 
 
 # ================================================================ a user's pipeline
@@ -368,18 +377,47 @@ class UserDatasetSource:
             raise ConfigError(f"data.fn: {self.cfg.fn} must return a tf.data.Dataset; got {type(ds).__name__}")
         return ds
 
+    def checked(self, batches: tf.data.Dataset, split: str) -> tf.data.Dataset:
+        """`batches` that fail when a label is out of range or a feature not finite, naming the function."""
+        key = f"data.fn: {self.cfg.fn}, {split} split"
+        return batches.map(lambda x, y: formats.checked_batch(x, y, self.num_classes, key))
+
 
 def load_user_dataset(data_cfg, seed: int) -> UserDatasetSource:
-    """Call the user's function once (one pipeline, no context) to learn the features' shape."""
-    probe = UserDatasetSource(data_cfg, (), data_cfg.num_classes).dataset(None, seed, "train")
-    spec = probe.element_spec
-    if not (isinstance(spec, tuple) and len(spec) == 2):
-        raise ConfigError(f"data.fn: {data_cfg.fn} must return a dataset of (features, class id) pairs; "
-                          f"its elements are {spec}")
-    shape = tuple(spec[0].shape)
-    if None in shape:
-        raise ConfigError(f"data.fn: {data_cfg.fn}'s features have an unknown shape {shape}; give them a fixed one")
+    """Call the user's function once per split (one pipeline, no context) to learn the features' shape, and check
+    what it makes: (features, class id) pairs of one shape in both splits, and a first batch that passes the
+    pipeline's checks (paradl_tf.files.formats.checked_batch), so that a wrong function fails before the model."""
+    fn, shape = data_cfg.fn, None
+    for split in ("train", "validation"):
+        probe = UserDatasetSource(data_cfg, (), data_cfg.num_classes).dataset(None, seed, split)
+        spec = probe.element_spec
+        if not (isinstance(spec, tuple) and len(spec) == 2 and all(isinstance(s, tf.TensorSpec) for s in spec)):
+            raise ConfigError(f"data.fn: {fn} must return a dataset of (features, class id) pairs; "
+                              f"its {split} elements are {spec}")
+        features, label = spec
+        if None in tuple(features.shape) or features.shape.rank is None:
+            raise ConfigError(f"data.fn: {fn}'s features have an unknown shape {tuple(features.shape)}; "
+                              "give them a fixed one")
+        if shape is not None and tuple(features.shape) != shape:
+            raise ConfigError(f"data.fn: {fn}'s validation features have shape {tuple(features.shape)}, its "
+                              f"training features {shape}; both splits need one shape")
+        shape = tuple(features.shape)
+        if not (label.dtype.is_integer and label.shape.rank == 0):
+            raise ConfigError(f"data.fn: {fn}'s class ids must be integer scalars; its {split} split gives "
+                              f"{label.dtype.name} of shape {tuple(label.shape)}")
+        _check_first_user_batch(probe, data_cfg, split)
     return UserDatasetSource(data_cfg, shape, data_cfg.num_classes)
+
+
+def _check_first_user_batch(ds: tf.data.Dataset, data_cfg, split: str) -> None:
+    key = f"data.fn: {data_cfg.fn}, {split} split"
+    first = ds.take(64).batch(64).map(lambda x, y: formats.checked_batch(x, y, data_cfg.num_classes, key))
+    try:
+        next(iter(first))
+    except StopIteration:
+        raise ConfigError(f"{key}: the dataset is empty") from None
+    except tf.errors.OpError as exc:
+        raise data_error(None, exc) from None
 
 
 def warn(plan: ShardPlan) -> None:

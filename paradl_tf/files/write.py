@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import posixpath
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import tensorflow as tf
@@ -24,41 +24,88 @@ FORMATS = ("tfrecord", "image_folder", "csv")
 
 def write_shards(splits, out: str, shards: int, fmt: str = "tfrecord", validation_shards: int = 1,
                  source: str = "") -> dict[str, Any]:
-    """Write `splits` (paradl_tf.builders.data.Splits) under `out`; returns the metadata written beside them."""
+    """Write `splits` (paradl_tf.builders.data.Splits) under `out`; returns the metadata written beside them.
+
+    Nothing is overwritten and nothing is half-written: `out` must be new or an empty directory; every file is
+    written under a temporary name and renamed when whole, metadata.json last, and a write that fails removes
+    what it wrote. So a metadata.json always describes shards that are all there."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
     for name, n, examples in (("--shards", shards, len(splits.x_train)),
                               ("--validation_shards", validation_shards, len(splits.x_val))):
         if not 1 <= n <= examples:
             raise ConfigError(f"{name}: {n} shards for {examples} examples; give 1 to {examples}")
+    _check_out(out)
+    written: list[str] = []  # final names, renamed from their temporary ones
+    try:
+        metadata = _write_all(splits, out, shards, fmt, validation_shards, source, written)
+        _write_whole(posixpath.join(out, METADATA), written,
+                     lambda path: tf.io.write_file(path, json.dumps(metadata, indent=2) + "\n"))
+    except BaseException:
+        for path in reversed(written):  # the shards of a write that did not finish: none is left half-done
+            _remove(path)
+        raise
+    return metadata
+
+
+def _check_out(out: str) -> None:
+    if tf.io.gfile.exists(out) and not tf.io.gfile.isdir(out):
+        raise ConfigError(f"--out: {out} is a file; give a new directory (nothing was overwritten)")
     if tf.io.gfile.exists(out) and tf.io.gfile.listdir(out):
         raise ConfigError(f"--out: {out} is not empty; give a new directory (nothing was overwritten)")
-    tf.io.gfile.makedirs(out)
+    try:
+        tf.io.gfile.makedirs(out)
+    except tf.errors.OpError as exc:
+        raise ConfigError(f"--out: cannot create {out} ({str(exc).strip().splitlines()[0]})") from None
+
+
+def _write_all(splits, out, shards, fmt, validation_shards, source, written) -> dict[str, Any]:
     shape = list(splits.input_shape)
     counts: dict[str, int] = {}
-    written: dict[str, Any] = {}
+    listed: dict[str, Any] = {}
     for split, x, y, n in (("train", splits.x_train, splits.y_train, shards),
                            ("validation", splits.x_val, splits.y_val, validation_shards)):
         if fmt == "image_folder":
-            written["scaled_from"] = _images(posixpath.join(out, split), x, y, splits.num_classes)
-            written[split] = f"{split}/"
+            listed["scaled_from"] = _write_whole(
+                posixpath.join(out, split), written, lambda root: _images(root, x, y, splits.num_classes))
+            listed[split] = f"{split}/"
             continue
         names = []
         for i, part in enumerate(np.array_split(np.arange(len(x)), n)):
             name = f"{split}-{i:05d}-of-{n:05d}.{'tfrecord' if fmt == 'tfrecord' else 'csv'}"
-            (_tfrecord if fmt == "tfrecord" else _csv)(posixpath.join(out, name), x, y, part)
+            write = _tfrecord if fmt == "tfrecord" else _csv
+            _write_whole(posixpath.join(out, name), written, lambda path: write(path, x, y, part))
             counts[name] = len(part)
             names.append(name)
-        written[split] = names
+        listed[split] = names
     metadata = {"format": fmt, "source": source, "feature_shape": shape, "num_classes": splits.num_classes,
                 "feature_key": "x", "label_key": "y", "label_column": "label",
                 "examples": counts, "train_examples": len(splits.x_train),
-                "validation_examples": len(splits.x_val), **written}
+                "validation_examples": len(splits.x_val), **listed}
     if fmt == "image_folder":
         metadata.pop("examples")
-    with tf.io.gfile.GFile(posixpath.join(out, METADATA), "w") as f:
-        f.write(json.dumps(metadata, indent=2) + "\n")
     return metadata
+
+
+def _write_whole(path: str, written: list[str], write: Callable[[str], Any]) -> Any:
+    """`write(temporary)`, then the temporary file or folder renamed to `path`: no reader (a pattern such as
+    train-*) sees it half-written."""
+    folder, name = posixpath.split(path)
+    temporary = posixpath.join(folder, f".{name}.partial")
+    written.append(temporary)
+    result = write(temporary)
+    tf.io.gfile.rename(temporary, path)
+    written[-1] = path
+    return result
+
+
+def _remove(path: str) -> None:
+    if not tf.io.gfile.exists(path):
+        return
+    if tf.io.gfile.isdir(path):
+        tf.io.gfile.rmtree(path)
+    else:
+        tf.io.gfile.remove(path)
 
 
 def _tfrecord(path: str, x, y, part) -> None:

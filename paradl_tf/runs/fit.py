@@ -12,6 +12,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 
 from paradl_tf import cluster as cl
@@ -19,7 +20,8 @@ from paradl_tf.builders.checkpoints import backed_up_steps, export_model, keras3
 from paradl_tf.config import Config, dump_config
 from paradl_tf.builders.data import Datasets, build_dataset, load_source, source_steps_per_epoch
 from paradl_tf.builders.devices import setup_devices
-from paradl_tf.files.sources import data_error
+from paradl_tf.errors import TrainingDiverged
+from paradl_tf.files.sources import DATA_ERRORS, data_error
 from paradl_tf.builders.keras_version import import_keras, resolve_keras
 from paradl_tf.model_parallel.hybrid import compile_hybrid_model
 from paradl_tf.model_parallel.placed import compile_placed_model
@@ -113,6 +115,14 @@ class Run:
         """Callbacks of this kind besides the timer, the backup and TensorBoard."""
         return []
 
+    def stop_on_nan(self, job: Job):
+        """The callback that stops the run at the first step whose loss is not finite (stop_on_nan)."""
+        return stop_on_nan(job.keras, self.cfg, job.datasets.steps_per_epoch)
+
+    def data_error(self, job: Job, exc: BaseException) -> BaseException:
+        """What to raise for a read, parse or check failure of the input pipeline during fit."""
+        return data_error(job.splits, exc)
+
     def backup(self, job: Job):
         """A rerun resumes at the epoch after the last backup; the backup is removed when fit ends."""
         return job.keras.callbacks.BackupAndRestore(backup_dir=self.cfg.checkpoint.dir)
@@ -187,7 +197,8 @@ def fit_run(run: Run) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(dump_config(cfg))
     timer = run.timer(job)
-    callbacks = [timer, *run.callbacks(job)]
+    # First: a step whose loss is not finite stops fit before any other callback (a backup) sees its weights.
+    callbacks = [run.stop_on_nan(job), timer, *run.callbacks(job)]
     if cfg.checkpoint.dir:
         callbacks.append(run.backup(job))
     if cfg.train.tensorboard:
@@ -196,8 +207,12 @@ def fit_run(run: Run) -> dict[str, Any]:
     try:
         history = job.model.fit(**run.fit_data(job), epochs=cfg.train.epochs, callbacks=callbacks,
                                 verbose=run.verbose(job))
-    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as exc:
-        raise data_error(job.splits, exc) from exc
+    except TrainingDiverged as exc:
+        if job.is_chief:
+            (out / "results.json").write_text(json.dumps(unfinished_results(job, exc), indent=2) + "\n")
+        raise
+    except DATA_ERRORS as exc:
+        raise run.data_error(job, exc) from exc
     fit_seconds = time.perf_counter() - fit_start
     export_model(job.model, out / "model.keras", job.is_chief, cfg.checkpoint.export)
     results = run_results(job, history.history, timer.epoch_seconds, fit_seconds, time.perf_counter() - start)
@@ -214,6 +229,7 @@ def run_results(job: Job, history: dict, epoch_seconds: list[float], fit_seconds
     examples_per_epoch = steps * cfg.train.global_batch_size
     steady = epoch_seconds[1:] or epoch_seconds  # the first epoch pays for tracing
     return {
+        "finished": True,
         "strategy": cfg.strategy.kind,
         "strategy_class": type(job.strategy).__name__,
         "keras": job.keras_name,
@@ -259,3 +275,54 @@ def epoch_timer(keras: ModuleType):
             self.epoch_seconds.append(self._last - self._begin)
 
     return EpochTimer()
+
+
+def stop_on_nan(keras: ModuleType, cfg: Config, steps_per_epoch: int, per_epoch: bool = False):
+    """Keras's TerminateOnNaN, made to raise TrainingDiverged naming the epoch and step rather than stop quietly
+    (fit would then return as if done, and BackupAndRestore's on_train_end would delete the backup): raised from
+    the callback, fit ends at that step without on_train_end, so the last backup is kept for a rerun.
+    `per_epoch`: check each epoch's loss only (under ParameterServerStrategy a step's loss is a remote value, and
+    fetching it every step would make the workers wait on the chief)."""
+    backup = cfg.checkpoint.dir
+
+    class StopOnNonFiniteLoss(keras.callbacks.TerminateOnNaN):
+        epoch = 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_batch_end(self, batch, logs=None):
+            if not per_epoch:
+                self._check((logs or {}).get("loss"), f"step {batch + 1} of {steps_per_epoch}", batch + 1)
+
+        def on_epoch_end(self, epoch, logs=None):
+            if per_epoch:
+                self._check((logs or {}).get("loss"), f"one of its steps 1 to {steps_per_epoch}", None)
+
+        def _check(self, loss, step: str, step_number: int | None) -> None:
+            if loss is None or np.isfinite(float(loss)):
+                return
+            if not backup:
+                resume = ("fix the data (or lower train.learning_rate); with checkpoint.dir set, a rerun resumes "
+                          "from the last backup")
+            elif tf.io.gfile.exists(backup) and tf.io.gfile.listdir(backup):
+                resume = (f"its last backup in checkpoint.dir={backup} is kept: fix the data (or lower "
+                          "train.learning_rate) and rerun the same command to resume from it")
+            else:
+                resume = (f"no backup was taken yet in checkpoint.dir={backup}: fix the data (or lower "
+                          "train.learning_rate) and rerun")
+            raise TrainingDiverged(
+                f"train: the loss became {float(loss)} at epoch {self.epoch + 1}, {step}: the run stopped there and "
+                f"did not finish (results.json says so); {resume}", epoch=self.epoch + 1, step=step_number)
+
+    return StopOnNonFiniteLoss()
+
+
+def unfinished_results(job: Job, exc: TrainingDiverged) -> dict[str, Any]:
+    """results.json of a run stopped by a non-finite loss: where, why, and the epochs it finished."""
+    history = getattr(getattr(job.model, "history", None), "history", None) or {}
+    return {"finished": False, "stopped": str(exc), "stopped_at": {"epoch": exc.epoch, "step": exc.step},
+            "strategy": job.cfg.strategy.kind, "keras": job.keras_name, "epochs": job.cfg.train.epochs,
+            "steps_per_epoch": job.datasets.steps_per_epoch,
+            "history": {k: [float(v) for v in vs] for k, vs in history.items()},
+            "output_dir": job.cfg.output_dir, "input": job.datasets.input}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from paradl_tf import cluster as cl
 from paradl_tf.config import Config
-from paradl_tf.errors import ConfigError, ParadlError
+from paradl_tf.errors import ONE_LINE, ParadlError
 
 JOBS = cl.REQUIRED_JOBS["multi_worker_mirrored"]
 WORKER = "paradl_tf.runs.multi_worker"  # the module each worker process runs
@@ -94,8 +94,9 @@ def _fatal_error(local: cl.LocalCluster, cfg: Config, run_dir: Path) -> ParadlEr
         )
     first = next((t for t in failed if local.fatal.startswith(f"task {t.name} ")), failed[0] if failed else None)
     status = json.loads((run_dir / f"{first.job}-{first.index}.status.json").read_text()) if first else {}
-    if status.get("type") == "ConfigError":
-        return ConfigError(f"{first.name}: {status['error']}")
+    one_line = ONE_LINE.get(status.get("type"))
+    if one_line is not None and one_line is not cl.ClusterError:  # the worker's own line, once, naming it
+        return one_line(f"{first.name}: {status['error']}")
     return cl.ClusterError(f"{first.name if first else 'a worker'} failed: {status.get('error') or local.fatal} "
                            f"(logs: {run_dir})")
 

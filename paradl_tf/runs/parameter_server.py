@@ -19,6 +19,7 @@ Keras 3 has no parameter-server support (keras-team/keras#18624), so this path r
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 import time
@@ -41,7 +42,7 @@ from paradl_tf.config import Config
 from paradl_tf.errors import ConfigError
 from paradl_tf.files.service import service_address, shared_train_pipeline
 from paradl_tf.files.sources import FileSource
-from paradl_tf.runs.fit import Job, Run, fit_run
+from paradl_tf.runs.fit import Job, Run, fit_run, stop_on_nan
 from paradl_tf.runs.plan import plan_header, trainable_bytes
 
 JOBS = cl.REQUIRED_JOBS["parameter_server"]
@@ -172,6 +173,18 @@ class ParameterServerRun(Run):
             creator = worker_dataset_fn(job.splits, self.cfg.train.global_batch_size, self.cfg.train.seed)
         return {"x": job.keras.utils.experimental.DatasetCreator(creator),
                 "steps_per_epoch": self.cfg.train.steps_per_epoch}
+
+    def data_error(self, job: Job, exc: BaseException) -> BaseException:
+        """A worker's pipeline failed: the chief reports it once, naming the worker (TensorFlow's remote error
+        names the device it ran on)."""
+        error = super().data_error(job, exc)
+        worker = re.search(r"/job:worker/replica:\d+/task:(\d+)", str(exc))
+        if isinstance(error, ConfigError) and worker:
+            return ConfigError(f"worker:{worker.group(1)}: {error}")
+        return error
+
+    def stop_on_nan(self, job: Job):
+        return stop_on_nan(job.keras, self.cfg, self.cfg.train.steps_per_epoch, per_epoch=True)
 
     def verbose(self, job: Job) -> int:
         if self.cfg.train.verbose != 1:
