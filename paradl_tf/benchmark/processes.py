@@ -82,7 +82,8 @@ def remove_tree(path: str) -> None:
 
 
 def _package_root() -> str:
-    root = str(Path(__file__).resolve().parents[1])
+    """The directory holding the paradl_tf package, first on the workers' PYTHONPATH: they import this copy."""
+    root = str(Path(__file__).resolve().parents[2])
     return os.pathsep.join([root, os.environ["PYTHONPATH"]]) if os.environ.get("PYTHONPATH") else root
 
 
