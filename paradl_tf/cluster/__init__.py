@@ -19,7 +19,8 @@ loopback exists there, and every process in them dies with the namespace. Where 
 Modules: `spec` (specs, TF_CONFIG), `resolvers` (TensorFlow's resolvers, pods), `network` (isolation,
 reachability), `processes` (lifetimes), `local` (the local cluster), `servers` (in-process, `serve`),
 `data_service` (the tf.data service's dispatcher and data workers), `launcher` (the launching side), `deploy`
-(TF_CONFIG per host, JobSet, Indexed Job, TFJob, Slurm).
+(TF_CONFIG per host, JobSet, Indexed Job, TFJob, Slurm), `hosts` (emulated hosts: network namespaces on a
+private bridge).
 None imports TensorFlow at import time: the launching process never needs it.
 """
 
@@ -53,4 +54,7 @@ from paradl_tf.cluster.servers import (  # noqa: F401
 )
 from paradl_tf.cluster.launcher import (  # noqa: F401
     run_isolated, raise_on_interrupt, launch, driver_main,
+)
+from paradl_tf.cluster.hosts import (  # noqa: F401
+    Network, Host, Link, HostError, hosts_available, leftovers, sweep_stale,
 )
