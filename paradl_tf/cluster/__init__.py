@@ -34,7 +34,7 @@ from paradl_tf.cluster.resolvers import (  # noqa: F401
     pod_tf_config, resolver_tf_config, resolver_spec, planned_spec,
 )
 from paradl_tf.cluster.network import (  # noqa: F401
-    UNSHARE_ARGS, ClusterSecurityWarning, EXPOSED, wait_until_reachable, in_private_network, cluster_info,
+    UNSHARE_ARGS, ClusterSecurityWarning, EXPOSED, wait_until_reachable, start_deadline, in_private_network, cluster_info,
     loopback_up,
     isolation_available, use_private_network, warn_exposed, isolated,
 )
@@ -53,7 +53,7 @@ from paradl_tf.cluster.servers import (  # noqa: F401
     start_in_process_servers, serve,
 )
 from paradl_tf.cluster.launcher import (  # noqa: F401
-    run_isolated, raise_on_interrupt, launch, driver_main,
+    run_isolated, raise_on_interrupt, launch, finish_results, driver_main,
 )
 from paradl_tf.cluster.hosts import (  # noqa: F401
     Network, Host, Link, HostError, hosts_available, leftovers, sweep_stale,

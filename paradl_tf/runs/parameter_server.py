@@ -42,7 +42,7 @@ from paradl_tf.errors import ConfigError
 from paradl_tf.files.service import service_address, shared_train_pipeline
 from paradl_tf.files.sources import FileSource
 from paradl_tf.runs.fit import Job, Run, fit_run
-from paradl_tf.runs.plan import plan_header
+from paradl_tf.runs.plan import cluster_plan, plan_header
 
 JOBS = cl.REQUIRED_JOBS["parameter_server"]
 PS_LOSS_GRACE_S = 30.0  # after a ps dies, the run fails within this long even if TensorFlow hangs
@@ -459,7 +459,7 @@ def plan(cfg: Config) -> dict[str, Any]:
         "replicas": 1,
         "devices": [f"/job:worker/replica:0/task:{i}/device:CPU:0" for i in range(len(spec["worker"]))],
         "per_replica_batch_size": cfg.train.global_batch_size,
-        "cluster": {"resolver": c.resolver, "mode": c.mode if c.resolver == "local" else "remote", "tasks": spec},
+        "cluster": cluster_plan(cfg, c.mode if c.resolver == "local" else "remote", spec),
         "ps_bytes": ps_bytes,
         "steps_per_execution": steps_per_execution(cfg),
         "evaluation": EVALUATION,
