@@ -53,7 +53,7 @@ from paradl_tf.cluster.servers import (  # noqa: F401
     start_in_process_servers, serve,
 )
 from paradl_tf.cluster.launcher import (  # noqa: F401
-    run_isolated, raise_on_interrupt, launch, finish_results, driver_main,
+    run_isolated, raise_on_interrupt, launch, finish_results, resume_hint, driver_main,
 )
 from paradl_tf.cluster.hosts import (  # noqa: F401
     Network, Host, Link, HostError, hosts_available, leftovers, sweep_stale,

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from paradl_tf.cluster.hosts import Network
-from paradl_tf.cluster.launcher import _forward_signals, finish_results
-from paradl_tf.cluster.local import LocalCluster, LogFollower, Task, last_line
+from paradl_tf.cluster.launcher import _forward_signals, finish_results, resume_hint
+from paradl_tf.cluster.local import LocalCluster, LogFollower, Task, last_line, write_json
 from paradl_tf.cluster.processes import describe_exit
 from paradl_tf.cluster.spec import Spec, tf_config
 from paradl_tf.config import Config, dump_config
@@ -120,6 +120,7 @@ def launch_on_hosts(cfg: Config) -> dict[str, Any]:
                      missing="skip" if h.kernel_refuses == "skip" else "refuse") as net:
             for name in hosts:
                 net.add_host(name, **link(cfg, name))
+            write_json(run_dir / "hosts.json", net.describe())  # to reach a host: Host.from_dict, ip netns exec
             tasks = [t for t in _tasks(cfg, net, hosts, spec, run_dir) if _host_of(t, hosts) not in h.absent]
             chief = next(t for t in tasks if (t.job, t.index) in (("chief", 0), ("worker", 0)))
             local = _cluster(cfg, tasks)
@@ -195,7 +196,7 @@ def _watch(cfg: Config, local: LocalCluster, chief: Task, stop_reason: list[str]
     follow.poll()
 
 
-_CHIEF_SUMMARY = re.compile(r"(val_accuracy \S+, .* examples/s on |results: )")  # the launcher says its own
+_CHIEF_SUMMARY = re.compile(r"(val_accuracy \S+, .* examples/s on |results: |error: )")  # the launcher says its own
 _UNHEALTHY = re.compile(r"unhealthy \(stopped sending heartbeats\):\s*/job:(\w+)/replica:0/task:(\d+)")
 
 
@@ -213,10 +214,7 @@ def _fatal_error(cfg: Config, local: LocalCluster, hosts: dict[str, list[str]], 
     host = _host_of(lost, hosts)
     how = "stopped answering (TensorFlow's coordination service: no heartbeats)" if lost not in failed else \
         f"exited: {describe(lost)}"
-    if cfg.checkpoint.dir:
-        resume = f"rerun the same command to resume from the last backup in checkpoint.dir={cfg.checkpoint.dir}"
-    else:
-        resume = "set checkpoint.dir so that a rerun resumes from the last backup"
+    resume = resume_hint(cfg)
     why = ("every worker all-reduces every step" if cfg.strategy.kind == "multi_worker_mirrored"
            else "ParameterServerStrategy cannot go on without the chief or a ps")
     return f"host {host}: task {lost.name} ({lost.address}) {how}; {why}, so the run was stopped: {resume} " \

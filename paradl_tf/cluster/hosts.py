@@ -119,7 +119,7 @@ class Link:
         _ip("-n", self.switch, "link", "set", self.outer, "up")
 
     def describe(self) -> dict:
-        return {"veth": f"{self.inner}<->{self.outer}", "bandwidth_mbit": self.bandwidth_mbit}
+        return {"veth": f"{self.inner}<->{self.outer}", "bandwidth_mbit": self.bandwidth_mbit, "switch": self.switch}
 
 
 # ================================================================ a host
@@ -181,8 +181,12 @@ class Host:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "Host":
+        link = data.get("link")
+        if link:
+            inner, outer = link["veth"].split("<->")
+            link = Link(link["switch"], data["namespace"], outer, inner, link.get("bandwidth_mbit"))
         return cls(data["name"], data["address"], data["namespace"], Path(data["workdir"]),
-                   Path(data["cgroup"]) if data.get("cgroup") else None, data.get("cpu_share"),
+                   Path(data["cgroup"]) if data.get("cgroup") else None, data.get("cpu_share"), link,
                    notes=list(data.get("notes", ())))
 
 
@@ -295,7 +299,7 @@ class Network:
         except (HostError, OSError) as exc:
             line = f"host {host.name}: no {piece}: {exc}"
             if self.missing == "refuse":
-                raise HostError(f"{line} (cluster.hosts.missing: skip goes on without it)") from None
+                raise HostError(f"{line} (cluster.hosts.kernel_refuses: skip goes on without it)") from None
             host.notes.append(line)
             self.say(f"[hosts] {line}; going on without it")
 
@@ -347,8 +351,7 @@ def _remove_cgroup(group: Path) -> None:
 def sweep_stale() -> list[str]:
     """Remove what a run killed without warning (SIGKILL) left: the namespaces, cgroups and /etc/netns entries
     of this module's naming whose process (the pid in the name) is gone. Returns what it removed."""
-    names = {name.rsplit("/", 1)[-1] for name in leftovers()}
-    stale = sorted(n for n in names if (m := _OWN_NAME.match(n)) and not _pid_alive(int(m.group(1))))
+    stale = sorted({name.rsplit("/", 1)[-1] for name in leftovers(dead_only=True)})
     for namespace in stale:
         for pid in _pids(namespace):
             with contextlib.suppress(ProcessLookupError):
@@ -372,10 +375,13 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def leftovers(prefix: str = PREFIX) -> list[str]:
-    """Namespaces, cgroups and /etc/netns entries named like this module's that exist now (tests check none is
-    left behind)."""
-    found = [p.name for p in NETNS_DIR.glob(f"{prefix}-*")] if NETNS_DIR.is_dir() else []
-    found += [str(p) for base in (CGROUP_V1_CPU, CGROUP_ROOT) if base.is_dir() for p in base.glob(f"{prefix}-*")]
-    found += [str(p) for p in ETC_NETNS.glob(f"{prefix}-*")] if ETC_NETNS.is_dir() else []
+def leftovers(dead_only: bool = False) -> list[str]:
+    """Namespaces, cgroups and /etc/netns entries of this module's naming that exist now; dead_only: those whose
+    run (the pid in the name) has ended, which nothing will remove but sweep_stale (tests check there are none)."""
+    found = [p.name for p in NETNS_DIR.glob(f"{PREFIX}-*")] if NETNS_DIR.is_dir() else []
+    found += [str(p) for base in (CGROUP_V1_CPU, CGROUP_ROOT) if base.is_dir() for p in base.glob(f"{PREFIX}-*")]
+    found += [str(p) for p in ETC_NETNS.glob(f"{PREFIX}-*")] if ETC_NETNS.is_dir() else []
+    if dead_only:
+        owners = {name: _OWN_NAME.match(name.rsplit("/", 1)[-1]) for name in found}
+        found = [name for name, m in owners.items() if m and not _pid_alive(int(m.group(1)))]
     return found

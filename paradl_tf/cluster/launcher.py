@@ -174,6 +174,13 @@ def finish_results(results_path: Path, start: float, launched_at: float, **extra
     return results
 
 
+def resume_hint(cfg: Config, backup: str = "backup") -> str:
+    """What to do after a cluster lost a task it cannot do without."""
+    if cfg.checkpoint.dir:
+        return f"rerun the same command to resume from the last {backup} in checkpoint.dir={cfg.checkpoint.dir}"
+    return f"set checkpoint.dir so that a rerun resumes from the last {backup}"
+
+
 def _host_pid_recorder(path: Path) -> Callable[[list[psutil.Process]], None]:
     """run_isolated's on_poll: add each task's pid on the host to cluster.json (the driver, in its PID namespace,
     knows only its own numbering), so that a fault drill can `kill` a task from outside. Once every task is

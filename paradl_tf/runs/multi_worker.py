@@ -59,7 +59,18 @@ def train(cfg: Config) -> dict[str, Any]:
     this worker's results (the chief's carry results.json; the others' are not written). A local cluster is
     launched by paradl_tf.train, whose driver (paradl_tf.runs.multi_worker_driver) starts these workers."""
     resolver = cl.cluster_resolver(cfg.cluster, JOBS, use_gpus=cfg.devices.type == "GPU")
-    return run_worker(cfg, resolver, cl.cluster_info(cfg.cluster.resolver, "remote", cl.resolver_spec(resolver)))
+    try:
+        return run_worker(cfg, resolver, cl.cluster_info(cfg.cluster.resolver, "remote", cl.resolver_spec(resolver)))
+    except LOST_PEER as exc:  # one line, not TensorFlow's traced graph: which task stopped, and how to go on
+        raise cl.ClusterError(f"{resolver.task_type}:{resolver.task_id}: the cluster lost a worker "
+                              f"({one_line_error(exc)}); every worker all-reduces every step, so this one stops too: "
+                              f"{cl.resume_hint(cfg)}") from None
+
+
+# How a worker's collectives fail when a peer is lost: TensorFlow's coordination service aborts them once the peer's
+# heartbeats stop (UnavailableError), or strategy.collective_timeout_s expires (DeadlineExceededError).
+LOST_PEER = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError,
+             tf.errors.DeadlineExceededError)
 
 
 def fail_now(message: str, status_path: Path | None = None) -> None:

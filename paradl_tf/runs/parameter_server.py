@@ -512,8 +512,7 @@ def _local_service(cfg: Config) -> bool:
 def _fatal_message(fatal: str, cfg: Config) -> str:
     if fatal.startswith(tuple(f"task {job}:" for job in cl.SERVICE_JOBS)):
         return f"{fatal}; the local tf.data service (data.service) cannot go on without it, so the run was stopped"
-    resume = (f"rerun the same command to resume from the last epoch backup in checkpoint.dir={cfg.checkpoint.dir}"
-              if cfg.checkpoint.dir else "set checkpoint.dir so that a rerun resumes from the last epoch")
+    resume = cl.resume_hint(cfg, "epoch backup")
     return f"{fatal}; ParameterServerStrategy cannot go on without it (the variables live on the ps tasks): {resume}"
 
 
