@@ -21,11 +21,14 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 
 from absl import app, flags
 
-from paradl_tf.errors import ParadlError
+from paradl_tf.errors import ParadlError, ParadlWarning
+
+_PYTHON_FORMATWARNING = warnings.formatwarning
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", None, "YAML config file describing the run.")
@@ -88,8 +91,9 @@ COMMANDS = {
          "paradl-tf plan --config=configs/model_parallel.yaml --json"),
     ),
     "serve": Command(
-        "Run one task of a cluster (worker, ps, or a tf.data service's dispatcher or data_worker) until stopped.",
-        ("job", "task", "config", "set"),
+        "Run one task of a cluster (worker, ps, or a tf.data service's dispatcher or data_worker) until stopped "
+        "or its chief has gone.",
+        ("job", "task", "config", "set", "tf_logs"),
         ("TF_CONFIG='{\"cluster\": {...}, \"task\": {\"type\": \"ps\", \"index\": 0}}' paradl-tf serve",
          "TF_CONFIG='{\"cluster\": {\"dispatcher\": [\"h0:5050\"], \"data_worker\": [\"h1:5051\"]}}' "
          "paradl-tf serve --job=data_worker --task=0",
@@ -127,6 +131,7 @@ def main(argv: list[str]) -> None:
     command = " ".join(argv[1:])
     if command not in COMMANDS:
         _fail(f"expected one command, {_choices()}; got {command or 'nothing'}. See paradl-tf --help")
+    warnings.formatwarning = _warning_line
     try:
         _run(command)
     except ParadlError as exc:
@@ -145,15 +150,15 @@ def _run(command: str) -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if command == "serve":  # one task of a cluster, from TF_CONFIG
         from paradl_tf.cluster import REQUIRED_JOBS, resolver_tf_config, serve
+        from paradl_tf.config import ClusterConfig, load_config
 
+        cfg = load_config(FLAGS.config, FLAGS.set) if FLAGS.config else None  # validated before TensorFlow starts
         environ = os.environ
-        if FLAGS.config and "TF_CONFIG" not in os.environ:
-            from paradl_tf.config import load_config
-
-            cfg = load_config(FLAGS.config, FLAGS.set)
+        if cfg and "TF_CONFIG" not in os.environ:
+            _start_tensorflow()  # the resolvers are TensorFlow's
             required = REQUIRED_JOBS.get(cfg.strategy.kind, ())
             environ = {**os.environ, "TF_CONFIG": resolver_tf_config(cfg.cluster, required)}
-        serve(FLAGS.job, FLAGS.task, environ)
+        serve(FLAGS.job, FLAGS.task, environ, (cfg.cluster if cfg else ClusterConfig()).chief_gone_s, FLAGS.tf_logs)
         return
     if command == "bench":  # no run config: the benchmark builds one per measurement
         if importlib.util.find_spec("matplotlib") is None:
@@ -221,6 +226,14 @@ def _start_tensorflow() -> None:
     from paradl_tf.tf_logs import start_tensorflow
 
     start_tensorflow(show_logs=FLAGS.tf_logs)
+
+
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    """The toolkit's own warnings as one `warning: ...` line, as errors are shown; the file and source line that
+    raised one mean nothing to a user of the CLI. Other libraries' warnings as Python shows them."""
+    if issubclass(category, ParadlWarning):
+        return f"warning: {message}\n"
+    return _PYTHON_FORMATWARNING(message, category, filename, lineno, line)
 
 
 def _fail(message: str) -> None:

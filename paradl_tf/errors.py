@@ -1,4 +1,5 @@
-"""Errors the toolkit raises for bad input. The CLI prints them as `error: ...` and exits 2."""
+"""Errors the toolkit raises for bad input (the CLI prints them as `error: ...` and exits 2), and its warnings
+(the CLI prints them as one `warning: ...` line)."""
 
 
 class ParadlError(Exception):
@@ -15,3 +16,7 @@ class DeviceSetupError(ParadlError, RuntimeError):
 
 class ClusterError(ParadlError, RuntimeError):
     """A cluster could not start, lost a task it cannot do without, or ran out of time."""
+
+
+class ParadlWarning(UserWarning):
+    """Something the user should know that does not stop the run (a Python warning, filterable as such)."""

@@ -22,14 +22,14 @@ import warnings
 from typing import Callable, Mapping, Sequence
 
 
-from paradl_tf.errors import ClusterError
+from paradl_tf.errors import ClusterError, ParadlWarning
 
 
 
 UNSHARE_ARGS = ("--user", "--map-root-user", "--net", "--pid", "--fork", "--mount-proc", "--kill-child")
 
 
-class ClusterSecurityWarning(UserWarning):
+class ClusterSecurityWarning(ParadlWarning):
     """TensorFlow servers of this run can be reached from other machines."""
 
 
@@ -91,6 +91,25 @@ def _accepts(address: str) -> bool:
         return True
     except OSError:
         return False
+
+
+def wait_until_gone(address: str, gone_s: float, poll_s: float = 1.0) -> None:
+    """Return once `address`, seen accepting connections, has refused them for `gone_s` seconds. Only a refusal
+    counts (the host answers, nothing listens): a link that is down or a host that does not answer is not an
+    ended chief, so a worker cut off for a while is still there when its link comes back."""
+    seen, refused_since = False, None
+    host, _, port = address.rpartition(":")
+    while True:
+        time.sleep(poll_s)
+        try:
+            socket.create_connection((host, int(port)), timeout=2).close()
+            seen, refused_since = True, None
+        except ConnectionRefusedError:
+            refused_since = refused_since or time.monotonic()
+            if seen and time.monotonic() - refused_since >= gone_s:
+                return
+        except OSError:  # unreachable, timed out, not resolved: no news
+            continue
 
 
 # ================================================================ network isolation

@@ -528,6 +528,10 @@ class ClusterConfig(Section):
     """local, slurm, kubernetes, jobset: parameter-server tasks (tf_config: TF_CONFIG says)."""
     start_timeout_s: PositiveFloat = 60.0
     """How long to wait for every task to accept connections before failing with the name of the one that did not."""
+    chief_gone_s: PositiveFloat | None = 30.0
+    """`paradl-tf serve`: a worker or ps exits once the chief it has served has refused connections this long (the
+    training has ended or failed), so a Slurm job or hand-started servers end with the chief; a chief restarted
+    within it reconnects to the same servers, as ClusterCoordinator allows. null: serve until stopped."""
     timeout_s: PositiveFloat | None = None
     """local, process mode: stop the whole run, every process included, after this many seconds; default: no limit."""
     private_network: Literal["auto", "required", "off"] = "auto"
