@@ -51,7 +51,9 @@ def job_dir(tmp_path):
 
 
 def _export(cli, job_dir: Path, config: str, *overrides: str) -> Path:
-    sets = [arg for item in overrides for arg in ("--set", item)]
+    """export's sbatch script, into job_dir/job.sbatch. Tasks get 180 s to come up: four TensorFlow processes
+    starting at once on a busy 2-core machine can take a minute."""
+    sets = [arg for item in (*overrides, "cluster.start_timeout_s=180") for arg in ("--set", item)]
     done = cli("export", f"--config={config}", "--format=slurm", *sets, timeout=60)
     assert done.returncode == 0, done.stderr
     (job_dir / "job.sbatch").write_text(done.stdout)
@@ -97,6 +99,7 @@ def test_parameter_server_sbatch_ends_with_its_chief(slurm, job_dir, cli):
     serve, and the job is COMPLETED once they stop after the chief (cluster.chief_gone_s)."""
     _export(cli, job_dir, "configs/async_ps.yaml", "train.epochs=3", "cluster.chief_gone_s=3")
     submitted = slurm.command("bash", "-c", _recipe("test_parameter_server_sbatch_ends_with_its_chief"), cwd=job_dir)
+    assert submitted.returncode == 0, submitted.stderr
     job_id = re.fullmatch(r"Submitted batch job (\d+)\s*", submitted.stdout).group(1)
     job = _ended(slurm, job_id, timeout_s=240)
     assert job["JobState"] == "COMPLETED", slurm.output(job_id)[-4000:]
