@@ -264,8 +264,13 @@ def test_four_host_parameter_server_recipe(four_hosts, tmp_path):
 def _launch(tmp_path: Path, config: str, *overrides: str) -> subprocess.Popen:
     argv = [str(BIN / "paradl-tf"), "train", f"--config={ROOT / config}", f"--set=output_dir={tmp_path / 'run'}",
             *(f"--set={o}" for o in [*SMALL, *overrides])]
-    return subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
+    LAUNCHED.append(proc)
+    return proc
+
+
+LAUNCHED: list[subprocess.Popen] = []  # left_nothing ends those still running (a failed test): Ctrl-C, then kill
 
 
 class Run:
@@ -303,6 +308,15 @@ class Run:
 def left_nothing(tmp_path):
     """After the test: no namespace or cgroup of its runs, no process in its directory."""
     yield
+    for proc in LAUNCHED:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    LAUNCHED.clear()
     deadline = time.monotonic() + 10
     while _processes_under(tmp_path) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -373,7 +387,7 @@ def test_a_host_that_never_starts_is_named_after_the_start_timeout(tmp_path, lef
     absent = "n2" if config == MWM else "n3"
     code, out, err = Run(tmp_path, config, f"cluster.hosts={{absent: [{absent}]}}", "cluster.start_timeout_s=8").finish()
     assert code == 2, out + err
-    assert re.search(rf"^error: host n1: task \w+:0 \(n1:8888\) exited: exit status 2: .*{missing} did not "
+    assert re.search(rf"^error: host n1: task \w+:0 \(n1:8888\) exited: (exit status 2|killed by SIGKILL): .*{missing} did not "
                      r"(come up|accept connections) within cluster\.start_timeout_s=8 s", err, re.M), err
 
 

@@ -211,18 +211,16 @@ def _fatal_error(cfg: Config, local: LocalCluster, hosts: dict[str, list[str]], 
         if found:
             lost = next(u for u in local.tasks if (u.job, u.index) == (found.group(1), int(found.group(2))))
             break
-    host = _host_of(lost, hosts)
-    how = "stopped answering (TensorFlow's coordination service: no heartbeats)" if lost not in failed else \
-        f"exited: {describe(lost)}"
-    resume = resume_hint(cfg)
+    where = f"host {_host_of(lost, hosts)}: task {lost.name} ({lost.address})"
+    if lost not in failed:
+        how = "stopped answering (TensorFlow's coordination service: no heartbeats)"
+    elif (said := last_line(lost)).startswith(": "):  # its own error line says why (start-up timeout, bad input)
+        return f"{where} exited: {describe_exit(lost.process.returncode)}{said} (logs: {run_dir})"
+    else:
+        how = f"exited: {describe_exit(lost.process.returncode)}{said}"
     why = ("every worker all-reduces every step" if cfg.strategy.kind == "multi_worker_mirrored"
            else "ParameterServerStrategy cannot go on without the chief or a ps")
-    return f"host {host}: task {lost.name} ({lost.address}) {how}; {why}, so the run was stopped: {resume} " \
-           f"(logs: {run_dir})"
-
-
-def describe(task: Task) -> str:
-    return describe_exit(task.process.returncode) + last_line(task)
+    return f"{where} {how}; {why}, so the run was stopped: {resume_hint(cfg)} (logs: {run_dir})"
 
 
 def _host_of(task: Task, hosts: dict[str, list[str]]) -> str:
