@@ -179,8 +179,8 @@ def host_config(cfg: Config, workdir: Path) -> Config:
 
 def _cluster(cfg: Config, tasks: Sequence[Task]) -> LocalCluster:
     if cfg.strategy.kind == "parameter_server":  # workers and ps serve until stopped; a lost worker is restarted
-        return LocalCluster(tasks, max_restarts=cfg.cluster.restart_workers, serving=("worker", "ps"))
-    return LocalCluster(tasks, max_restarts=0, restartable=(), exit_0_is_done=True)
+        return LocalCluster(tasks, max_restarts=cfg.cluster.restart_workers, serving=("worker", "ps"), say_fatal=False)
+    return LocalCluster(tasks, max_restarts=0, restartable=(), exit_0_is_done=True, say_fatal=False)
 
 
 def _watch(cfg: Config, local: LocalCluster, chief: Task, stop_reason: list[str], start: float) -> None:
