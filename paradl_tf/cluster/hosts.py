@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import psutil
+
 from paradl_tf.errors import ClusterError
 
 PREFIX = "paradl"  # every namespace and cgroup of a run: paradl-<pid>-<n>-<host>
@@ -365,16 +367,6 @@ def sweep_stale() -> list[str]:
     return stale
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
 def leftovers(dead_only: bool = False) -> list[str]:
     """Namespaces, cgroups and /etc/netns entries of this module's naming that exist now; dead_only: those whose
     run (the pid in the name) has ended, which nothing will remove but sweep_stale (tests check there are none)."""
@@ -382,6 +374,20 @@ def leftovers(dead_only: bool = False) -> list[str]:
     found += [str(p) for base in (CGROUP_V1_CPU, CGROUP_ROOT) if base.is_dir() for p in base.glob(f"{PREFIX}-*")]
     found += [str(p) for p in ETC_NETNS.glob(f"{PREFIX}-*")] if ETC_NETNS.is_dir() else []
     if dead_only:
-        owners = {name: _OWN_NAME.match(name.rsplit("/", 1)[-1]) for name in found}
-        found = [name for name, m in owners.items() if m and not _pid_alive(int(m.group(1)))]
+        found = [name for name in found if _owner_gone(name)]
     return found
+
+
+def _owner_gone(path: str) -> bool:
+    """The run that made this (the pid in its name) has ended: no such process, or one started after it (the pid
+    reused)."""
+    m = _OWN_NAME.match(path.rsplit("/", 1)[-1])
+    if not m:
+        return False
+    made = Path(path if path.startswith("/") else NETNS_DIR / path)
+    try:
+        return psutil.Process(int(m.group(1))).create_time() > made.stat().st_mtime + 1
+    except psutil.NoSuchProcess:
+        return True
+    except (psutil.Error, OSError):
+        return False
