@@ -19,6 +19,7 @@ chief's log, and on every path, Ctrl-C and SIGTERM included, stops them and remo
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import shutil
@@ -132,6 +133,7 @@ def launch_on_hosts(cfg: Config) -> dict[str, Any]:
             finally:
                 local.stop()
             described = {name: {**net.hosts[name].describe(), "tasks": hosts[name]} for name in hosts}
+            summary, events = local.summary(), list(local.events)
     finally:
         restore()
     if stop_reason:
@@ -143,7 +145,11 @@ def launch_on_hosts(cfg: Config) -> dict[str, Any]:
     if not chief_results.exists():
         raise ClusterError(f"the chief ({chief.name} on host {_host_of(chief, hosts)}) ended without results.json; "
                            f"its log: {chief.log_path}")
-    shutil.copyfile(chief_results, out / "results.json")
+    results = json.loads(chief_results.read_text())
+    for name, worker in results.get("worker_steps", {}).items():  # the chief saw the workers, the launcher their restarts
+        worker["restarts"] = summary.get(name, {}).get("restarts", 0)
+    results["cluster"]["events"] = events
+    write_json(out / "results.json", results)
     return finish_results(out / "results.json", start, launched_at,
                           emulated_hosts={"subnet": h.subnet, "hosts": described}, output_dir=str(cfg.output_dir))
 
