@@ -43,8 +43,8 @@ PREFIX = "paradl"  # every namespace and cgroup of a run: paradl-<pid>-<n>-<host
 NETNS_DIR, ETC_NETNS = Path("/run/netns"), Path("/etc/netns")
 CGROUP_V1_CPU, CGROUP_ROOT = Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup")
 CFS_PERIOD_US = 100_000
-HOST_NAME = re.compile(r"^[a-z][a-z0-9]{0,11}$")  # also the switch-side veth's name: interface names are <= 15
-_OWN_NAME = re.compile(rf"^{PREFIX}-(\d+)-\d+-[a-z0-9]+$")  # the pid of the run that made it
+HOST_NAME = re.compile(r"^[a-z][a-z0-9-]{0,11}$")  # also the switch-side veth's name: interface names are <= 15
+_OWN_NAME = re.compile(rf"^{PREFIX}-(\d+)-\d+-[a-z0-9-]+$")  # the pid of the run that made it
 _runs = itertools.count()
 
 
@@ -237,7 +237,7 @@ class Network:
     def add_host(self, name: str, bandwidth_mbit: float | None = None, cpu_share: float | None = None) -> Host:
         """A new host on the switch, at the subnet's next address, resolvable by `name` from every host."""
         if not HOST_NAME.match(name) or name in self.hosts:
-            raise HostError(f"an emulated host's name must be new and 1-12 lowercase letters or digits, starting "
+            raise HostError(f"an emulated host's name must be new and 1-12 lowercase letters, digits or -, starting "
                             f"with a letter. Received: {name!r}")
         address = str(next(self._addresses, "")) or self._full()
         namespace = f"{self.id}-{name}"
