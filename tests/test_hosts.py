@@ -330,9 +330,9 @@ def test_multi_worker_drill_link_cut_then_processes_killed_then_resumes(tmp_path
     """A host's link cut mid-run: the run stops (TensorFlow's coordination service: heartbeats) with one line
     naming the host and task; the same command resumes from checkpoint.dir; its host's processes killed: the same;
     the same command again finishes what is left."""
-    args = (MWM, "cluster.hosts={}", f"checkpoint.dir={tmp_path / 'backup'}", "train.epochs=6")
+    args = (MWM, "cluster.hosts={}", f"checkpoint.dir={tmp_path / 'backup'}", "train.epochs=4")
     first = Run(tmp_path, *args)
-    first.wait_for(r"^Epoch 3/6")
+    first.wait_for(r"^Epoch 2/4")
     first.host("n2").link.down()
     cut = time.monotonic()
     code, out, err = first.finish()
@@ -347,7 +347,8 @@ def test_multi_worker_drill_link_cut_then_processes_killed_then_resumes(tmp_path
     assert "Traceback" not in out + err
 
     second = Run(tmp_path, *args)
-    second.wait_for(r"^Epoch [3-6]/6")  # resumed: epochs 1 and 2 are not trained again
+    second.wait_for(r"^Epoch \d/4")
+    assert second.lines[-1].startswith(("Epoch 2/4", "Epoch 3/4")), second.lines  # resumed: epoch 1 is not trained again
     killed = second.host("n2").kill()
     code, out, err = second.finish()
     assert killed and code == 2, out + err
@@ -357,8 +358,11 @@ def test_multi_worker_drill_link_cut_then_processes_killed_then_resumes(tmp_path
     code, out, err = Run(tmp_path, *args).finish()
     assert code == 0, out + err
     results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert results["resumed_from_step"] > 0 and results["epochs_this_run"] < 6
+    assert results["resumed_from_step"] > 0 and results["epochs_this_run"] < 4
     assert set(results["emulated_hosts"]["hosts"]) == {"n1", "n2"}
+    # Each host ran its own config.yaml, its own output_dir in it: the workers' config check let that differ.
+    configs = [load_config(tmp_path / "run" / "hosts" / name / "config.yaml") for name in ("n1", "n2")]
+    assert configs[0].output_dir != configs[1].output_dir and configs[0].cluster.resolver == "tf_config"
 
 
 @needs_hosts
@@ -392,13 +396,14 @@ def test_parameter_servers_go_on_without_a_lost_worker_host_and_take_it_back(tmp
 
 @needs_hosts
 @pytest.mark.timeout(150)
-@pytest.mark.parametrize("config,missing", [(MWM, r"worker:1 \(n2:8888\)"), (PS, r"worker:1 \(n3:8888\)")])
-def test_a_host_that_never_starts_is_named_after_the_start_timeout(tmp_path, left_nothing, config, missing):
-    absent = "n2" if config == MWM else "n3"
-    code, out, err = Run(tmp_path, config, f"cluster.hosts={{absent: [{absent}]}}", "cluster.start_timeout_s=8").finish()
+def test_a_host_that_never_starts_is_named_after_the_start_timeout(tmp_path, left_nothing):
+    """MultiWorkerMirrored: worker 0 waits for worker 1 until cluster.start_timeout_s, not TensorFlow's hour. (A
+    parameter-server chief waits for its servers the same way on every cluster: tests/test_parameter_server.py.)"""
+    code, out, err = Run(tmp_path, MWM, "cluster.hosts={absent: [n2]}", "cluster.start_timeout_s=8").finish()
     assert code == 2, out + err
-    assert re.search(rf"^error: host n1: task \w+:0 \(n1:8888\) exited: (exit status 2|killed by SIGKILL): .*{missing} did not "
-                     r"(come up|accept connections) within cluster\.start_timeout_s=8 s", err, re.M), err
+    assert re.fullmatch(r"error: host n1: task worker:0 \(n1:8888\) exited: killed by SIGKILL: worker:0: task worker:1 "
+                        r"\(n2:8888\) did not come up within cluster\.start_timeout_s=8 s: start every task with its "
+                        r"TF_CONFIG, .* \(logs: \S+\)\n", err), err
 
 
 @needs_hosts
