@@ -23,12 +23,15 @@ import contextlib
 import importlib.util
 import os
 import sys
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 from absl import app, flags
 
-from paradl_tf.errors import ParadlError
+from paradl_tf.errors import ParadlError, ParadlWarning
+
+_PYTHON_FORMATWARNING = warnings.formatwarning
 
 FLAGS = flags.FLAGS
 # absl's flags are global: each is defined once here, for the parser, and each command gives the flags it takes
@@ -89,11 +92,12 @@ COMMANDS = {
          "paradl-tf plan --config=configs/sync_multiworker.yaml --link=25Gbit   # will the network dominate?"),
     ),
     "serve": Command(
-        "Run one task of a cluster (worker, ps, or a tf.data service's dispatcher or data_worker) until stopped.",
+        "Run one task of a cluster (worker, ps, or a tf.data service's dispatcher or data_worker) until stopped "
+        "or its chief has gone.",
         {"job": "The job of the task to run: worker, ps, dispatcher or data_worker; default: TF_CONFIG's task.",
          "task": "The index of the task to run; default: TF_CONFIG's task.",
          "config": "YAML config of the run, where no TF_CONFIG is set: its cluster section finds the tasks.",
-         "set": SET},
+         "set": SET, "tf_logs": TF_LOGS},
         ("TF_CONFIG='{\"cluster\": {...}, \"task\": {\"type\": \"ps\", \"index\": 0}}' paradl-tf serve",
          "TF_CONFIG='{\"cluster\": {\"dispatcher\": [\"h0:5050\"], \"data_worker\": [\"h1:5051\"]}}' "
          "paradl-tf serve --job=data_worker --task=0",
@@ -156,6 +160,7 @@ def main(argv: list[str]) -> None:
     command = " ".join(argv[1:])
     if command not in COMMANDS:
         _fail(f"expected one command, {_choices()}; got {command or 'nothing'}. See paradl-tf --help")
+    warnings.formatwarning = _warning_line
     try:
         _run(command)
     except ParadlError as exc:
@@ -174,15 +179,15 @@ def _run(command: str) -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if command == "serve":  # one task of a cluster, from TF_CONFIG
         from paradl_tf.cluster import REQUIRED_JOBS, resolver_tf_config, serve
+        from paradl_tf.config import ClusterConfig, load_config
 
+        cfg = load_config(FLAGS.config, FLAGS.set) if FLAGS.config else None  # validated before TensorFlow starts
         environ = os.environ
-        if FLAGS.config and "TF_CONFIG" not in os.environ:
-            from paradl_tf.config import load_config
-
-            cfg = load_config(FLAGS.config, FLAGS.set)
+        if cfg and "TF_CONFIG" not in os.environ:
+            _start_tensorflow()  # the resolvers are TensorFlow's
             required = REQUIRED_JOBS.get(cfg.strategy.kind, ())
             environ = {**os.environ, "TF_CONFIG": resolver_tf_config(cfg.cluster, required)}
-        serve(FLAGS.job, FLAGS.task, environ)
+        serve(FLAGS.job, FLAGS.task, environ, (cfg.cluster if cfg else ClusterConfig()).chief_gone_s, FLAGS.tf_logs)
         return
     if command == "bench":  # no run config: the benchmark builds one per measurement
         if importlib.util.find_spec("matplotlib") is None:
@@ -254,6 +259,14 @@ def _start_tensorflow() -> None:
     from paradl_tf.tf_logs import start_tensorflow
 
     start_tensorflow(show_logs=FLAGS.tf_logs)
+
+
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    """The toolkit's own warnings as one `warning: ...` line, as errors are shown; the file and source line that
+    raised one mean nothing to a user of the CLI. Other libraries' warnings as Python shows them."""
+    if issubclass(category, ParadlWarning):
+        return f"warning: {message}\n"
+    return _PYTHON_FORMATWARNING(message, category, filename, lineno, line)
 
 
 def _fail(message: str) -> None:

@@ -1,4 +1,5 @@
-"""Errors the toolkit raises for bad input. The CLI prints them as `error: ...` and exits 2."""
+"""Errors the toolkit raises for bad input (the CLI prints them as `error: ...` and exits 2), and its warnings
+(the CLI prints them as one `warning: ...` line)."""
 
 
 class ParadlError(Exception):
@@ -28,3 +29,7 @@ class TrainingDiverged(ParadlError, RuntimeError):
 ONE_LINE = {cls.__name__: cls for cls in (ConfigError, DeviceSetupError, ClusterError, TrainingDiverged)}
 """Errors a process of a local cluster reports through its status file, by class name: the process that reads
 the status raises the same class, so the user sees the one line once, from whoever reports it."""
+
+
+class ParadlWarning(UserWarning):
+    """Something the user should know that does not stop the run (a Python warning, filterable as such)."""

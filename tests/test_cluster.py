@@ -115,6 +115,50 @@ def test_serve_reports_a_port_in_use(tmp_path):
     )
 
 
+@needs_isolation
+@pytest.mark.timeout(120)
+def test_serve_is_quiet_and_stops_once_its_chief_has_gone(tmp_path):
+    """`serve` as on a host with a network (a veth in the namespace): the security warning as one line, none of
+    TensorFlow's C++ start-up lines, and it stops by itself once the chief it served (a stand-in that accepts
+    connections) has refused them for cluster.chief_gone_s."""
+    script = tmp_path / "chief_gone.py"
+    script.write_text(textwrap.dedent("""
+        import json, os, socket, subprocess, sys, time
+        from paradl_tf.cluster import in_private_network, loopback_up
+        loopback_up()
+        subprocess.run(["ip", "link", "add", "h0", "type", "veth", "peer", "name", "h1"], check=True)
+        assert not in_private_network()  # as on a real host: serve warns
+        chief = socket.socket(); chief.bind(("127.0.0.1", 0)); chief.listen()
+        free = socket.socket(); free.bind(("127.0.0.1", 0)); worker = f"127.0.0.1:{free.getsockname()[1]}"; free.close()
+        spec = {"chief": [f"127.0.0.1:{chief.getsockname()[1]}"], "worker": [worker], "ps": ["127.0.0.1:1"]}
+        env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": spec, "task": {"type": "worker", "index": 0}})}
+        serve = subprocess.Popen([sys.executable, "-m", "paradl_tf.cli", "serve", "--config=configs/async_ps.yaml",
+                                  "--set", "cluster.chief_gone_s=1"], env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        assert serve.stdout.readline().startswith("serving worker:0")
+        time.sleep(2)  # serve has seen the chief
+        chief.close()
+        gone = time.monotonic()
+        out, err = serve.communicate(timeout=60)
+        print(json.dumps({"rc": serve.returncode, "stdout": out, "stderr": err, "after_s": time.monotonic() - gone,
+                          "chief": spec["chief"][0], "worker": spec["worker"][0]}))
+    """))
+    done = subprocess.run(cl.isolated([sys.executable, str(script)]), cwd=ROOT, capture_output=True, text=True,
+                          timeout=110)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    port = result["worker"].rpartition(":")[2]
+    assert result["rc"] == 0
+    assert result["stderr"].splitlines() == [
+        f"warning: SECURITY: task worker:0 (port {port}) serves unauthenticated gRPC that runs any TensorFlow graph "
+        "sent to it, on every network interface of this machine (not only 127.0.0.1). Anyone who can reach this "
+        "host can run code as this user. Serve only on a private network."]
+    assert result["stdout"].splitlines() == [
+        f"the chief ({result['chief']}) has refused connections for 1 s (cluster.chief_gone_s): training has ended; "
+        "worker:0 stops"]
+    assert result["after_s"] < 30
+
+
 # ---------------------------------------------------------------- the launcher's teardown (a stand-in driver)
 DRIVER = textwrap.dedent("""
     import subprocess, sys, time

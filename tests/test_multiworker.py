@@ -378,4 +378,4 @@ def test_slurm_script(cli):
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0] == "#!/bin/bash" and "#SBATCH --nodes=2" in lines and "#SBATCH --ntasks-per-node=1" in lines
-    assert lines[-1] == f"srun paradl-tf train --config={CONFIG} --set cluster.resolver=slurm"
+    assert lines[-1] == f"srun --kill-on-bad-exit=1 paradl-tf train --config={CONFIG} --set cluster.resolver=slurm"

@@ -218,18 +218,27 @@ def indexed_job(cfg: Config, pod: Pod, config_path: str, overrides: Sequence[str
     return [service, job]
 
 
+# The job ends with the training, in the state of its chief. --kill-on-bad-exit=1 (srun's -K) ends the whole
+# step as soon as a task fails: a failed chief (or, multi-worker, any worker, which the others cannot train
+# without) never leaves tasks holding the allocation. After a chief that succeeds, the serving workers and ps
+# stop themselves (serve, cluster.chief_gone_s). Their exit status is left out of the step's: the chief's
+# coordinator goes on without a lost worker, and a lost ps fails the chief itself.
+SLURM_STEP = "srun --kill-on-bad-exit=1"
+
+
 def slurm_script(cfg: Config, config_path: str, command: str = "paradl-tf", name: str = "paradl-tf",
                  overrides: Sequence[str] = ()) -> str:
     """An sbatch script: one task per node, each finding its task through TensorFlow's SlurmClusterResolver
-    (cluster.resolver: slurm, SLURM_PROCID order chief, workers, ps)."""
+    (cluster.resolver: slurm; it gives ranks to jobs in name order: chief, ps, worker). The job is COMPLETED
+    when the chief succeeds, FAILED when it fails, and no task outlives it (SLURM_STEP)."""
     nodes = sum(task_counts(cfg).values())
     exe = shlex.split(command)
     train = shlex.join([*exe, *_task_args(cfg, "chief", config_path, overrides, "slurm")])
     if cfg.strategy.kind == "multi_worker_mirrored":
-        run = f"srun {train}"
+        run = f"{SLURM_STEP} {train}"
     else:  # task 0 is the chief; the others serve
         serve = shlex.join([*exe, *_task_args(cfg, "ps", config_path, overrides, "slurm")])
-        run = f"srun bash -c 'if [ \"$SLURM_PROCID\" = 0 ]; then exec {train}; else exec {serve}; fi'"
+        run = f"{SLURM_STEP} bash -c 'if [ \"$SLURM_PROCID\" = 0 ]; then exec {train}; else {serve} || true; fi'"
     return "\n".join([
         "#!/bin/bash",
         f"#SBATCH --job-name={name}",

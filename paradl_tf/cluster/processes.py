@@ -82,10 +82,15 @@ def descendants(pid: int) -> list[psutil.Process]:
 
 
 def set_process_title(title: str) -> None:
-    """How this process shows in `ps` and `pgrep -f` on the host, e.g. 'paradl-tf serve ps:0'."""
+    """How this process shows in `ps` and `pgrep -f` on the host, e.g. 'paradl-tf serve ps:0'.
+
+    Its short name (/proc/PID/comm, which setproctitle sets from the title) gets no spaces: Slurm's
+    proctrack/linuxproc reads /proc/PID/stat with sscanf("%ld %s %c %ld"), skips a process whose name has a
+    space, and so never signals it when the step ends (SchedMD/slurm, proctrack/linuxproc/kill_tree.c)."""
     import setproctitle
 
     setproctitle.setproctitle(title)
+    setproctitle.setthreadtitle(title.replace(" ", "-")[:15])  # the main thread's name is the process's
 
 
 def host_pids(namespace_pids: Mapping[str, int], processes: Sequence[psutil.Process]) -> dict[str, int]:

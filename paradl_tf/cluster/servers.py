@@ -11,9 +11,10 @@ from typing import Mapping, Sequence
 
 from paradl_tf.errors import ClusterError, ConfigError
 from paradl_tf.cluster.data_service import SERVICE_JOBS, start_service_server
-from paradl_tf.cluster.network import in_private_network, warn_exposed
+from paradl_tf.cluster.network import in_private_network, wait_until_gone, warn_exposed
 from paradl_tf.cluster.processes import die_with_parent, set_process_title
 from paradl_tf.cluster.spec import Spec, parse_tf_config, task_port
+from paradl_tf.tf_logs import start_tensorflow
 
 
 
@@ -47,9 +48,15 @@ def start_in_process_servers(spec: Spec, jobs: Sequence[str] = ("worker", "ps"),
 
 
 # ================================================================ one task: `paradl-tf serve`
-def serve(job: str | None = None, task: int | None = None, environ: Mapping[str, str] = os.environ) -> None:
+def serve(job: str | None = None, task: int | None = None, environ: Mapping[str, str] = os.environ,
+          chief_gone_s: float | None = None, tf_logs: bool = False) -> None:
     """Run one task of the cluster in TF_CONFIG until this process is stopped: a worker or a ps (a
-    tf.distribute.Server), or a tf.data service's dispatcher or data_worker (see cluster.data_service)."""
+    tf.distribute.Server), or a tf.data service's dispatcher or data_worker (see cluster.data_service).
+
+    With `chief_gone_s` (cluster.chief_gone_s), a worker or ps of a cluster with a chief returns earlier, once
+    that chief, seen accepting connections, has refused them for so long: training has ended (or failed), and nothing
+    else would end a server that an sbatch step or a user started by hand. TensorFlow starts once TF_CONFIG has
+    been checked, with its C++ start-up lines only if `tf_logs` (paradl_tf.tf_logs)."""
     cfg = parse_tf_config(environ.get("TF_CONFIG"))
     job = job if job is not None else cfg.task_type
     index = task if task is not None else (cfg.task_index if job == cfg.task_type else None)
@@ -69,13 +76,19 @@ def serve(job: str | None = None, task: int | None = None, environ: Mapping[str,
     if not in_private_network():
         warn_exposed(f"task {job}:{index} (port {task_port(address)})", "Serve only on a private network.")
     set_process_title(f"paradl-tf serve {job}:{index}")
+    start_tensorflow(show_logs=tf_logs)
     server = _start_server(cfg.cluster, job, index, address)
     what = "the tf.data service's " if job in SERVICE_JOBS else ""
     print(f"serving {what}{job}:{index} at {address} (pid {os.getpid()})", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    try:
-        while True:  # server.join() would block signals; sleeping keeps SIGTERM and Ctrl-C working
-            time.sleep(3600)
+    chief = cfg.cluster["chief"][0] if "chief" in cfg.cluster and job in ("worker", "ps") else None
+    try:  # server.join() would block signals; sleeping keeps SIGTERM and Ctrl-C working
+        if chief is None or chief_gone_s is None:
+            while True:
+                time.sleep(3600)
+        wait_until_gone(chief, chief_gone_s)
+        print(f"the chief ({chief}) has refused connections for {chief_gone_s:g} s (cluster.chief_gone_s): "
+              f"training has ended; {job}:{index} stops", flush=True)
     except KeyboardInterrupt:
         pass
     del server
