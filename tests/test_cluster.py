@@ -238,6 +238,21 @@ def test_slurm_and_kubernetes_resolvers(monkeypatch):
         cl.cluster_resolver(k8s.cluster, REQUIRED)
 
 
+def test_slurm_ranks_keep_their_nodes_past_nine_nodes(monkeypatch):
+    """SlurmClusterResolver sorts node names as strings (n1, n10, n2, ...): rank 1, on n2, was given n10's address."""
+    from paradl_tf.config import load_config
+
+    cfg = load_config(os.path.join(ROOT, "configs/sync_multiworker.yaml"),
+                      ["cluster.resolver=slurm", "cluster.workers=10"])
+    for name, value in {"SLURM_PROCID": "1", "SLURM_STEP_NUM_TASKS": "10", "SLURM_STEP_NODELIST": "n[1-10]",
+                        "SLURM_STEP_TASKS_PER_NODE": "1(x10)"}.items():
+        monkeypatch.setenv(name, value)
+    resolver = cl.cluster_resolver(cfg.cluster, ["worker"])
+    workers = cl.resolver_spec(resolver)["worker"]
+    assert workers == [f"n{i}:{cfg.cluster.port}" for i in range(1, 11)]
+    assert (resolver.task_type, resolver.task_id) == ("worker", 1) and workers[1].startswith("n2:")
+
+
 def test_log_follower_shows_new_complete_lines_without_tensorflow_log_lines(tmp_path, capsys):
     log = tmp_path / "worker-0.log"
     follower = cl.LogFollower(log)

@@ -3,12 +3,32 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Mapping, Sequence
 
 
 from paradl_tf.errors import ConfigError
 from paradl_tf.cluster.spec import Spec, parse_tf_config, tf_config
 
+
+
+def in_slurm_rank_order(spec: Mapping[str, Sequence[str]], jobs: Mapping[str, int]) -> Spec:
+    """SlurmClusterResolver's spec with rank r at Slurm's r-th task slot.
+
+    The resolver lays the tasks out over the nodes sorted as strings (n1, n10, n2, ...), while Slurm numbers the
+    ranks (SLURM_PROCID) over its node list in natural order (n1, n2, ..., n10): with 10 or more nodes named without
+    leading zeros, rank 1 runs on n2 but is given n10's address. The resolver's own rank -> (job, index) mapping is
+    right; only the addresses are reordered: hosts in natural order, each host's ports in turn, cut into the jobs
+    in the resolver's order (sorted by name)."""
+    def natural(address: str):
+        host, _, port = address.rpartition(":")
+        return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", host)], int(port)
+
+    addresses = sorted((a for job in sorted(jobs) for a in spec.get(job, [])), key=natural)
+    out: Spec = {}
+    for job in sorted(jobs):
+        out[job], addresses = addresses[:jobs[job]], addresses[jobs[job]:]
+    return out
 
 
 def cluster_resolver(cluster_cfg, required_jobs: Sequence[str] = (), spec: Spec | None = None,
@@ -35,14 +55,16 @@ def cluster_resolver(cluster_cfg, required_jobs: Sequence[str] = (), spec: Spec 
         jobs = job_counts(cluster_cfg, required_jobs)
         try:
             if use_gpus:
-                return resolvers.SlurmClusterResolver(jobs=jobs, port_base=cluster_cfg.port)
-            # SlurmClusterResolver hands out one task per GPU slot and fails with none (tensorflow/tensorflow#56894):
-            # give it a slot per task without touching CUDA_VISIBLE_DEVICES, then keep only its cluster and task.
-            slurm = resolvers.SlurmClusterResolver(jobs=jobs, port_base=cluster_cfg.port, gpus_per_node=1024,
-                                                   gpus_per_task=1, auto_set_gpu=False)
-            spec = slurm.cluster_spec()
-            return resolvers.SimpleClusterResolver(spec, task_type=slurm.task_type, task_id=slurm.task_id,
-                                                   rpc_layer="grpc")
+                slurm = resolvers.SlurmClusterResolver(jobs=jobs, port_base=cluster_cfg.port)
+            else:
+                # SlurmClusterResolver hands out one task per GPU slot and fails with none (tensorflow/tensorflow
+                # #56894): give it a slot per task without touching CUDA_VISIBLE_DEVICES.
+                slurm = resolvers.SlurmClusterResolver(jobs=jobs, port_base=cluster_cfg.port, gpus_per_node=1024,
+                                                       gpus_per_task=1, auto_set_gpu=False)
+            spec = in_slurm_rank_order(slurm.cluster_spec().as_dict(), jobs)
+            return resolvers.SimpleClusterResolver(tf.train.ClusterSpec(spec), task_type=slurm.task_type,
+                                                   task_id=slurm.task_id, rpc_layer="grpc",
+                                                   num_accelerators={"GPU": slurm.num_accelerators()} if use_gpus else None)
         except (RuntimeError, KeyError, ValueError) as exc:  # SLURM_* variables missing or inconsistent
             raise ConfigError(
                 f"cluster.resolver: slurm cannot resolve the cluster from the SLURM_* variables: {exc}"
