@@ -2,7 +2,11 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# One stamp per set of packages: `make run` installs the package and what running needs, `make test` adds the
+# test and docs extras, `make bench` the bench extra; each installs only what the venv still lacks.
+RUNTIME := $(VENV)/.installed-runtime
+TESTING := $(VENV)/.installed-test
+BENCHING := $(VENV)/.installed-bench
 CONFIG ?= configs/sync_mirrored.yaml
 
 .PHONY: install run test notebooks bench docs clean
@@ -11,27 +15,37 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# Reinstall only when the package metadata changes.
-$(STAMP): $(BIN)/python setup.cfg pyproject.toml
+# Reinstall only when the package metadata changes. An install with extras also installs the runtime, so it
+# touches the runtime stamp too: `make run` after `make test` installs nothing.
+$(RUNTIME): $(BIN)/python setup.cfg pyproject.toml
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(TESTING): $(BIN)/python setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,docs]'
-	touch $(STAMP)
+	touch $(RUNTIME) $@
 
-install: $(STAMP)
+$(BENCHING): $(BIN)/python setup.cfg pyproject.toml
+	$(BIN)/pip install --quiet -e '.[bench]'
+	touch $(RUNTIME) $@
 
-run: $(STAMP)
+# Everything the suite needs (what `make test` installs), without running it.
+install: $(TESTING)
+
+run: $(RUNTIME)
 	$(BIN)/paradl-tf train --config=$(CONFIG)
 
-test: $(STAMP)
+test: $(TESTING)
 	$(BIN)/python -m pytest tests
 
-notebooks: $(STAMP)
+notebooks: $(TESTING)
 	$(BIN)/python -m pytest tests/test_notebooks.py
 
-bench: $(STAMP)
+bench: $(BENCHING)
 	$(BIN)/paradl-tf bench
 
 # The documentation site (MkDocs + Material), into site/; tests/test_docs.py builds it with --strict.
-docs: $(STAMP)
+docs: $(TESTING)
 	$(BIN)/mkdocs build --strict
 
 clean:

@@ -163,7 +163,8 @@ def _run(command: str) -> None:
     if command == "bench":  # no run config: the benchmark builds one per measurement
         if importlib.util.find_spec("matplotlib") is None:
             raise ParadlError("paradl-tf bench needs its extra for the plots: pip install 'paradl_tf[bench]'")
-        from paradl_tf.benchmark.runner import PARTS, check_selection, run_bench
+        from paradl_tf.benchmark.parts import PARTS, check_selection
+        from paradl_tf.benchmark.run import run_bench
 
         parts = PARTS if FLAGS.parts is None else FLAGS.parts
         check_selection(parts, FLAGS.methods)  # before TensorFlow starts

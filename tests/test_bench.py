@@ -9,9 +9,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from paradl_tf.benchmark import runner as bench
-from paradl_tf.benchmark import report as bench_report
+from paradl_tf.benchmark import figures, methods, modes, processes, specs as bench_specs, workloads
+from paradl_tf.benchmark.parts import main as main_part, sections as sections_part
 from paradl_tf.benchmark.reference import REFERENCES, TUTORIALS
+from paradl_tf.benchmark.report import console, main as report_main, markdown
 
 CPU_MACHINE = {"device_type": "CPU", "gpus": []}
 FIGURE = {"min", "median", "max", "n", "samples"}
@@ -25,62 +26,62 @@ FIGURE = {"min", "median", "max", "n", "samples"}
     ("inception", 15_018, 29_033_728),
 ])
 def test_model_cost_counts_parameters_as_keras_does_and_matmul_flops(workload, params, flops):
-    w = bench.WORKLOADS[workload]
-    shape, classes = bench.input_shape(w.data)
-    cost = bench.model_cost(w.widen(w.model, w.width), shape, classes)
+    w = workloads.WORKLOADS[workload]
+    shape, classes = workloads.input_shape(w.data)
+    cost = workloads.model_cost(w.widen(w.model, w.width), shape, classes)
     assert cost == {"params": params, "forward_flops": flops}  # params: model.count_params() of both sides
 
 
 def test_every_method_is_registered_once_with_an_existing_reference():
-    names = [m.name for m in bench.METHODS]
+    names = [m.name for m in methods.METHODS]
     assert len(names) == len(set(names))
-    for m in bench.METHODS:
+    for m in methods.METHODS:
         assert m.reference is None or m.reference in REFERENCES, m.name
         assert m.tutorial is None or m.tutorial in TUTORIALS, m.name
-        assert set(m.workloads) <= set(bench.WORKLOADS), m.name
+        assert set(m.workloads) <= set(workloads.WORKLOADS), m.name
     # Issue 14: the two cluster strategies also run TensorFlow's tutorial-style code.
-    assert {m.name: m.tutorial for m in bench.METHODS if m.tutorial} == {
+    assert {m.name: m.tutorial for m in methods.METHODS if m.tutorial} == {
         "multi_worker_mirrored_2": "multi_worker_mirrored", "parameter_server": "parameter_server"}
 
 
 def test_available_methods_validate_and_todo_methods_say_why():
-    for m in bench.METHODS:
+    for m in methods.METHODS:
         for wname in m.workloads:
-            why = bench.unavailable(m, bench.WORKLOADS[wname], CPU_MACHINE, virtual_gpus=False)
+            why = bench_specs.unavailable(m, workloads.WORKLOADS[wname], CPU_MACHINE, virtual_gpus=False)
             if m.todo:
                 assert why == m.todo and why.startswith("TODO")
             else:
                 assert why is None, (m.name, wname, why)
-    todo = bench.Method("later", "a method to come", "sync", {"kind": "default"}, todo="TODO: not wired in")
-    assert bench.unavailable(todo, bench.WORKLOADS["mlp"], CPU_MACHINE, virtual_gpus=False) == "TODO: not wired in"
+    todo = methods.Method("later", "a method to come", "sync", {"kind": "default"}, todo="TODO: not wired in")
+    assert bench_specs.unavailable(todo, workloads.WORKLOADS["mlp"], CPU_MACHINE, virtual_gpus=False) == "TODO: not wired in"
 
 
 def test_every_strategy_has_a_hand_written_reference():
-    assert [m.name for m in bench.METHODS if m.todo or not m.reference] == []
+    assert [m.name for m in methods.METHODS if m.todo or not m.reference] == []
 
 
 def test_gpu_machine_uses_real_gpus_unless_virtual_ones_are_asked_for():
     gpu1 = {"device_type": "GPU", "gpus": ["A100"]}
-    m4 = bench.METHOD_BY_NAME["mirrored_4"]
-    assert "needs 4 GPUs" in bench.unavailable(m4, bench.WORKLOADS["cnn"], gpu1, virtual_gpus=False)
-    assert bench.devices_for(m4, gpu1, virtual_gpus=False, gpu_memory_mb=1024) == {"type": "GPU", "count": 1}
-    assert bench.devices_for(m4, gpu1, virtual_gpus=True, gpu_memory_mb=1024) == {
+    m4 = methods.METHOD_BY_NAME["mirrored_4"]
+    assert "needs 4 GPUs" in bench_specs.unavailable(m4, workloads.WORKLOADS["cnn"], gpu1, virtual_gpus=False)
+    assert bench_specs.devices_for(m4, gpu1, virtual_gpus=False, gpu_memory_mb=1024) == {"type": "GPU", "count": 1}
+    assert bench_specs.devices_for(m4, gpu1, virtual_gpus=True, gpu_memory_mb=1024) == {
         "type": "GPU", "count": 4, "memory_limit_mb": 1024}
-    assert bench.devices_for(m4, CPU_MACHINE, False, 0) == {"type": "CPU", "count": 4}
+    assert bench_specs.devices_for(m4, CPU_MACHINE, False, 0) == {"type": "CPU", "count": 4}
 
 
 def test_stat_and_paired_ratio():
-    assert bench.stat([3, 1, 2]) == {"min": 1.0, "median": 2.0, "max": 3.0, "n": 3, "samples": [3.0, 1.0, 2.0]}
-    assert bench.stat([None]) is None
-    a = {"status": "ok", "examples_per_sec": bench.stat([10, 20, 30]), "sample_keys": [0, 1, 2]}
-    b = {"status": "ok", "examples_per_sec": bench.stat([10, 10, 30]), "sample_keys": [0, 1, 4]}
-    assert bench.paired_ratio(a, b) == bench.stat([1.0, 2.0])  # round 2 of b failed: rounds 0 and 1 pair up
-    assert bench.paired_ratio(a, {"status": "failed"}) is None
+    assert figures.stat([3, 1, 2]) == {"min": 1.0, "median": 2.0, "max": 3.0, "n": 3, "samples": [3.0, 1.0, 2.0]}
+    assert figures.stat([None]) is None
+    a = {"status": "ok", "examples_per_sec": figures.stat([10, 20, 30]), "sample_keys": [0, 1, 2]}
+    b = {"status": "ok", "examples_per_sec": figures.stat([10, 10, 30]), "sample_keys": [0, 1, 4]}
+    assert figures.paired_ratio(a, b) == figures.stat([1.0, 2.0])  # round 2 of b failed: rounds 0 and 1 pair up
+    assert figures.paired_ratio(a, {"status": "failed"}) is None
 
 
 def test_full_mode_runs_the_tutorial_style_code_beside_toolkit_and_reference_for_the_cluster_methods():
-    mode = bench.MODES["full"]
-    specs, _ = bench.main_specs(mode, CPU_MACHINE, False, 0)
+    mode = modes.MODES["full"]
+    specs, _ = main_part.main_specs(mode, CPU_MACHINE, False, 0)
     impls: dict[tuple, dict] = {}
     for spec in specs:
         impls.setdefault(spec.key[1:3], {})[spec.key[3]] = spec
@@ -88,14 +89,14 @@ def test_full_mode_runs_the_tutorial_style_code_beside_toolkit_and_reference_for
         if method in ("multi_worker_mirrored_2", "parameter_server"):
             assert set(by_impl) == {"toolkit", "reference", "tutorial"}, (wname, method)
             tut = by_impl["tutorial"]
-            assert tut.worker["tutorial"] == bench.METHOD_BY_NAME[method].tutorial and tut.reps == mode.reps
+            assert tut.worker["tutorial"] == methods.METHOD_BY_NAME[method].tutorial and tut.reps == mode.reps
             assert tut.worker["config"] == by_impl["toolkit"].worker["config"]  # the same workload and cluster
             assert tut.worker["keras"] == by_impl["toolkit"].worker["keras"] == "tf_keras"
         else:
             assert "tutorial" not in by_impl, (wname, method)
     assert {w for w, m in impls if m == "parameter_server"} == {"mlp", "cnn"}
     # --methods: only those, on every workload they run on
-    only, _ = bench.main_specs(mode, CPU_MACHINE, False, 0, only=["parameter_server", "branches_4"])
+    only, _ = main_part.main_specs(mode, CPU_MACHINE, False, 0, only=["parameter_server", "branches_4"])
     assert {s.key[1:3] for s in only} == {("mlp", "parameter_server"), ("cnn", "parameter_server"),
                                           ("inception", "branches_4")}
 
@@ -103,45 +104,45 @@ def test_full_mode_runs_the_tutorial_style_code_beside_toolkit_and_reference_for
 def test_ratios_pair_toolkit_with_the_tutorial_style_rows_and_the_report_shows_them():
     def row(method, impl, samples):
         return {"section": "main", "workload": "mlp", "method": method, "impl": impl, "status": "ok",
-                "keras": "tf_keras", "examples_per_sec": bench.stat(samples), "sample_keys": ["0.1", "1.1"],
+                "keras": "tf_keras", "examples_per_sec": figures.stat(samples), "sample_keys": ["0.1", "1.1"],
                 "samples_over": "timed epochs of 2 processes"}
 
     rows = [row("no_strategy", "reference", [1000, 1000]), row("parameter_server", "toolkit", [300, 360]),
             row("parameter_server", "reference", [300, 300]), row("parameter_server", "tutorial", [200, 400]),
             row("mirrored_2", "toolkit", [500, 500]), row("mirrored_2", "reference", [500, 500])]
-    found = {q["method"]: q for q in bench.ratios(rows)}
-    assert found["parameter_server"]["toolkit_over_tutorial"] == bench.stat([1.5, 0.9])  # round by round
-    assert found["parameter_server"]["toolkit_over_tutorial_target"] == bench.TARGETS["toolkit_over_tutorial"] == 1.0
+    found = {q["method"]: q for q in figures.ratios(rows)}
+    assert found["parameter_server"]["toolkit_over_tutorial"] == figures.stat([1.5, 0.9])  # round by round
+    assert found["parameter_server"]["toolkit_over_tutorial_target"] == figures.TARGETS["toolkit_over_tutorial"] == 1.0
     assert found["mirrored_2"]["toolkit_over_tutorial"] is None  # no tutorial-style code for this method
 
     results = {"workloads": {"mlp": {}}, "rows": rows, "ratios": list(found.values()),
-               "methods": {m.name: {"title": m.title} for m in bench.METHODS},
+               "methods": {m.name: {"title": m.title} for m in methods.METHODS},
                "targets": {"toolkit_over_tutorial": 1.0}}
-    table = bench_report._tutorial_table(results)
+    table = report_main.tutorial_table(results)
     assert table.startswith("## Against TensorFlow's tutorials") and "legacy" in table and "prefetch(2)" in table
     (line,) = [x for x in table.splitlines() if x.startswith("| mlp |")]
     assert "parameter servers" in line and "330 (300-360)" in line and "300 (200-400)" in line
     assert line.endswith("| 1.20x (0.90-1.50) ok |")
-    assert "  vs tutorial-style" in bench_report.console_table({**results, "peak": None, "mode": "full",
+    assert "  vs tutorial-style" in console.console_table({**results, "peak": None, "mode": "full",
                                                                 "repetitions": {"note": ""}})
     no_tutorial = [r for r in rows if r["impl"] != "tutorial"]
-    assert bench_report._tutorial_table({**results, "rows": no_tutorial, "ratios": bench.ratios(no_tutorial)}) == ""
+    assert report_main.tutorial_table({**results, "rows": no_tutorial, "ratios": figures.ratios(no_tutorial)}) == ""
 
 
 def test_quick_mode_plans_few_processes():
-    specs, missing = bench.main_specs(bench.MODES["quick"], CPU_MACHINE, False, 0)
+    specs, missing = main_part.main_specs(modes.MODES["quick"], CPU_MACHINE, False, 0)
     assert 8 <= len(specs) <= 15  # 15: MultiWorkerMirrored's toolkit, hand-written and tutorial-style sides
     assert {r["status"] for r in missing} == {"skipped"}
     for spec in specs:  # the hand-written side runs the Keras the toolkit picks
         assert spec.worker["keras"] in ("keras3", "tf_keras")
-        assert spec.worker["config"]["train"]["epochs"] == bench.MODES["quick"].epochs
+        assert spec.worker["config"]["train"]["epochs"] == modes.MODES["quick"].epochs
 
 
 @pytest.mark.parametrize("native_float16", [False, True])
 def test_sections_plan_valid_configs_and_say_why_a_value_cannot_run(native_float16):
     machine = {**CPU_MACHINE, "cpus_usable": 2, "native_float16": native_float16}
-    for mode in bench.MODES.values():
-        specs, missing = bench.section_specs(mode, machine, False, 0)
+    for mode in modes.MODES.values():
+        specs, missing = sections_part.section_specs(mode, machine, False, 0)
         planned = {s.key for s in specs}
         for section in mode.sections:
             for w in section.workloads:
@@ -156,37 +157,37 @@ def test_sections_plan_valid_configs_and_say_why_a_value_cannot_run(native_float
                         else:
                             assert key in planned, key
         for spec in specs:  # every value lands in the config the toolkit validates
-            assert bench.config_error(spec.worker["config"]) is None
+            assert bench_specs.config_error(spec.worker["config"]) is None
             section, value = spec.key[0], spec.key[4]
             cfg = spec.worker["config"]
             set_to = cfg["train"]["precision"] if section == "precision" else cfg["devices"]["threads"]["intra_op"]
             assert set_to == value
-    full = {s.key[1:3] for s in bench.section_specs(bench.MODES["full"], machine, False, 0)[0] if s.key[0] == "precision"}
+    full = {s.key[1:3] for s in sections_part.section_specs(modes.MODES["full"], machine, False, 0)[0] if s.key[0] == "precision"}
     assert full == {(w, m) for w in ("cnn", "mlp_wide") for m in ("no_strategy", "mirrored_2", "model_parallel_2")}
-    one_core = bench.section_specs(bench.MODES["tiny"], {**machine, "cpus_usable": 1}, False, 0)[1]
+    one_core = sections_part.section_specs(modes.MODES["tiny"], {**machine, "cpus_usable": 1}, False, 0)[1]
     assert any(r["section"] == "threads" and r["x"] == 2 and "1 usable cores" in r["why"] for r in one_core)
 
 
 def test_section_ratios_pair_rounds_and_threads_say_how_close_to_the_cores_ceiling():
     def row(section, x, samples):
         return {"section": section, "workload": "mlp", "method": "no_strategy", "x": x,
-                "examples_per_sec": bench.stat(samples), "sample_keys": ["0.0", "0.1"],
+                "examples_per_sec": figures.stat(samples), "sample_keys": ["0.0", "0.1"],
                 "samples_over": "timed epochs of one process"}
 
     rows = [row("threads", 1, [100, 100]), row("threads", 2, [150, 170]),
             row("precision", "float32", [100, 200]), row("precision", "mixed_bfloat16", [130, 260])]
-    mode = bench.MODES["tiny"]
-    found = {q["section"]: q for q in bench.section_ratios(rows, mode, {"cpu_cores_physical": 2})}
+    mode = modes.MODES["tiny"]
+    found = {q["section"]: q for q in sections_part.section_ratios(rows, mode, {"cpu_cores_physical": 2})}
     assert found["threads"]["over_baseline"]["median"] == pytest.approx(1.6)
     assert found["threads"]["ceiling"] == 2 and found["threads"]["of_ceiling"] == pytest.approx(0.8)
-    assert found["precision"]["over_baseline"] == bench.stat([1.3, 1.3]) and "ceiling" not in found["precision"]
-    one_core = bench.section_ratios(rows, mode, {"cpu_cores_physical": 1})
+    assert found["precision"]["over_baseline"] == figures.stat([1.3, 1.3]) and "ceiling" not in found["precision"]
+    one_core = sections_part.section_ratios(rows, mode, {"cpu_cores_physical": 1})
     assert next(q for q in one_core if q["section"] == "threads")["ceiling"] == 1
 
 
 def test_a_worker_past_its_timeout_is_killed_with_everything_it_started(tmp_path):
     t = time.perf_counter()
-    result = bench.run_worker({"kind": "matmul", "sizes": [64]}, tmp_path / "w.log", timeout_s=0.5)
+    result = processes.run_worker({"kind": "matmul", "sizes": [64]}, tmp_path / "w.log", timeout_s=0.5)
     assert not result["ok"] and "timed out after" in result["error"] and "was killed" in result["error"]
     assert time.perf_counter() - t < 15
     assert not psutil.Process().children(recursive=True)
@@ -196,8 +197,8 @@ def test_a_worker_past_its_timeout_is_killed_with_everything_it_started(tmp_path
 def test_hand_written_multi_worker_reference_stops_its_workers_when_one_fails():
     import tf_keras
 
-    w, m = bench.TINY_WORKLOADS["mlp"], bench.METHOD_BY_NAME["multi_worker_mirrored_2"]
-    cfg = bench.build_config(w, m, {"type": "CPU", "count": 1}, 32, 16, 3, 2, data={"kind": "no_such_data"})
+    w, m = workloads.TINY_WORKLOADS["mlp"], methods.METHOD_BY_NAME["multi_worker_mirrored_2"]
+    cfg = bench_specs.build_config(w, m, {"type": "CPU", "count": 1}, 32, 16, 3, 2, data={"kind": "no_such_data"})
     with pytest.raises(RuntimeError, match=r"worker \d exited with status 1"):
         REFERENCES["multi_worker_mirrored"](cfg, tf_keras)
     assert not psutil.Process().children(recursive=True)
@@ -208,10 +209,10 @@ def test_hand_written_multi_worker_reference_stops_its_workers_when_one_fails():
 def test_tutorial_style_reference_trains_on_its_local_cluster(method, tmp_path):
     """One real run of TensorFlow's tutorial-style code, through the worker as the bench starts it (a fresh process:
     the parameter-server chief connects its process to the cluster)."""
-    w, m = bench.TINY_WORKLOADS["mlp"], bench.METHOD_BY_NAME[method]
-    cfg = bench.build_config(w, m, {"type": "CPU", "count": 1}, 32, 16, 3, 2)
-    spec = bench._train_spec(("main", "mlp", method, "tutorial", None), cfg, m, 1)
-    result = bench.run_worker(spec.worker, tmp_path / "tutorial.log", timeout_s=100)
+    w, m = workloads.TINY_WORKLOADS["mlp"], methods.METHOD_BY_NAME[method]
+    cfg = bench_specs.build_config(w, m, {"type": "CPU", "count": 1}, 32, 16, 3, 2)
+    spec = bench_specs.train_spec(("main", "mlp", method, "tutorial", None), cfg, m, 1)
+    result = processes.run_worker(spec.worker, tmp_path / "tutorial.log", timeout_s=100)
     assert result["ok"], (result.get("error"), (tmp_path / "tutorial.log").read_text()[-3000:])
     assert len(result["epoch_seconds"]) == 2 and result["steps_per_epoch"] == 3 and result["global_batch_size"] == 32
     assert result["keras"] == "tf_keras" and result["cluster_start_seconds"] > 0
@@ -330,6 +331,6 @@ def test_bench_tiny_writes_results_tables_and_plots(cli, tmp_path):
     assert "Against TensorFlow's tutorials" not in md  # tiny mode runs no local cluster, so no tutorial-style row
 
     # The hand-kept before/after record in the output folder closes RESULTS.md, rerun after rerun.
-    (out / bench_report.BEFORE_AFTER).write_text("## Before and after\n\n### 1. A fix\n")
-    bench_report.write_all(results, out)
+    (out / markdown.BEFORE_AFTER).write_text("## Before and after\n\n### 1. A fix\n")
+    markdown.write_all(results, out)
     assert (out / "RESULTS.md").read_text().endswith("## Before and after\n\n### 1. A fix\n")

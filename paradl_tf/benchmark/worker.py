@@ -3,7 +3,7 @@
     python -m paradl_tf.benchmark.worker --spec='{"kind": "train", "impl": "toolkit", "config": {...}, ...}'
 
 Fresh, because logical devices must be configured before TensorFlow starts and a process
-holds one device layout for its whole life. paradl_tf.benchmark.runner starts one of these per
+holds one device layout for its whole life. paradl_tf.benchmark.processes starts one of these per
 measurement and reads the line that starts with MARK; everything else goes to the log.
 Kinds: `train` (impl `toolkit`: paradl_tf.train on the config; impl `reference`: the
 hand-written script of paradl_tf.benchmark.reference; impl `tutorial`: its TensorFlow-tutorial-style script,
@@ -105,7 +105,7 @@ def _toolkit_prepare(cfg) -> dict[str, Any]:
     """paradl_tf.prepare builds what the toolkit controls (devices, strategy, Keras, data, model, compile); then the
     same model.fit call as paradl_tf.train makes, without validation_data: only training steps are measured, and
     Keras 3's validation under MirroredStrategy costs seconds per epoch that no figure here would show."""
-    from paradl_tf.benchmark.reference import epoch_timer
+    from paradl_tf.benchmark.reference.fit import epoch_timer
     from paradl_tf.runs.fit import prepare
 
     t = time.perf_counter()
