@@ -40,6 +40,10 @@ def train(cfg: Config) -> dict[str, Any]:
     """Train with model.fit as `cfg` says; writes config.yaml and results.json to cfg.output_dir and returns the
     results (under a cluster: the chief's, or this worker's)."""
     runner = RUNNERS[cfg.strategy.kind]
+    if cfg.cluster.hosts is not None:  # the local cluster on emulated hosts (the config check allows no other)
+        from paradl_tf.cluster.emulated import launch_on_hosts
+
+        return launch_on_hosts(cfg)
     if cfg.launches_local_cluster:
         return cl.launch(cfg, driver=runner.driver)
     return importlib.import_module(runner.module).train(cfg)

@@ -14,7 +14,9 @@ bench/ and notebooks/, whose content is generated or tested by tests/test_notebo
 
 A block fails when it exits non-zero, prints a traceback, or runs past its timeout. A block that cannot run here
 (it needs two hosts, kubectl, sbatch, a GPU, or half an hour) has an HTML comment on the line before it,
-`<!-- not-run: the reason -->`; the reason must be given. The commands run three at a time.
+`<!-- not-run: the reason -->`; the reason must be given. A block that another test runs as written (a multi-host
+recipe, on emulated hosts) has `<!-- run-by: tests/FILE.py::TEST ... -->` there instead, naming a test that exists.
+The commands run three at a time.
 """
 
 import os
@@ -35,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RUN_LANGS = {"sh", "bash", "console", "python", "yaml"}
 OUTPUT_LANGS = {"", "text"}
 NOT_RUN = re.compile(r"^<!--\s*not-run:\s*(.*?)\s*-->$")
+RUN_BY = re.compile(r"^<!--\s*run-by:\s*(\S+?)::(\w+)\b.*-->$")
 COMMAND_TIMEOUT_S = 300
 SIMPLE = ("paradl-tf ", "python ")
 
@@ -46,6 +49,7 @@ class Block:
     lang: str
     code: str
     not_run: str | None  # the reason, "" when the marker gives none; None: no marker
+    run_by: tuple[str, str] | None = None  # (test file, test function) that runs this block as written
 
     @property
     def id(self):
@@ -71,9 +75,10 @@ def blocks_of(path: Path) -> list[Block]:
         while not lines[j].startswith("```"):
             j += 1
         before = next((lines[k].strip() for k in range(start - 1, -1, -1) if lines[k].strip()), "")
-        marker = NOT_RUN.match(before)
+        marker, run_by = NOT_RUN.match(before), RUN_BY.match(before)
         found.append(Block(str(path.relative_to(ROOT)), start + 1, m.group(1).lower(),
-                           "\n".join(lines[start + 1:j]) + "\n", marker.group(1) if marker else None))
+                           "\n".join(lines[start + 1:j]) + "\n", marker.group(1) if marker else None,
+                           run_by.groups() if run_by else None))
         i = j + 1
     return found
 
@@ -197,11 +202,18 @@ def test_not_run_markers_give_a_reason():
     assert [b.id for b in BLOCKS if b.not_run == ""] == []
 
 
+def test_run_by_markers_name_a_test_that_exists():
+    """A block left to another test points at it: the file exists and defines that test."""
+    dangling = [f"{b.id}: {f}::{name}" for b in BLOCKS if b.run_by for f, name in [b.run_by]
+                if not (ROOT / f).is_file() or f"def {name}(" not in (ROOT / f).read_text()]
+    assert dangling == []
+
+
 def test_the_readme_and_docs_have_code_blocks():
     assert {b.path for b in BLOCKS} >= {"README.md", "docs/running.md", "docs/deployment.md"}
 
 
-RUNNABLE = [b for b in BLOCKS if b.lang in RUN_LANGS and b.not_run is None]
+RUNNABLE = [b for b in BLOCKS if b.lang in RUN_LANGS and b.not_run is None and b.run_by is None]
 
 
 @pytest.mark.timeout(1200)
@@ -229,7 +241,8 @@ def test_code_block_runs(block, started):
 
 if __name__ == "__main__":  # python tests/test_docs_examples.py: every block and how it is tested
     for b in BLOCKS:
-        how = (f"not run: {b.not_run}" if b.not_run is not None else "output, not code" if b.lang in OUTPUT_LANGS
+        how = (f"not run: {b.not_run}" if b.not_run is not None else f"run by {'::'.join(b.run_by)}" if b.run_by
+               else "output, not code" if b.lang in OUTPUT_LANGS
                else "validated with load_config" if b.lang == "yaml" else "runs: " + "; ".join(
                    u[1].split("\n")[0][:90] for u in units(b)))
         print(f"{b.id} ```{b.lang}: {how}")

@@ -19,7 +19,8 @@ loopback exists there, and every process in them dies with the namespace. Where 
 Modules: `spec` (specs, TF_CONFIG), `resolvers` (TensorFlow's resolvers, pods), `network` (isolation,
 reachability), `processes` (lifetimes), `local` (the local cluster), `servers` (in-process, `serve`),
 `data_service` (the tf.data service's dispatcher and data workers), `launcher` (the launching side), `deploy`
-(TF_CONFIG per host, JobSet, Indexed Job, TFJob, Slurm).
+(TF_CONFIG per host, JobSet, Indexed Job, TFJob, Slurm), `hosts` (emulated hosts: network namespaces on a
+private bridge).
 None imports TensorFlow at import time: the launching process never needs it.
 """
 
@@ -33,7 +34,7 @@ from paradl_tf.cluster.resolvers import (  # noqa: F401
     pod_tf_config, resolver_tf_config, resolver_spec, planned_spec,
 )
 from paradl_tf.cluster.network import (  # noqa: F401
-    UNSHARE_ARGS, ClusterSecurityWarning, EXPOSED, wait_until_reachable, in_private_network, cluster_info,
+    UNSHARE_ARGS, ClusterSecurityWarning, EXPOSED, wait_until_reachable, start_deadline, in_private_network, cluster_info,
     loopback_up,
     isolation_available, use_private_network, warn_exposed, isolated,
 )
@@ -52,5 +53,8 @@ from paradl_tf.cluster.servers import (  # noqa: F401
     start_in_process_servers, serve,
 )
 from paradl_tf.cluster.launcher import (  # noqa: F401
-    run_isolated, raise_on_interrupt, launch, driver_main,
+    run_isolated, raise_on_interrupt, launch, finish_results, resume_hint, driver_main,
+)
+from paradl_tf.cluster.hosts import (  # noqa: F401
+    Network, Host, Link, HostError, hosts_available, leftovers, sweep_stale,
 )

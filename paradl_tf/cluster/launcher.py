@@ -142,7 +142,7 @@ def launch(cfg: Config, driver: str) -> dict[str, Any]:
     for stale in (status_path, results_path, run_dir / "cluster.json", *run_dir.glob("*.log"),
                   *run_dir.glob("*.status.json")):  # a previous run's
         stale.unlink(missing_ok=True)
-    start = time.perf_counter()
+    start, launched_at = time.perf_counter(), time.time()
     argv = [sys.executable, "-m", driver, str(config_path), str(status_path)]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
            "PYTHONUNBUFFERED": "1",  # per-epoch progress as it happens, also through a pipe
@@ -159,11 +159,26 @@ def launch(cfg: Config, driver: str) -> dict[str, Any]:
     if code != 0 or not results_path.exists():
         raise ClusterError(f"the local cluster's driver failed ({describe_exit(code)}) without saying why; "
                            f"task logs are in {run_dir}")
+    return finish_results(results_path, start, launched_at)
+
+
+def finish_results(results_path: Path, start: float, launched_at: float, **extra) -> dict[str, Any]:
+    """The chief's results.json, with what only the launcher knows: the whole run's time (the chief timed itself;
+    the run also started the processes and TensorFlow in each), the time from launch to the first step, `extra`."""
     results = json.loads(results_path.read_text())
-    # The chief timed itself; the run also started the processes and TensorFlow in each of them.
     results["chief_seconds"], results["wall_seconds"] = results["wall_seconds"], time.perf_counter() - start
-    results_path.write_text(json.dumps(results, indent=2) + "\n")
+    if results.get("first_step_unix"):
+        results["seconds_to_first_step"] = results["first_step_unix"] - launched_at
+    results.update(extra)
+    write_json(results_path, results)
     return results
+
+
+def resume_hint(cfg: Config, backup: str = "backup") -> str:
+    """What to do after a cluster lost a task it cannot do without."""
+    if cfg.checkpoint.dir:
+        return f"rerun the same command to resume from the last {backup} in checkpoint.dir={cfg.checkpoint.dir}"
+    return f"set checkpoint.dir so that a rerun resumes from the last {backup}"
 
 
 def _host_pid_recorder(path: Path) -> Callable[[list[psutil.Process]], None]:

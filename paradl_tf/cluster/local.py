@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -32,6 +33,7 @@ class Task:
     argv: list[str]
     env: dict[str, str]
     log_path: Path
+    cwd: Path | None = None  # an emulated host's working directory; default: this process's
     process: subprocess.Popen | None = None
     starts: int = 0
     exits: list[str] = field(default_factory=list)
@@ -88,7 +90,7 @@ class LocalCluster:
             proc = by_name[name].process
             if proc is None or proc.poll() is None:
                 return None
-            return f"its process exited during start-up ({describe_exit(proc.returncode)}){_last_line(by_name[name])}"
+            return f"its process exited during start-up ({describe_exit(proc.returncode)}){last_line(by_name[name])}"
 
         wait_until_reachable({t.name: t.address for t in by_name.values()}, timeout_s, why_down)
 
@@ -146,7 +148,7 @@ class LocalCluster:
             log.write(f"=== {task.name} start {task.starts} at {time.strftime('%H:%M:%S')} ===\n".encode())
             log.flush()
             task.process = subprocess.Popen(
-                task.argv, env={**task.env, "PARADL_TF_PARENT_PID": str(os.getpid())},
+                task.argv, env={**task.env, "PARADL_TF_PARENT_PID": str(os.getpid())}, cwd=task.cwd,
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             )
 
@@ -196,7 +198,7 @@ class LocalCluster:
                 self.on_fatal(message)
 
 
-def _last_line(task: Task) -> str:
+def last_line(task: Task) -> str:
     with contextlib.suppress(OSError):
         lines = [ln for ln in task.log_path.read_text(errors="replace").splitlines() if ln.strip()]
         errors = [ln for ln in lines if ln.startswith("error: ")]
@@ -210,11 +212,12 @@ def _last_line(task: Task) -> str:
 
 
 class LogFollower:
-    """Copies the new complete lines of a task's log to this process's stdout, TensorFlow's C++ log lines left
-    out: the chief's Keras progress shows in the terminal as it happens, the whole log stays in the file."""
+    """Copies the new complete lines of a task's log to this process's stdout, TensorFlow's C++ log lines (and
+    those `hide` matches) left out: the chief's Keras progress shows in the terminal as it happens, the whole log
+    stays in the file."""
 
-    def __init__(self, path: Path):
-        self.path, self._offset, self._partial = path, 0, ""
+    def __init__(self, path: Path, hide: re.Pattern | None = None):
+        self.path, self._offset, self._partial, self.hide = path, 0, "", hide
 
     def poll(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -223,7 +226,8 @@ class LogFollower:
                 chunk = log.read()
             self._offset += len(chunk)
             *lines, self._partial = (self._partial + chunk.decode(errors="replace")).split("\n")
-            shown = [ln for ln in lines if ln.strip() and not TF_LOG_LINE.match(ln)]
+            shown = [ln for ln in lines if ln.strip() and not TF_LOG_LINE.match(ln)
+                     and not (self.hide and self.hide.match(ln))]
             if shown:
                 print("\n".join(shown), flush=True)
 

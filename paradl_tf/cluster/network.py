@@ -16,6 +16,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from typing import Callable, Mapping, Sequence
@@ -62,6 +63,34 @@ def wait_until_reachable(tasks: Mapping[str, str], timeout_s: float,
             )
         if pending:
             time.sleep(0.1)
+
+
+def start_deadline(tasks: Mapping[str, str], timeout_s: float, fail: Callable[[str], None]) -> threading.Timer:
+    """A started timer: unless cancelled within timeout_s, it calls fail(one line) naming the tasks that do not
+    accept connections. For where TensorFlow itself would wait for a missing task (far) longer."""
+    def expire():
+        down = [name for name, address in tasks.items() if not _accepts(address)]
+        if down:
+            what = ", ".join(f"{name} ({tasks[name]})" for name in down)
+            line = f"task{'s' if len(down) > 1 else ''} {what} did not come up"
+        else:
+            line = "every task accepts connections, but the cluster did not form"
+        fail(f"{line} within cluster.start_timeout_s={timeout_s:g} s: start every task with its TF_CONFIG, and "
+             "check that each address resolves and is reachable from every host")
+
+    timer = threading.Timer(timeout_s, expire)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def _accepts(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=1.0).close()
+        return True
+    except OSError:
+        return False
 
 
 # ================================================================ network isolation

@@ -480,6 +480,38 @@ class TrainConfig(Section):
 
 
 # ---------------------------------------------------------------- cluster
+class HostLinkConfig(Section):
+    """One emulated host's link and CPU (cluster.hosts.per_host), overriding cluster.hosts' defaults."""
+
+    bandwidth_mbit: PositiveFloat | None = None
+    """This host's link bandwidth in Mbit/s, each direction (tc tbf); default: cluster.hosts.bandwidth_mbit."""
+    cpu_share: PositiveFloat | None = None
+    """This host's CPU quota in cores, e.g. 0.5 (a cgroup's cpu.cfs_quota_us); default: cluster.hosts.cpu_share."""
+
+
+class HostsConfig(Section):
+    """A local cluster on emulated hosts: each host a network namespace on a private bridge, with its own address,
+    hostname, working directory, and optionally a link bandwidth and a CPU share; each runs what a real host runs
+    (`paradl-tf train` or `serve` with its own TF_CONFIG). Needs root. See docs/deployment.md, Rehearsing."""
+
+    groups: list[Annotated[list[str], Field(min_length=1)]] | None = None
+    """Tasks per host, e.g. [[chief:0, ps:0], [worker:0], [worker:1]] (every task once); default: one host per task.
+    Hosts are named n1, n2, ... in this order (default order: chief, workers, ps)."""
+    subnet: str = "10.231.0.0/24"
+    """The bridge's IPv4 subnet; hosts take its addresses in order (n1 the first). Private to the run."""
+    bandwidth_mbit: PositiveFloat | None = None
+    """Every link's bandwidth in Mbit/s, each direction (tc tbf); default: unshaped."""
+    cpu_share: PositiveFloat | None = None
+    """Every host's CPU quota in cores (cgroup cpu.cfs_quota_us, or cpu.max); default: no limit."""
+    per_host: dict[str, HostLinkConfig] = {}
+    """Host name -> its own bandwidth_mbit or cpu_share, e.g. {n2: {bandwidth_mbit: 5}} for one slow link."""
+    absent: list[str] = []
+    """Hosts that are made but never start their tasks: rehearses a machine that does not come up."""
+    kernel_refuses: Literal["fail", "skip"] = "fail"
+    """When the kernel refuses a bandwidth (tbf) or a CPU share (cgroup): fail with one line naming the piece,
+    or go on without it, saying so in one line (and in results.json)."""
+
+
 class ClusterConfig(Section):
     """The tasks of a multi-process strategy (parameter_server) and how to start or find them."""
 
@@ -513,6 +545,8 @@ class ClusterConfig(Section):
     kubernetes_name: Annotated[str, Field(pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$", max_length=63)] = "paradl-tf"
     """metadata.name of the exported TFJob, JobSet or Indexed Job (and its headless Service); jobset and
     indexed_job task hostnames derive from it (a DNS-1035 label: lowercase letters, digits, '-')."""
+    hosts: HostsConfig | None = None
+    """local, process mode: run the cluster on emulated hosts (cluster.hosts.*) instead of loopback; default: off."""
 
 
 # ---------------------------------------------------------------- checkpoint
@@ -823,8 +857,23 @@ def _check_keras_for_strategy(cfg: Config) -> None:
         raise ValueError(f"keras: keras3 cannot run this: {why}; use keras: auto or tf_keras. Received: keras='keras3'")
 
 
+def _check_hosts(cfg: Config) -> None:
+    c = cfg.cluster
+    if c.hosts is None:
+        return
+    where = f"strategy.kind={cfg.strategy.kind}, cluster.resolver={c.resolver}, cluster.mode={c.mode}"
+    if cfg.strategy.kind not in ("multi_worker_mirrored", "parameter_server") or c.resolver != "local" \
+            or c.mode != "process":
+        raise ValueError("cluster.hosts: emulated hosts run a local process cluster of multi_worker_mirrored or "
+                         f"parameter_server (cluster.resolver: local, cluster.mode: process). Received: {where}")
+    service = getattr(cfg.data, "service", None)
+    if service is not None and service.kind == "local":
+        raise ValueError("cluster.hosts: a local tf.data service (data.service.kind: local) does not run on emulated "
+                         "hosts; give data.service.kind: address, or leave cluster.hosts out")
+
+
 _COMBINATION_CHECKS = [
     _check_memory_limit, _check_nccl, _check_mirrored_device_count, _check_microbatches, _check_placement_devices,
     _check_parameter_server, _check_multi_worker, _check_loss_scaling, _check_keras_for_strategy, _check_hybrid,
-    _check_file_data,
+    _check_file_data, _check_hosts,
 ]

@@ -202,6 +202,8 @@ def fit_run(run: Run) -> dict[str, Any]:
     export_model(job.model, out / "model.keras", job.is_chief, cfg.checkpoint.export)
     results = run_results(job, history.history, timer.epoch_seconds, fit_seconds, time.perf_counter() - start)
     results.update(run.results(job, history.history, len(timer.epoch_seconds)))
+    if getattr(timer, "first_step_at", None):  # a launcher measures from its start to this (time.time())
+        results["first_step_unix"] = timer.first_step_at
     if job.is_chief:
         (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
@@ -248,12 +250,15 @@ def epoch_timer(keras: ModuleType):
             super().__init__()
             self.epoch_seconds: list[float] = []
             self._begin = self._last = 0.0
+            self.first_step_at: float | None = None  # wall-clock time (time.time()) the first step ended
 
         def on_epoch_begin(self, epoch, logs=None):
             self._begin = self._last = time.perf_counter()
 
         def on_train_batch_end(self, batch, logs=None):
             self._last = time.perf_counter()
+            if self.first_step_at is None:
+                self.first_step_at = time.time()
 
         def on_epoch_end(self, epoch, logs=None):
             self.epoch_seconds.append(self._last - self._begin)

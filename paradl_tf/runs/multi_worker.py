@@ -25,6 +25,7 @@ Keras 3's fit fails under this strategy (keras-team/keras#20585), so this path r
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import sys
@@ -43,10 +44,10 @@ from paradl_tf.builders.keras_version import import_keras, resolve_keras
 from paradl_tf.builders.models import build_model
 from paradl_tf.builders.precision import check_model_precision, precision_policy, resolve_precision
 from paradl_tf.builders.strategies import check_global_batch
-from paradl_tf.config import Config, dump_config, load_config
+from paradl_tf.config import Config, load_config
 from paradl_tf.errors import ConfigError, ParadlError
 from paradl_tf.runs.fit import Job, Run, fit_run
-from paradl_tf.runs.plan import describe_variable, plan_header, trainable_bytes
+from paradl_tf.runs.plan import cluster_plan, describe_variable, plan_header, trainable_bytes
 
 KIND = "multi_worker_mirrored"
 JOBS = cl.REQUIRED_JOBS[KIND]
@@ -58,7 +59,27 @@ def train(cfg: Config) -> dict[str, Any]:
     this worker's results (the chief's carry results.json; the others' are not written). A local cluster is
     launched by paradl_tf.train, whose driver (paradl_tf.runs.multi_worker_driver) starts these workers."""
     resolver = cl.cluster_resolver(cfg.cluster, JOBS, use_gpus=cfg.devices.type == "GPU")
-    return run_worker(cfg, resolver, cl.cluster_info(cfg.cluster.resolver, "remote", cl.resolver_spec(resolver)))
+    try:
+        return run_worker(cfg, resolver, cl.cluster_info(cfg.cluster.resolver, "remote", cl.resolver_spec(resolver)))
+    except LOST_PEER as exc:  # one line, not TensorFlow's traced graph: which task stopped, and how to go on
+        raise cl.ClusterError(f"{resolver.task_type}:{resolver.task_id}: the cluster lost a worker "
+                              f"({one_line_error(exc)}); every worker all-reduces every step, so this one stops too: "
+                              f"{cl.resume_hint(cfg)}") from None
+
+
+# How a worker's collectives fail when a peer is lost: TensorFlow's coordination service aborts them once the peer's
+# heartbeats stop (UnavailableError), or strategy.collective_timeout_s expires (DeadlineExceededError).
+LOST_PEER = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError,
+             tf.errors.DeadlineExceededError)
+
+
+def fail_now(message: str, status_path: Path | None = None) -> None:
+    """From a watchdog thread, while TensorFlow blocks the main one: the one error line, status.json, exit 2."""
+    if status_path is not None:
+        cl.write_json(status_path, {"error": message, "type": "ClusterError"})
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(2)
 
 
 def worker_main(config_path: str, status_path: str) -> None:
@@ -71,7 +92,7 @@ def worker_main(config_path: str, status_path: str) -> None:
         tf_config = cl.parse_tf_config(os.environ.get("TF_CONFIG"), JOBS)
         cl.set_process_title(f"paradl-tf {tf_config.task}")
         resolver = cl.cluster_resolver(cfg.cluster.model_copy(update={"resolver": "tf_config"}), JOBS)
-        run_worker(cfg, resolver, cl.cluster_info("local", "process", tf_config.cluster))
+        run_worker(cfg, resolver, cl.cluster_info("local", "process", tf_config.cluster), Path(status_path))
     except ParadlError as exc:
         code, status = 2, {"error": str(exc), "type": type(exc).__name__}
         print(f"error: {exc}", file=sys.stderr)
@@ -107,20 +128,40 @@ def one_line_error(exc: BaseException) -> str:
 
 
 # ================================================================ one worker
-def run_worker(cfg: Config, resolver, cluster_info: dict) -> dict[str, Any]:
+def run_worker(cfg: Config, resolver, cluster_info: dict, status_path: Path | None = None) -> dict[str, Any]:
     """Train as one worker of the cluster; the chief writes results.json (and the exported model)."""
-    return fit_run(MultiWorkerRun(cfg, resolver, cluster_info))
+    return fit_run(MultiWorkerRun(cfg, resolver, cluster_info, status_path))
 
 
 class MultiWorkerRun(Run):
     """Where a MultiWorkerMirrored worker differs from a one-process run: its devices are configured without
     starting the runtime, the workers first check they run the same config, every worker trains and backs up
-    (the others to temporary directories), the chief alone shows progress and keeps checkpoints."""
+    (the others to temporary directories), the chief alone shows progress and keeps checkpoints.
+
+    Until that check has passed, a watchdog fails the worker after cluster.start_timeout_s, naming the tasks that
+    are not up: TensorFlow's coordination service would wait for a missing worker for its cluster-register
+    timeout (an hour by default), and its setting is not public API."""
+
+    def __init__(self, cfg: Config, resolver, cluster_info: dict, status_path: Path | None = None):
+        super().__init__(cfg, resolver, cluster_info)
+        self.status_path = status_path
+        self._start_deadline = None
+
     def setup_devices(self) -> None:
         _configure_devices(self.cfg.devices)
 
+    def strategy(self):
+        me = f"{self.resolver.task_type}:{self.resolver.task_id}"
+        others = {f"{job}:{i}": address for job, addresses in self.cluster_info["tasks"].items()
+                  for i, address in enumerate(addresses) if f"{job}:{i}" != me}
+        self._start_deadline = cl.start_deadline(others, self.cfg.cluster.start_timeout_s,
+                                                 lambda line: fail_now(f"{me}: {line}", self.status_path))
+        return super().strategy()
+
     def check(self, strategy) -> None:
         check_same_config(strategy, self.cfg, max(len(self.cluster_info["tasks"].get("worker", [])), 1))
+        if self._start_deadline is not None:  # every worker took part in the check's collective: all are up
+            self._start_deadline.cancel()
 
     def is_chief(self, strategy) -> bool:
         return strategy.extended.should_checkpoint
@@ -174,7 +215,7 @@ def plan(cfg: Config) -> dict[str, Any]:
         "replicas": len(replica_devices),
         "devices": replica_devices,
         "per_replica_batch_size": per_replica,
-        "cluster": {"resolver": c.resolver, "mode": "process" if c.resolver == "local" else "remote", "tasks": tasks},
+        "cluster": cluster_plan(cfg, "process" if c.resolver == "local" else "remote", tasks),
         "input": datasets.input,
         "all_reduce": {"communication": cfg.strategy.communication, "local_replicas": len(local),
                        "bytes_per_step": header["gradient_bytes"]},
@@ -194,9 +235,29 @@ def _configure_devices(devices_cfg) -> None:
         tf.config.set_logical_device_configuration(device, wanted)
 
 
+# Keys that may differ between hosts: where a host writes, how it finds the cluster, what it prints. None of them
+# changes a step; every other key does (or may), and must be the same on every worker.
+PER_HOST_KEYS = ("output_dir", "cluster", "checkpoint.dir", "checkpoint.keep", "checkpoint.export", "train.verbose",
+                 "train.tensorboard", "devices.threads")
+
+
+def computation_config(cfg: Config) -> str:
+    """The resolved config without PER_HOST_KEYS (checkpoint.dir: only whether it is set), as canonical JSON."""
+    data = cfg.model_dump(mode="json")
+    data["checkpoint"]["backs_up"] = bool(cfg.checkpoint.dir)
+    for key in PER_HOST_KEYS:
+        *parents, last = key.split(".")
+        section = data
+        for parent in parents:
+            section = section[parent]
+        section.pop(last, None)
+    return json.dumps(data, sort_keys=True)
+
+
 def check_same_config(strategy, cfg: Config, workers: int) -> None:
-    """Every worker must run the same resolved config: compare a hash of it over all replicas (one collective)."""
-    digest = int(hashlib.sha256(dump_config(cfg).encode()).hexdigest()[:7], 16)  # fits an int32
+    """Every worker must run the same computation: compare a hash of the resolved config, less the keys that may
+    differ per host (PER_HOST_KEYS), over all replicas (one collective)."""
+    digest = int(hashlib.sha256(computation_config(cfg).encode()).hexdigest()[:7], 16)  # fits an int32
 
     def my_hash():
         return tf.constant([digest], tf.int32)
@@ -213,7 +274,8 @@ def check_same_config(strategy, cfg: Config, workers: int) -> None:
         others = sorted({i // per_worker for i, h in enumerate(hashes) if h != digest})
         raise ConfigError(
             "the workers run different configs (a different model, batch, data or other key): every worker must "
-            "run the same resolved config, or the all-reduce mixes incompatible steps. Received: config hash "
+            "run the same resolved config (output_dir, cluster and other per-host keys aside), or the all-reduce "
+            "mixes incompatible steps. Received: config hash "
             f"{digest:07x} on worker {mine}, another on worker(s) {', '.join(map(str, others))}"
         )
 

@@ -79,8 +79,7 @@ def _fatal_error(local: cl.LocalCluster, cfg: Config, run_dir: Path) -> ParadlEr
             "so every worker was stopped")
     if silent:
         t = silent[0]
-        resume = (f"rerun the same command to resume from the last backup in checkpoint.dir={cfg.checkpoint.dir}"
-                  if cfg.checkpoint.dir else "set checkpoint.dir so that a rerun resumes from the last backup")
+        resume = cl.resume_hint(cfg)
         aborted = _collective_abort(t.log_path)
         if aborted:  # it crashed while TensorFlow aborted its collectives: the abort is the cause
             return cl.ClusterError(

@@ -42,7 +42,7 @@ from paradl_tf.errors import ConfigError
 from paradl_tf.files.service import service_address, shared_train_pipeline
 from paradl_tf.files.sources import FileSource
 from paradl_tf.runs.fit import Job, Run, fit_run
-from paradl_tf.runs.plan import plan_header, trainable_bytes
+from paradl_tf.runs.plan import cluster_plan, plan_header, trainable_bytes
 
 JOBS = cl.REQUIRED_JOBS["parameter_server"]
 PS_LOSS_GRACE_S = 30.0  # after a ps dies, the run fails within this long even if TensorFlow hangs
@@ -459,7 +459,7 @@ def plan(cfg: Config) -> dict[str, Any]:
         "replicas": 1,
         "devices": [f"/job:worker/replica:0/task:{i}/device:CPU:0" for i in range(len(spec["worker"]))],
         "per_replica_batch_size": cfg.train.global_batch_size,
-        "cluster": {"resolver": c.resolver, "mode": c.mode if c.resolver == "local" else "remote", "tasks": spec},
+        "cluster": cluster_plan(cfg, c.mode if c.resolver == "local" else "remote", spec),
         "ps_bytes": ps_bytes,
         "steps_per_execution": steps_per_execution(cfg),
         "evaluation": EVALUATION,
@@ -512,8 +512,7 @@ def _local_service(cfg: Config) -> bool:
 def _fatal_message(fatal: str, cfg: Config) -> str:
     if fatal.startswith(tuple(f"task {job}:" for job in cl.SERVICE_JOBS)):
         return f"{fatal}; the local tf.data service (data.service) cannot go on without it, so the run was stopped"
-    resume = (f"rerun the same command to resume from the last epoch backup in checkpoint.dir={cfg.checkpoint.dir}"
-              if cfg.checkpoint.dir else "set checkpoint.dir so that a rerun resumes from the last epoch")
+    resume = cl.resume_hint(cfg, "epoch backup")
     return f"{fatal}; ParameterServerStrategy cannot go on without it (the variables live on the ps tasks): {resume}"
 
 

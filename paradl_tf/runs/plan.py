@@ -14,6 +14,7 @@ from paradl_tf.builders.devices import logical_device_names
 from paradl_tf.builders.keras_version import import_keras
 from paradl_tf.builders.models import build_model, compile_model
 from paradl_tf.builders.precision import precision_policy, resolve_precision
+from paradl_tf.cluster.emulated import host_spec, layout, planned_hosts
 from paradl_tf.config import Config
 from paradl_tf.runs.communication import format_communication
 from paradl_tf.runs.fit import prepare
@@ -132,6 +133,11 @@ def format_plan(p: dict[str, Any], as_json: bool = False) -> str:
                      + ", ".join(f"{job} x{len(addrs)}" for job, addrs in c["tasks"].items()))
         for job, addresses in c["tasks"].items():
             lines.extend(f"  {job}:{i}  {address}" for i, address in enumerate(addresses))
+        for name, h in c.get("hosts", {}).items():
+            bandwidth = f"{h['bandwidth_mbit']:g} Mbit/s" if h["bandwidth_mbit"] else "unshaped"
+            cpu = f"{h['cpu_share']:g} core(s)" if h["cpu_share"] else "no CPU limit"
+            lines.append(f"  host {name}  {h['address']}  link {bandwidth}, {cpu}: {', '.join(h['tasks'])}"
+                         + ("  (absent: never starts)" if h.get("absent") else ""))
     if p.get("ps_bytes"):
         lines.extend(format_cluster_plan(p))
     if p.get("all_reduce"):
@@ -236,6 +242,16 @@ def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+def cluster_plan(cfg: Config, mode: str, tasks: dict) -> dict[str, Any]:
+    """The plan's `cluster`: how tasks are found and run, their addresses; on emulated hosts (cluster.hosts) the
+    hosts too (address, link, CPU share, tasks), and the tasks at their hosts' names."""
+    c = cfg.cluster
+    if c.hosts is None:
+        return {"resolver": c.resolver, "mode": mode, "tasks": tasks}
+    return {"resolver": c.resolver, "mode": "emulated hosts", "tasks": host_spec(cfg, layout(cfg)),
+            "hosts": planned_hosts(cfg)}
 
 
 def format_cluster_plan(p: dict[str, Any]) -> list[str]:
