@@ -39,12 +39,13 @@ flags.DEFINE_string("link", None, "plan: a link bandwidth, e.g. 25Gbit, 100Mbit:
 flags.DEFINE_string("job", None, "serve: the job of the task to run (worker, ps, or a tf.data service's dispatcher "
                     "or data_worker); default: TF_CONFIG's task.")
 flags.DEFINE_integer("task", None, "serve: the index of the task to run; default: TF_CONFIG's task.")
-flags.DEFINE_bool("quick", False, "bench: fewer repetitions, methods and points (under 9 minutes on 2 cores, the data section included).")
+flags.DEFINE_bool("quick", False, "bench: fewer repetitions, methods and points (under 19 minutes on 2 cores, the data and network parts included).")
 flags.DEFINE_string("out", "bench", "bench: directory for results.json, RESULTS.md and the plots.")
 flags.DEFINE_list("parts", None,
                   "bench: which parts to measure, each on its own time budget: main (every method against its "
                   "hand-written and tutorial-style code), sections (precision, threads), sweeps (batch, width), data "
-                  "(files against memory); default: all four.")
+                  "(files against memory), network (sync against async on emulated hosts: slow links, a straggler; root); "
+                  "default: all five.")
 flags.DEFINE_list("methods", None, "bench: only these methods in the main table (e.g. "
                   "multi_worker_mirrored_2,parameter_server); default: all.")
 flags.DEFINE_bool("virtual_gpus", False, "bench: on a GPU machine, split GPU 0 into logical GPUs for multi-device methods.")
@@ -121,7 +122,7 @@ COMMANDS = {
     "bench": Command(
         "Measure every method against one device and hand-written tf.distribute; writes results.json, RESULTS.md, plots.",
         ("quick", "out", "parts", "methods", "virtual_gpus", "tiny", "tf_logs"),
-        ("paradl-tf bench --quick --out=/tmp/bench", "paradl-tf bench   # the full run, about an hour on 2 cores",
+        ("paradl-tf bench --quick --out=/tmp/bench", "paradl-tf bench   # the full run, under two hours on 2 cores",
          "paradl-tf bench --parts=sections --out=/tmp/bench   # precision and threads only"),
     ),
 }

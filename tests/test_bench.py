@@ -12,6 +12,7 @@ import pytest
 from paradl_tf.benchmark import figures, methods, modes, processes, specs as bench_specs, workloads
 from paradl_tf.benchmark.parts import main as main_part, sections as sections_part
 from paradl_tf.benchmark.reference import REFERENCES, TUTORIALS
+from paradl_tf.cluster import hosts
 from paradl_tf.benchmark.report import console, main as report_main, markdown
 
 CPU_MACHINE = {"device_type": "CPU", "gpus": []}
@@ -228,7 +229,7 @@ def test_tutorial_style_reference_trains_on_its_local_cluster(method, tmp_path):
 def test_bench_parts_and_methods_must_be_known(cli, tmp_path):
     proc = cli("bench", "--tiny", "--parts=main,warp", f"--out={tmp_path}", timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip() == "error: --parts=main,warp: each part must be one of main, sections, sweeps, data"
+    assert proc.stderr.strip() == "error: --parts=main,warp: each part must be one of main, sections, sweeps, network, data"
     proc = cli("bench", "--tiny", "--methods=mirrored_2,mirored_4", f"--out={tmp_path}", timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith("error: --methods=mirrored_2,mirored_4: no method 'mirored_4'; the methods: "
@@ -236,14 +237,15 @@ def test_bench_parts_and_methods_must_be_known(cli, tmp_path):
     assert not any(tmp_path.iterdir())  # refused before anything ran
 
 
+@pytest.mark.timeout(600)
 def test_bench_tiny_writes_results_tables_and_plots(cli, tmp_path):
     out = tmp_path / "bench"
-    proc = cli("bench", "--quick", "--tiny", f"--out={out}", timeout=220)
+    proc = cli("bench", "--quick", "--tiny", f"--out={out}", timeout=560)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "wrote" in proc.stdout and "TINY MODE" in proc.stdout
     results = json.loads((out / "results.json").read_text())
 
-    assert results["parts"] == ["main", "sections", "sweeps", "data"]
+    assert results["parts"] == ["main", "sections", "sweeps", "network", "data"]
     assert {"schema", "created", "mode", "repetitions", "machine", "peak", "workloads", "methods", "rows", "ratios",
             "best_strategy", "sweeps", "pipeline", "targets", "files", "wall_seconds"} <= results.keys()
     machine = results["machine"]
@@ -314,6 +316,8 @@ def test_bench_tiny_writes_results_tables_and_plots(cli, tmp_path):
     assert service["remote_estimate_examples_per_sec"] > 0
     assert data["folder"] and not Path(data["folder"]).exists()  # the shards are removed at the end
 
+    _check_network_part(results, (out / "RESULTS.md").read_text())
+
     assert set(results["files"]) >= {"RESULTS.md", "throughput_per_method.png", "scaling_batch.png",
                                      "scaling_width.png"}
     for name in results["files"]:
@@ -334,3 +338,26 @@ def test_bench_tiny_writes_results_tables_and_plots(cli, tmp_path):
     (out / markdown.BEFORE_AFTER).write_text("## Before and after\n\n### 1. A fix\n")
     markdown.write_all(results, out)
     assert (out / "RESULTS.md").read_text().endswith("## Before and after\n\n### 1. A fix\n")
+
+
+def _check_network_part(results: dict, md: str) -> None:
+    """Tiny: both strategies with every link at 10 Mbit on emulated hosts, each beside its model and plan --link's
+    share; where this machine cannot make emulated hosts (no root), the part says why and measures nothing."""
+    network, why = results["network"], hosts.hosts_available()
+    if why:
+        assert network["status"] == "not available" and network["why"] == why
+        assert f"Not measured: {why}" in md
+        return
+    assert network["status"] == "ok", network
+    assert [(p["method"], p["x"]) for p in network["links"]] == [("multi_worker_mirrored_2", "10Mbit"),
+                                                                   ("parameter_server", "10Mbit")]
+    for p in network["links"]:
+        assert p["status"] == "ok" and FIGURE <= p["examples_per_sec"].keys() and p["val_target"] == 0.9, p
+        assert p["model"]["applies"] and p["model"]["compute_source"].startswith("plan's"), p["model"]
+        assert p["within"] in (True, False) and p["measured_over_model"] > 0
+        assert p["accuracy_curves"][0]["val_accuracy"] and FIGURE <= p["val_accuracy"].keys()
+    for c in network["plan_check"]:  # no unshaped run in tiny mode: nothing measured to check the share against
+        assert 0 < c["predicted_share"] < 1 and c["measured_share"] is None and c["within"] is None
+    assert "## Sync against async on emulated hosts" in md and "| mlp | parameter servers (2+1) | 10Mbit |" in md
+    assert "network_sync_async.png" in results["files"]
+    assert not hosts.leftovers(dead_only=True)  # every namespace and cgroup of the part's runs is gone
