@@ -266,7 +266,7 @@ def test_bench_tiny_writes_results_tables_and_plots(cli, tmp_path):
     assert {("mlp", "model_parallel_2", "toolkit"), ("mlp", "model_parallel_2", "reference")} <= {
         (r["workload"], r["method"], r["impl"]) for r in measured}
     # Every method runs here; tiny mode leaves out the local cluster (a process per worker on each side: too slow).
-    mwm = next(r for r in rows if r["method"] == "multi_worker_mirrored_2")
+    mwm = next(r for r in rows if r["section"] == "main" and r["method"] == "multi_worker_mirrored_2")
     assert mwm["status"] == "skipped" and mwm["why"] == "skipped in tiny mode" and "examples_per_sec" not in mwm
     assert not any(r["status"] == "not available" for r in rows if r["section"] == "main")
     for method in ("mirrored_2", "model_parallel_2"):

@@ -265,11 +265,11 @@ def compare(rows: list[dict]) -> dict:
         p = next((q for r in group for q in r["plans"]), None)
         for r in group:
             if r.get("kind") == "links":
-                links.append(_point(r, link_model(r, base, p)))
+                links.append(_point(r, link_model(r, base, p) if r.get("examples_per_sec") else {}))
                 if r.get("bandwidth_mbit") in PLAN_LINKS_MBIT:
                     plan_check.append(plan_share(r, base))
             elif r.get("kind") == "straggler":
-                stragglers.append(_point(r, straggler_model(r, base, p)))
+                stragglers.append(_point(r, straggler_model(r, base, p) if r.get("examples_per_sec") else {}))
     return {"links": links, "stragglers": stragglers, "plan_check": plan_check}
 
 
@@ -286,6 +286,8 @@ def _median(figure: dict | None) -> float | None:
 
 def _point(row: dict, model: dict) -> dict:
     """What a table prints of one row: its figures, its model's, and whether they agree."""
+    if not row.get("examples_per_sec"):  # failed, or past the budget: nothing to put beside a model
+        model = {"applies": False, "why": f"not measured ({row['status']})"}
     measured = _median(row.get("examples_per_sec"))
     predicted = model.get("examples_per_sec")
     ratio = measured / predicted if measured and predicted else None
