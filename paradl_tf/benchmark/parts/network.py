@@ -11,9 +11,9 @@ MultiWorkerMirrored (2 workers) against parameter servers (2 workers + 1 ps), ea
 
 Beside each row, its model (paradl_tf.runs.communication, the same functions `plan --link` prints), and whether
 the measurement is within MODEL_TOLERANCE of it: links, the compute of a step (the unshaped row's) plus the ring
-all-reduce 2(n-1)/n*S/B (MultiWorkerMirrored), or the larger of a worker's pull and push (S_pull + S_push)/B
-and the ps link's share (parameter servers); stragglers, synchronous throughput 1/s of the unslowed run's and
-asynchronous (P-1+1/s)/P (MultiWorkerMirrored slowed by a link: the ring over its slowest link). And `plan
+all-reduce 2(n-1)/n*S/B (MultiWorkerMirrored), or the slower of a worker's own step (compute, pull and push,
+(S_pull + S_push)/B) and the ps link's share of every worker's traffic, over P (parameter servers); stragglers,
+synchronous throughput 1/s of the unslowed run's and asynchronous (P-1+1/s)/P (MultiWorkerMirrored slowed by a link: the ring over its slowest link). And `plan
 --link`'s predicted communication share against the measured one, 1 - compute/step, at 100 and 10 Mbit.
 
 Each row also has the training time to a validation accuracy (VAL_TARGETS), so that what staleness costs in

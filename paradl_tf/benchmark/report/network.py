@@ -32,7 +32,8 @@ def network_tables(results: dict) -> str:
                 "", _calibration(net), "",
                 "| workload | method | slowed by | setting | s measured | examples/s | step ms | model examples/s "
                 "| meas/model | val acc | to acc s | model |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        out += [_row(p, f"{p['by']} | {_setting(p)} | {p['s']:.2f} (target {p['target_s']:g})") for p in net["stragglers"]]
+        out += [_row(p, f"{p['by']} | {_setting(p)} | {p['s']:.2f} (target {p['target_s']:g})")
+                for p in net["stragglers"]]
     out += ["", "### `plan --link`: predicted communication share of a step against the measured one", "",
             "measured = 1 - unshaped step / step at this link; plan's compute is one step of the whole model on one "
             "device of this machine (no RPC).", "",
@@ -54,7 +55,8 @@ def _row(p: dict, what: str) -> str:
     agrees = f"{ratio:.2f} {_ok(p['within'], '')}" if ratio else "-"
     return (f"| {p['workload']} | {TITLES[p['method']]} | {what} | {fmt(p['examples_per_sec'])} "
             f"| {fmt(p['step_seconds'], 1e3, 1, spread=False)} | {model} | {agrees} "
-            f"| {fmt(p['val_accuracy'], digits=3, spread=False)} | {fmt(p['seconds_to_target'], digits=1, spread=False)} "
+            f"| {fmt(p['val_accuracy'], digits=3, spread=False)} "
+            f"| {fmt(p['seconds_to_target'], digits=1, spread=False)} "
             f"| {m.get('formula') or m.get('why')} |")
 
 
