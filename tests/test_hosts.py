@@ -264,8 +264,13 @@ def test_four_host_parameter_server_recipe(four_hosts, tmp_path):
 def _launch(tmp_path: Path, config: str, *overrides: str) -> subprocess.Popen:
     argv = [str(BIN / "paradl-tf"), "train", f"--config={ROOT / config}", f"--set=output_dir={tmp_path / 'run'}",
             *(f"--set={o}" for o in [*SMALL, *overrides])]
-    return subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
+    LAUNCHED.append(proc)
+    return proc
+
+
+LAUNCHED: list[subprocess.Popen] = []  # left_nothing ends those still running (a failed test): Ctrl-C, then kill
 
 
 class Run:
@@ -303,6 +308,15 @@ class Run:
 def left_nothing(tmp_path):
     """After the test: no namespace or cgroup of its runs, no process in its directory."""
     yield
+    for proc in LAUNCHED:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(90)  # stopping the tasks and removing the hosts, on a loaded machine
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    LAUNCHED.clear()
     deadline = time.monotonic() + 10
     while _processes_under(tmp_path) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -316,21 +330,25 @@ def test_multi_worker_drill_link_cut_then_processes_killed_then_resumes(tmp_path
     """A host's link cut mid-run: the run stops (TensorFlow's coordination service: heartbeats) with one line
     naming the host and task; the same command resumes from checkpoint.dir; its host's processes killed: the same;
     the same command again finishes what is left."""
-    args = (MWM, "cluster.hosts={}", f"checkpoint.dir={tmp_path / 'backup'}", "train.epochs=6")
+    args = (MWM, "cluster.hosts={}", f"checkpoint.dir={tmp_path / 'backup'}", "train.epochs=4")
     first = Run(tmp_path, *args)
-    first.wait_for(r"^Epoch 3/6")
+    first.wait_for(r"^Epoch 2/4")
     first.host("n2").link.down()
     cut = time.monotonic()
     code, out, err = first.finish()
     print(f"link cut: stopped after {time.monotonic() - cut:.1f} s")
     assert code == 2, out + err
-    assert re.fullmatch(r"error: host n2: task worker:1 \(n2:8888\) stopped answering \(TensorFlow's coordination "
-                        r"service: no heartbeats\); every worker all-reduces every step, so the run was stopped: rerun "
-                        r"the same command to resume from the last backup in checkpoint\.dir=\S+ \(logs: \S+\)\n", err)
+    print(err)
+    # The first to notice is either side: worker:0 (TensorFlow's coordination service: worker:1's heartbeats stopped)
+    # or worker:1 itself (its collectives time out); the line names the host cut off either way.
+    assert re.fullmatch(r"error: host n2: task worker:1 \(n2:8888\) (stopped answering|exited: exit status 2: worker:1: "
+                        r"the cluster lost a worker).* rerun the same command to resume from the last backup in "
+                        r"checkpoint\.dir=\S+.*\n", err)
     assert "Traceback" not in out + err
 
     second = Run(tmp_path, *args)
-    second.wait_for(r"^Epoch [3-6]/6")  # resumed: epochs 1 and 2 are not trained again
+    second.wait_for(r"^Epoch \d/4")
+    assert second.lines[-1].startswith(("Epoch 2/4", "Epoch 3/4")), second.lines  # resumed: epoch 1 is not trained again
     killed = second.host("n2").kill()
     code, out, err = second.finish()
     assert killed and code == 2, out + err
@@ -340,41 +358,52 @@ def test_multi_worker_drill_link_cut_then_processes_killed_then_resumes(tmp_path
     code, out, err = Run(tmp_path, *args).finish()
     assert code == 0, out + err
     results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert results["resumed_from_step"] > 0 and results["epochs_this_run"] < 6
+    assert results["resumed_from_step"] > 0 and results["epochs_this_run"] < 4
     assert set(results["emulated_hosts"]["hosts"]) == {"n1", "n2"}
+    # Each host ran its own config.yaml, its own output_dir in it: the workers' config check let that differ.
+    configs = [load_config(tmp_path / "run" / "hosts" / name / "config.yaml") for name in ("n1", "n2")]
+    assert configs[0].output_dir != configs[1].output_dir and configs[0].cluster.resolver == "tf_config"
 
 
 @needs_hosts
 @pytest.mark.timeout(300)
 def test_parameter_servers_go_on_without_a_lost_worker_host_and_take_it_back(tmp_path, left_nothing):
-    """Worker host n3's link is cut for a few seconds, then n2's processes are killed (and restarted: the host
-    returns): training goes on on the other worker meanwhile and finishes; both workers ran steps."""
-    run = Run(tmp_path, PS, "cluster.hosts={}", "train.epochs=20", "train.steps_per_epoch=10")
-    run.wait_for(r"^Epoch 3/20")
+    """Worker host n2's processes are killed: training goes on on n3's worker while n2's `serve` restarts, and takes
+    it back (a killed process's steps are lost with it: the steps counted are the new one's). Then n3's link is
+    cut for 5 s: the run waits for the step in flight there (gRPC does not notice a silent partition; TCP
+    resends when the link returns) and finishes."""
+    run = Run(tmp_path, PS, "cluster.hosts={}", "train.epochs=150", "train.steps_per_epoch=10")
+    run.wait_for(r"^Epoch 3/150")
+    assert run.host("n2").kill()
+    killed = time.monotonic()
+    run.wait_for(r"\[cluster\] task worker:0 \(n2:8888, pid \d+\) exited: killed by SIGKILL; restarting it")
+    run.wait_for(r"^Epoch \d+/150")  # went on without n2
+    serving = tmp_path / "run" / "cluster" / "n2-worker-0.log"
+    while serving.read_text().count("serving worker:0") < 2:  # n2 is back
+        run.wait_for(r"^Epoch \d+/150")
+    back = time.monotonic() - killed
     n3 = run.host("n3")
     n3.link.down()
-    run.wait_for(r"^Epoch \d+/20")
-    time.sleep(3)
+    time.sleep(5)
     n3.link.up()
-    run.wait_for(r"^Epoch \d+/20")
-    assert run.host("n2").kill()
     code, out, err = run.finish(240)
     assert code == 0, out + err
-    assert re.search(r"\[cluster\] task worker:0 \(n2:8888, pid \d+\) exited: killed by SIGKILL; restarting it", out)
     steps = run.results()["worker_steps"]
+    print(f"worker host n2 killed: serving again after {back:.1f} s; steps per worker: {steps}")
     assert steps["worker:0"]["restarts"] == 1 and steps["worker:0"]["executed_steps"] > 0, steps
     assert steps["worker:1"]["executed_steps"] > 0, steps
 
 
 @needs_hosts
 @pytest.mark.timeout(150)
-@pytest.mark.parametrize("config,missing", [(MWM, r"worker:1 \(n2:8888\)"), (PS, r"worker:1 \(n3:8888\)")])
-def test_a_host_that_never_starts_is_named_after_the_start_timeout(tmp_path, left_nothing, config, missing):
-    absent = "n2" if config == MWM else "n3"
-    code, out, err = Run(tmp_path, config, f"cluster.hosts={{absent: [{absent}]}}", "cluster.start_timeout_s=8").finish()
+def test_a_host_that_never_starts_is_named_after_the_start_timeout(tmp_path, left_nothing):
+    """MultiWorkerMirrored: worker 0 waits for worker 1 until cluster.start_timeout_s, not TensorFlow's hour. (A
+    parameter-server chief waits for its servers the same way on every cluster: tests/test_parameter_server.py.)"""
+    code, out, err = Run(tmp_path, MWM, "cluster.hosts={absent: [n2]}", "cluster.start_timeout_s=8").finish()
     assert code == 2, out + err
-    assert re.search(rf"^error: host n1: task \w+:0 \(n1:8888\) exited: exit status 2: .*{missing} did not "
-                     r"(come up|accept connections) within cluster\.start_timeout_s=8 s", err, re.M), err
+    assert re.fullmatch(r"error: host n1: task worker:0 \(n1:8888\) exited: killed by SIGKILL: worker:0: task worker:1 "
+                        r"\(n2:8888\) did not come up within cluster\.start_timeout_s=8 s: start every task with its "
+                        r"TF_CONFIG, .* \(logs: \S+\)\n", err), err
 
 
 @needs_hosts

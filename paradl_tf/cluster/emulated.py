@@ -19,6 +19,7 @@ chief's log, and on every path, Ctrl-C and SIGTERM included, stops them and remo
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import shutil
@@ -133,6 +134,7 @@ def launch_on_hosts(cfg: Config) -> dict[str, Any]:
             finally:
                 local.stop()
             described = {name: {**net.hosts[name].describe(), "tasks": hosts[name]} for name in hosts}
+            summary, events = local.summary(), list(local.events)
     finally:
         restore()
     if stop_reason:
@@ -144,7 +146,11 @@ def launch_on_hosts(cfg: Config) -> dict[str, Any]:
     if not chief_results.exists():
         raise ClusterError(f"the chief ({chief.name} on host {_host_of(chief, hosts)}) ended without results.json; "
                            f"its log: {chief.log_path}")
-    shutil.copyfile(chief_results, out / "results.json")
+    results = json.loads(chief_results.read_text())
+    for name, worker in results.get("worker_steps", {}).items():  # the chief saw the workers, the launcher their restarts
+        worker["restarts"] = summary.get(name, {}).get("restarts", 0)
+    results["cluster"]["events"] = events
+    write_json(out / "results.json", results)
     return finish_results(out / "results.json", start, launched_at,
                           emulated_hosts={"subnet": h.subnet, "hosts": described}, output_dir=str(cfg.output_dir))
 
@@ -180,8 +186,8 @@ def host_config(cfg: Config, workdir: Path) -> Config:
 
 def _cluster(cfg: Config, tasks: Sequence[Task]) -> LocalCluster:
     if cfg.strategy.kind == "parameter_server":  # workers and ps serve until stopped; a lost worker is restarted
-        return LocalCluster(tasks, max_restarts=cfg.cluster.restart_workers, serving=("worker", "ps"))
-    return LocalCluster(tasks, max_restarts=0, restartable=(), exit_0_is_done=True)
+        return LocalCluster(tasks, max_restarts=cfg.cluster.restart_workers, serving=("worker", "ps"), say_fatal=False)
+    return LocalCluster(tasks, max_restarts=0, restartable=(), exit_0_is_done=True, say_fatal=False)
 
 
 def _watch(cfg: Config, local: LocalCluster, chief: Task, stop_reason: list[str], start: float) -> None:
@@ -212,18 +218,16 @@ def _fatal_error(cfg: Config, local: LocalCluster, hosts: dict[str, list[str]], 
         if found:
             lost = next(u for u in local.tasks if (u.job, u.index) == (found.group(1), int(found.group(2))))
             break
-    host = _host_of(lost, hosts)
-    how = "stopped answering (TensorFlow's coordination service: no heartbeats)" if lost not in failed else \
-        f"exited: {describe(lost)}"
-    resume = resume_hint(cfg)
+    where = f"host {_host_of(lost, hosts)}: task {lost.name} ({lost.address})"
+    if lost not in failed:
+        how = "stopped answering (TensorFlow's coordination service: no heartbeats)"
+    elif (said := last_line(lost)).startswith(": "):  # its own error line says why (start-up timeout, bad input)
+        return f"{where} exited: {describe_exit(lost.process.returncode)}{said} (logs: {run_dir})"
+    else:
+        how = f"exited: {describe_exit(lost.process.returncode)}{said}"
     why = ("every worker all-reduces every step" if cfg.strategy.kind == "multi_worker_mirrored"
            else "ParameterServerStrategy cannot go on without the chief or a ps")
-    return f"host {host}: task {lost.name} ({lost.address}) {how}; {why}, so the run was stopped: {resume} " \
-           f"(logs: {run_dir})"
-
-
-def describe(task: Task) -> str:
-    return describe_exit(task.process.returncode) + last_line(task)
+    return f"{where} {how}; {why}, so the run was stopped: {resume_hint(cfg)} (logs: {run_dir})"
 
 
 def _host_of(task: Task, hosts: dict[str, list[str]]) -> str:

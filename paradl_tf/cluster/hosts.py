@@ -35,14 +35,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import psutil
+
 from paradl_tf.errors import ClusterError
 
 PREFIX = "paradl"  # every namespace and cgroup of a run: paradl-<pid>-<n>-<host>
 NETNS_DIR, ETC_NETNS = Path("/run/netns"), Path("/etc/netns")
 CGROUP_V1_CPU, CGROUP_ROOT = Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup")
 CFS_PERIOD_US = 100_000
-HOST_NAME = re.compile(r"^[a-z][a-z0-9]{0,11}$")  # also the switch-side veth's name: interface names are <= 15
-_OWN_NAME = re.compile(rf"^{PREFIX}-(\d+)-\d+-[a-z0-9]+$")  # the pid of the run that made it
+HOST_NAME = re.compile(r"^[a-z][a-z0-9-]{0,11}$")  # also the switch-side veth's name: interface names are <= 15
+_OWN_NAME = re.compile(rf"^{PREFIX}-(\d+)-\d+-[a-z0-9-]+$")  # the pid of the run that made it
 _runs = itertools.count()
 
 
@@ -237,7 +239,7 @@ class Network:
     def add_host(self, name: str, bandwidth_mbit: float | None = None, cpu_share: float | None = None) -> Host:
         """A new host on the switch, at the subnet's next address, resolvable by `name` from every host."""
         if not HOST_NAME.match(name) or name in self.hosts:
-            raise HostError(f"an emulated host's name must be new and 1-12 lowercase letters or digits, starting "
+            raise HostError(f"an emulated host's name must be new and 1-12 lowercase letters, digits or -, starting "
                             f"with a letter. Received: {name!r}")
         address = str(next(self._addresses, "")) or self._full()
         namespace = f"{self.id}-{name}"
@@ -367,16 +369,6 @@ def sweep_stale() -> list[str]:
     return stale
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
 def leftovers(dead_only: bool = False) -> list[str]:
     """Namespaces, cgroups and /etc/netns entries of this module's naming that exist now; dead_only: those whose
     run (the pid in the name) has ended, which nothing will remove but sweep_stale (tests check there are none)."""
@@ -384,6 +376,20 @@ def leftovers(dead_only: bool = False) -> list[str]:
     found += [str(p) for base in (CGROUP_V1_CPU, CGROUP_ROOT) if base.is_dir() for p in base.glob(f"{PREFIX}-*")]
     found += [str(p) for p in ETC_NETNS.glob(f"{PREFIX}-*")] if ETC_NETNS.is_dir() else []
     if dead_only:
-        owners = {name: _OWN_NAME.match(name.rsplit("/", 1)[-1]) for name in found}
-        found = [name for name, m in owners.items() if m and not _pid_alive(int(m.group(1)))]
+        found = [name for name in found if _owner_gone(name)]
     return found
+
+
+def _owner_gone(path: str) -> bool:
+    """The run that made this (the pid in its name) has ended: no such process, or one started after it (the pid
+    reused)."""
+    m = _OWN_NAME.match(path.rsplit("/", 1)[-1])
+    if not m:
+        return False
+    made = Path(path if path.startswith("/") else NETNS_DIR / path)
+    try:
+        return psutil.Process(int(m.group(1))).create_time() > made.stat().st_mtime + 1
+    except psutil.NoSuchProcess:
+        return True
+    except (psutil.Error, OSError):
+        return False

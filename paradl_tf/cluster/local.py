@@ -60,8 +60,9 @@ class LocalCluster:
 
     def __init__(self, tasks: Sequence[Task], max_restarts: int = 3, restartable: Sequence[str] = ("worker",),
                  on_fatal: Callable[[str], None] | None = None, poll_s: float = 0.2, exit_0_is_done: bool = False,
-                 expendable: Sequence[str] = (), serving: Sequence[str] = ()):
+                 expendable: Sequence[str] = (), serving: Sequence[str] = (), say_fatal: bool = True):
         self.tasks = list(tasks)
+        self.say_fatal = say_fatal  # False where the caller turns the loss into its own one-line error
         self.expendable = set(expendable)
         self.serving = set(serving)
         self.exit_0_is_done = exit_0_is_done  # multi-worker: every task runs the training to its end and exits 0
@@ -193,7 +194,8 @@ class LocalCluster:
         if self.fatal is None:
             self.fatal = message
             self.events.append(message)
-            print(f"[cluster] {message}", file=sys.stderr, flush=True)
+            if self.say_fatal:
+                print(f"[cluster] {message}", file=sys.stderr, flush=True)
             if self.on_fatal:
                 self.on_fatal(message)
 

@@ -11,14 +11,18 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import json
+import os
+import select
+import signal
 import shutil
 import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 import warnings
+from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 
@@ -65,23 +69,41 @@ def wait_until_reachable(tasks: Mapping[str, str], timeout_s: float,
             time.sleep(0.1)
 
 
-def start_deadline(tasks: Mapping[str, str], timeout_s: float, fail: Callable[[str], None]) -> threading.Timer:
-    """A started timer: unless cancelled within timeout_s, it calls fail(one line) naming the tasks that do not
-    accept connections. For where TensorFlow itself would wait for a missing task (far) longer."""
-    def expire():
-        down = [name for name, address in tasks.items() if not _accepts(address)]
-        if down:
-            what = ", ".join(f"{name} ({tasks[name]})" for name in down)
-            line = f"task{'s' if len(down) > 1 else ''} {what} did not come up"
-        else:
-            line = "every task accepts connections, but the cluster did not form"
-        fail(f"{line} within cluster.start_timeout_s={timeout_s:g} s: start every task with its TF_CONFIG, and "
-             "check that each address resolves and is reachable from every host")
+def start_deadline(tasks: Mapping[str, str], timeout_s: float, me: str, status_path: Path | None = None
+                   ) -> Callable[[], None]:
+    """Start a watchdog process; returns the function that stops it. Unless stopped within timeout_s, it names the
+    tasks that do not accept connections in one line (stderr as `error: ...`, and status.json if given) and kills
+    this process. A process, not a thread: where TensorFlow waits for a missing task, it blocks holding the GIL,
+    and SIGTERM does not end it."""
+    read_end, write_end = os.pipe()
+    args = json.dumps({"tasks": dict(tasks), "timeout_s": timeout_s, "me": me, "parent": os.getpid(),
+                       "status": str(status_path) if status_path else None, "fd": read_end})
+    watchdog = subprocess.Popen([sys.executable, "-c", f"from paradl_tf.cluster.network import _deadline; "
+                                 f"_deadline({args!r})"], pass_fds=(read_end,), stdin=subprocess.DEVNULL)
+    os.close(read_end)
 
-    timer = threading.Timer(timeout_s, expire)
-    timer.daemon = True
-    timer.start()
-    return timer
+    def stop() -> None:
+        os.close(write_end)  # the watchdog reads EOF and exits; so it does if this process dies
+        watchdog.wait()
+
+    return stop
+
+
+def _deadline(args: str) -> None:
+    a = json.loads(args)
+    if select.select([a["fd"]], [], [], a["timeout_s"])[0]:
+        return  # stopped in time, or the process it watches is gone
+    tasks = a["tasks"]
+    down = [name for name, address in tasks.items() if not _accepts(address)]
+    what = ", ".join(f"{name} ({tasks[name]})" for name in down)
+    line = (f"task{'s' if len(down) > 1 else ''} {what} did not come up" if down
+            else "every task accepts connections, but the cluster did not form")
+    message = (f"{a['me']}: {line} within cluster.start_timeout_s={a['timeout_s']:g} s: start every task with its "
+               "TF_CONFIG, and check that each address resolves and is reachable from every host")
+    if a["status"]:
+        Path(a["status"]).write_text(json.dumps({"error": message, "type": "ClusterError"}) + "\n")
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    os.kill(a["parent"], signal.SIGKILL)
 
 
 def _accepts(address: str) -> bool:

@@ -73,14 +73,6 @@ LOST_PEER = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.Cance
              tf.errors.DeadlineExceededError)
 
 
-def fail_now(message: str, status_path: Path | None = None) -> None:
-    """From a watchdog thread, while TensorFlow blocks the main one: the one error line, status.json, exit 2."""
-    if status_path is not None:
-        cl.write_json(status_path, {"error": message, "type": "ClusterError"})
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    sys.stdout.flush()
-    os._exit(2)
-
 
 def worker_main(config_path: str, status_path: str) -> None:
     """One local worker (`python -m paradl_tf.runs.multi_worker CONFIG STATUS`): train, then exit at once."""
@@ -138,9 +130,10 @@ class MultiWorkerRun(Run):
     starting the runtime, the workers first check they run the same config, every worker trains and backs up
     (the others to temporary directories), the chief alone shows progress and keeps checkpoints.
 
-    Until that check has passed, a watchdog fails the worker after cluster.start_timeout_s, naming the tasks that
-    are not up: TensorFlow's coordination service would wait for a missing worker for its cluster-register
-    timeout (an hour by default), and its setting is not public API."""
+    Until that check has passed, a watchdog process fails the worker after cluster.start_timeout_s, naming the
+    tasks that are not up: TensorFlow's coordination service would wait for a missing worker for its cluster
+    register timeout (kDefaultClusterRegisterTimeout, an hour, in coordination_service_agent.cc), and its setting
+    is not public API."""
 
     def __init__(self, cfg: Config, resolver, cluster_info: dict, status_path: Path | None = None):
         super().__init__(cfg, resolver, cluster_info)
@@ -154,14 +147,13 @@ class MultiWorkerRun(Run):
         me = f"{self.resolver.task_type}:{self.resolver.task_id}"
         others = {f"{job}:{i}": address for job, addresses in self.cluster_info["tasks"].items()
                   for i, address in enumerate(addresses) if f"{job}:{i}" != me}
-        self._start_deadline = cl.start_deadline(others, self.cfg.cluster.start_timeout_s,
-                                                 lambda line: fail_now(f"{me}: {line}", self.status_path))
+        self._start_deadline = cl.start_deadline(others, self.cfg.cluster.start_timeout_s, me, self.status_path)
         return super().strategy()
 
     def check(self, strategy) -> None:
         check_same_config(strategy, self.cfg, max(len(self.cluster_info["tasks"].get("worker", [])), 1))
         if self._start_deadline is not None:  # every worker took part in the check's collective: all are up
-            self._start_deadline.cancel()
+            self._start_deadline()
 
     def is_chief(self, strategy) -> bool:
         return strategy.extended.should_checkpoint
