@@ -61,6 +61,18 @@ def test_every_strategy_has_a_hand_written_reference():
     assert [m.name for m in methods.METHODS if m.todo or not m.reference] == []
 
 
+def test_every_part_is_a_module_with_run_and_a_budget_in_every_mode():
+    """A part of the run is one module and one entry in parts.PARTS: nothing else names the parts."""
+    import importlib
+
+    from paradl_tf.benchmark.parts import PARTS
+
+    assert list(PARTS) == ["main", "sections", "sweeps", "data"]  # the order they run in
+    for part in PARTS.values():
+        assert callable(importlib.import_module(part.module).run), part.name
+        assert set(part.budget_s) == set(modes.MODES) and min(part.budget_s.values()) > 0, part.name
+
+
 def test_gpu_machine_uses_real_gpus_unless_virtual_ones_are_asked_for():
     gpu1 = {"device_type": "GPU", "gpus": ["A100"]}
     m4 = methods.METHOD_BY_NAME["mirrored_4"]
