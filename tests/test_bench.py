@@ -67,7 +67,7 @@ def test_every_part_is_a_module_with_run_and_a_budget_in_every_mode():
 
     from paradl_tf.benchmark.parts import PARTS
 
-    assert list(PARTS) == ["main", "sections", "sweeps", "data"]  # the order they run in
+    assert list(PARTS) == ["main", "sections", "sweeps", "network", "data"]  # the order they run in
     for part in PARTS.values():
         assert callable(importlib.import_module(part.module).run), part.name
         assert set(part.budget_s) == set(modes.MODES) and min(part.budget_s.values()) > 0, part.name
