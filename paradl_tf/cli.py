@@ -138,17 +138,19 @@ COMMANDS = {
     ),
     "bench": Command(
         "Measure every method against one device and hand-written tf.distribute; writes results.json, RESULTS.md, plots.",
-        {"quick": "Fewer repetitions, methods and points (under 9 minutes on 2 cores, the data section included).",
+        {"quick": "Fewer repetitions, methods and points (under 19 minutes on 2 cores, the data and network parts "
+                   "included).",
          "out": "The directory for results.json, RESULTS.md and the plots.",
          "parts": "Which parts to measure, each on its own time budget: main (every method against its "
                   "hand-written and tutorial-style code), sections (precision, threads), sweeps (batch, width), "
-                  "data (files against memory); default: all four.",
+                  "data (files against memory), network (sync against async on emulated hosts: slow links, a "
+                  "straggler; root); default: all five.",
          "methods": "Only these methods in the main table (e.g. multi_worker_mirrored_2,parameter_server); "
                     "default: all.",
          "virtual_gpus": "On a GPU machine, split GPU 0 into logical GPUs for multi-device methods.",
          "tiny": "Tiny models and concurrent processes, for tests; the speeds mean nothing.",
          "tf_logs": TF_LOGS},
-        ("paradl-tf bench --quick --out=/tmp/bench", "paradl-tf bench   # the full run, about an hour on 2 cores",
+        ("paradl-tf bench --quick --out=/tmp/bench", "paradl-tf bench   # the full run, under two hours on 2 cores",
          "paradl-tf bench --parts=sections --out=/tmp/bench   # precision and threads only"),
         defaults={"out": "bench"},
     ),

@@ -12,6 +12,7 @@ import pytest
 from paradl_tf.benchmark import figures, methods, modes, processes, specs as bench_specs, workloads
 from paradl_tf.benchmark.parts import main as main_part, sections as sections_part
 from paradl_tf.benchmark.reference import REFERENCES, TUTORIALS
+from paradl_tf.cluster import hosts
 from paradl_tf.benchmark.report import console, main as report_main, markdown
 
 CPU_MACHINE = {"device_type": "CPU", "gpus": []}
@@ -66,7 +67,7 @@ def test_every_part_is_a_module_with_run_and_a_budget_in_every_mode():
 
     from paradl_tf.benchmark.parts import PARTS
 
-    assert list(PARTS) == ["main", "sections", "sweeps", "data"]  # the order they run in
+    assert list(PARTS) == ["main", "sections", "sweeps", "network", "data"]  # the order they run in
     for part in PARTS.values():
         assert callable(importlib.import_module(part.module).run), part.name
         assert set(part.budget_s) == set(modes.MODES) and min(part.budget_s.values()) > 0, part.name
@@ -240,7 +241,7 @@ def test_tutorial_style_reference_trains_on_its_local_cluster(method, tmp_path):
 def test_bench_parts_and_methods_must_be_known(cli, tmp_path):
     proc = cli("bench", "--tiny", "--parts=main,warp", f"--out={tmp_path}", timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip() == "error: --parts=main,warp: each part must be one of main, sections, sweeps, data"
+    assert proc.stderr.strip() == "error: --parts=main,warp: each part must be one of main, sections, sweeps, network, data"
     proc = cli("bench", "--tiny", "--methods=mirrored_2,mirored_4", f"--out={tmp_path}", timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith("error: --methods=mirrored_2,mirored_4: no method 'mirored_4'; the methods: "
@@ -248,14 +249,15 @@ def test_bench_parts_and_methods_must_be_known(cli, tmp_path):
     assert not any(tmp_path.iterdir())  # refused before anything ran
 
 
+@pytest.mark.timeout(600)
 def test_bench_tiny_writes_results_tables_and_plots(cli, tmp_path):
     out = tmp_path / "bench"
-    proc = cli("bench", "--quick", "--tiny", f"--out={out}", timeout=220)
+    proc = cli("bench", "--quick", "--tiny", f"--out={out}", timeout=560)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "wrote" in proc.stdout and "TINY MODE" in proc.stdout
     results = json.loads((out / "results.json").read_text())
 
-    assert results["parts"] == ["main", "sections", "sweeps", "data"]
+    assert results["parts"] == ["main", "sections", "sweeps", "network", "data"]
     assert {"schema", "created", "mode", "repetitions", "machine", "peak", "workloads", "methods", "rows", "ratios",
             "best_strategy", "sweeps", "pipeline", "targets", "files", "wall_seconds"} <= results.keys()
     machine = results["machine"]
@@ -276,7 +278,7 @@ def test_bench_tiny_writes_results_tables_and_plots(cli, tmp_path):
     assert {("mlp", "model_parallel_2", "toolkit"), ("mlp", "model_parallel_2", "reference")} <= {
         (r["workload"], r["method"], r["impl"]) for r in measured}
     # Every method runs here; tiny mode leaves out the local cluster (a process per worker on each side: too slow).
-    mwm = next(r for r in rows if r["method"] == "multi_worker_mirrored_2")
+    mwm = next(r for r in rows if r["section"] == "main" and r["method"] == "multi_worker_mirrored_2")
     assert mwm["status"] == "skipped" and mwm["why"] == "skipped in tiny mode" and "examples_per_sec" not in mwm
     assert not any(r["status"] == "not available" for r in rows if r["section"] == "main")
     for method in ("mirrored_2", "model_parallel_2"):
@@ -326,6 +328,8 @@ def test_bench_tiny_writes_results_tables_and_plots(cli, tmp_path):
     assert service["remote_estimate_examples_per_sec"] > 0
     assert data["folder"] and not Path(data["folder"]).exists()  # the shards are removed at the end
 
+    _check_network_part(results, (out / "RESULTS.md").read_text())
+
     assert set(results["files"]) >= {"RESULTS.md", "throughput_per_method.png", "scaling_batch.png",
                                      "scaling_width.png"}
     for name in results["files"]:
@@ -346,3 +350,26 @@ def test_bench_tiny_writes_results_tables_and_plots(cli, tmp_path):
     (out / markdown.BEFORE_AFTER).write_text("## Before and after\n\n### 1. A fix\n")
     markdown.write_all(results, out)
     assert (out / "RESULTS.md").read_text().endswith("## Before and after\n\n### 1. A fix\n")
+
+
+def _check_network_part(results: dict, md: str) -> None:
+    """Tiny: both strategies with every link at 10 Mbit on emulated hosts, each beside its model and plan --link's
+    share; where this machine cannot make emulated hosts (no root), the part says why and measures nothing."""
+    network, why = results["network"], hosts.hosts_available()
+    if why:
+        assert network["status"] == "not available" and network["why"] == why
+        assert f"Not measured: {why}" in md
+        return
+    assert network["status"] == "ok", network
+    assert [(p["method"], p["x"]) for p in network["links"]] == [("multi_worker_mirrored_2", "10Mbit"),
+                                                                   ("parameter_server", "10Mbit")]
+    for p in network["links"]:
+        assert p["status"] == "ok" and FIGURE <= p["examples_per_sec"].keys() and p["val_target"] == 0.9, p
+        assert p["model"]["applies"] and p["model"]["compute_source"].startswith("plan's"), p["model"]
+        assert p["within"] in (True, False) and p["measured_over_model"] > 0
+        assert p["accuracy_curves"][0]["val_accuracy"] and FIGURE <= p["val_accuracy"].keys()
+    for c in network["plan_check"]:  # no unshaped run in tiny mode: nothing measured to check the share against
+        assert 0 < c["predicted_share"] < 1 and c["measured_share"] is None and c["within"] is None
+    assert "## Sync against async on emulated hosts" in md and "| mlp | parameter servers (2+1) | 10Mbit |" in md
+    assert "network_sync_async.png" in results["files"]
+    assert not hosts.leftovers(dead_only=True)  # every namespace and cgroup of the part's runs is gone

@@ -1,7 +1,7 @@
 """The run: `paradl-tf bench` from start to results.json, every method against one device and hand-written code.
 
-    paradl-tf bench --quick              # fewer repetitions and points: under 9 minutes on 2 cores
-    paradl-tf bench --out=bench          # the full run: under 66 minutes on 2 cores
+    paradl-tf bench --quick              # fewer repetitions and points: under 19 minutes on 2 cores
+    paradl-tf bench --out=bench          # the full run: under 106 minutes on 2 cores (the network part 40 of them)
     paradl-tf bench --parts=sections     # some parts only (paradl_tf.benchmark.parts.PARTS)
     make bench
 
@@ -27,6 +27,8 @@ process). A method that cannot run here is reported "not available", with why.
 Beside the main table, sections vary one config key of the toolkit on a few workloads and methods
 (`Section`): precision (float32, mixed_bfloat16, mixed_float16 where native; each row against the matmul
 peak of the dtype it computes in) and threads (intra_op 1 against 2, against the physical cores' ceiling).
+The network part (parts/network.py, `NetworkPlan`; root) runs MultiWorkerMirrored against parameter servers on
+emulated hosts, every link slowed and one worker slowed, each row beside its cost model (docs/sync-or-async.md).
 The data section (`DataPlan`, measured last on its own budget) reads the same examples from TFRecord shards and
 from memory: the input pipeline alone, training files / memory, and peak RSS over ~1 GB against ~20 MB of shards.
 
@@ -56,7 +58,7 @@ def run_bench(quick: bool = False, out_dir: str | Path = "bench", *, tiny: bool 
               methods: Sequence[str] | None = None, log: Callable[[str], None] = print) -> dict:
     """Measure every available method and write results.json, RESULTS.md and the plots to `out_dir`.
 
-    quick: fewer processes, methods and points (under 9 minutes on 2 cores); tiny: tiny models, for tests.
+    quick: fewer processes, methods and points (under 19 minutes on 2 cores); tiny: tiny models, for tests.
     reps: processes per figure (default: the mode's). virtual_gpus: on a GPU machine, split GPU 0 into
     logical GPUs of gpu_memory_mb each for the multi-device methods (default: the real GPUs only).
     parts: which of PARTS to measure (the matmul peaks always are); the others are left out of the results.

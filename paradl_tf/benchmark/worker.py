@@ -98,7 +98,12 @@ def _toolkit(spec: dict) -> dict[str, Any]:
     path = run_dir / "bench_config.yaml"
     path.write_text(yaml.safe_dump({**spec["config"], "output_dir": str(run_dir / "run")}, sort_keys=False))
     cfg = load_config(path)
-    return _toolkit_train(cfg) if "cluster" in spec["config"] else _toolkit_prepare(cfg)
+    if "cluster" not in spec["config"]:
+        return _toolkit_prepare(cfg)
+    out = _toolkit_train(cfg)
+    if spec.get("plan_link"):  # what `paradl-tf plan --link` says of the same config (the network part checks it)
+        out["plan"] = _plan_of(cfg, spec["plan_link"])
+    return out
 
 
 def _toolkit_prepare(cfg) -> dict[str, Any]:
@@ -158,7 +163,17 @@ def _toolkit_train(cfg) -> dict[str, Any]:
         "keras": results["keras"],
         # The driver process and the task processes, up and reachable, before the chief's clock starts.
         "cluster_start_seconds": call_seconds - chief_seconds,
+        "history": results["history"],  # validation accuracy per epoch: the network part's time to a target
     }
+
+
+def _plan_of(cfg, link: str) -> dict[str, Any]:
+    """`paradl-tf plan --link=<link>`'s figures for cfg: the bytes a step sends and its predicted communication."""
+    from paradl_tf.api import plan
+
+    p = plan(cfg, link=link)
+    keys = ("strategy", "gradient_bytes", "parameter_bytes", "ps_bytes", "cluster", "communication")
+    return {k: p[k] for k in keys if k in p}
 
 
 # ================================================================ matmul: the machine's peaks in TensorFlow

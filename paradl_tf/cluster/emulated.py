@@ -128,7 +128,8 @@ def launch_on_hosts(cfg: Config) -> dict[str, Any]:
             try:
                 local.start()
                 _watch(cfg, local, chief, stop_reason, start)
-                if local.fatal is not None:
+                # The watcher may see the parameter-server chief's exit 0 before this loop does, and call it lost.
+                if local.fatal is not None and not local.done():
                     raise ClusterError(_fatal_error(cfg, local, hosts, run_dir))
             finally:
                 local.stop()

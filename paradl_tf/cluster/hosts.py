@@ -108,7 +108,9 @@ class Link:
         if self.bandwidth_mbit is None:
             return
         rate = f"{self.bandwidth_mbit:g}mbit"
-        burst = f"{max(int(self.bandwidth_mbit * 1000 / 8 / 4), 16)}kb"  # ~1/4 ms of traffic, at least 16 KB
+        # ~1 ms of traffic (a timer tick at HZ=1000: what tbf needs to reach its rate), at least 16 KB. A larger
+        # bucket lets every pause (an epoch's validation) buy a burst at the veth's own speed.
+        burst = f"{max(int(self.bandwidth_mbit * 1000 / 8 / 1000), 16)}kb"
         for namespace, dev in ((self.host_namespace, self.inner), (self.switch, self.outer)):
             _run([_tool("tc"), "-n", namespace, "qdisc", "replace", "dev", dev, "root", "tbf", "rate", rate,
                   "burst", burst, "latency", "50ms"])

@@ -10,6 +10,7 @@ from paradl_tf.benchmark.report.data import data_tables
 from paradl_tf.benchmark.report.format import fmt
 from paradl_tf.benchmark.report.main import (model_parallel_table, pipeline_table, startup_table, throughput_tables,
                                              tutorial_table)
+from paradl_tf.benchmark.report.network import network_tables
 from paradl_tf.benchmark.report.plots import write_plots
 from paradl_tf.benchmark.report.sections import precision_table, threads_table
 from paradl_tf.benchmark.report.sweeps import sweep_tables
@@ -25,7 +26,7 @@ def markdown(results: dict, plots: list[str] = (), before_after: str = "") -> st
     parts = [_header(results), throughput_tables(results), tutorial_table(results), images,
              precision_table(results), threads_table(results),
              startup_table(results), model_parallel_table(results), pipeline_table(results), sweep_tables(results),
-             data_tables(results),
+             network_tables(results), data_tables(results),
              _reading(results), before_after.strip()]
     return "\n\n".join(p for p in parts if p) + "\n"
 

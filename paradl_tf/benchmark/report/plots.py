@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from paradl_tf.benchmark.report.format import index_of, plotted_methods
+from paradl_tf.benchmark.report.network import plot_network
 
 
 def write_plots(results: dict, out: Path) -> list[str]:
@@ -15,7 +16,8 @@ def write_plots(results: dict, out: Path) -> list[str]:
 
     files = []
     for name, draw in (("throughput_per_method.png", _plot_methods), ("scaling_batch.png", _plot_sweep("batch")),
-                       ("scaling_width.png", _plot_sweep("width")), ("pipeline_microbatches.png", _plot_pipeline)):
+                       ("scaling_width.png", _plot_sweep("width")), ("pipeline_microbatches.png", _plot_pipeline),
+                       ("network_sync_async.png", plot_network)):
         fig = draw(results, plt)
         if fig is None:
             continue
