@@ -63,27 +63,26 @@ def trainable_bytes(model) -> int:
     return sum(int(np.prod(v.shape, dtype=np.int64)) * tf.as_dtype(v.dtype).size for v in model.trainable_variables)
 
 
-def measure_step_seconds(cfg: Config, keras_name: str, batch: int, steps: int = 10) -> tuple[float, str]:
+def measure_step_seconds(cfg: Config, keras_name: str, batch: int, steps: int = 20) -> tuple[float, str]:
     """The median time of one training step of cfg's whole model on this machine's first device, with `batch`
-    random examples: the compute one replica (or one worker, or the whole pipeline) does per step, measured here.
-    Returns the seconds and where they were measured."""
+    random examples, inside model.fit as a run steps (train_on_batch pays a Python call per step that fit does not):
+    the compute one replica (or one worker, or the whole pipeline) does per step, measured here. Returns the
+    seconds and where they were measured."""
     keras = import_keras(keras_name)
     source = load_source(cfg.data, cfg.train.seed)
     device = logical_device_names(cfg.devices.type)[0]
+    warm_up = 5  # tracing and the first steps' allocations are not the step
     rng = np.random.default_rng(cfg.train.seed)
-    x = rng.random((batch, *source.input_shape), dtype=np.float32)
-    y = rng.integers(0, source.num_classes, size=batch).astype(np.int32)
+    x = rng.random((batch * (warm_up + steps), *source.input_shape), dtype=np.float32)
+    y = rng.integers(0, source.num_classes, size=len(x)).astype(np.int32)
+    ends: list[float] = []
+    timer = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: ends.append(time.perf_counter()))
     with tf.device(device), precision_policy(keras, resolve_precision(cfg.train.precision, cfg.devices.type)):
         model = build_model(cfg.model, source.input_shape, source.num_classes, keras)
-        compile_model(model, cfg.train, keras)
-        for _ in range(3):  # tracing and the first steps' allocations are not the step
-            model.train_on_batch(x, y)
-        times = []
-        for _ in range(steps):
-            start = time.perf_counter()
-            model.train_on_batch(x, y)
-            times.append(time.perf_counter() - start)
-    return float(np.median(times)), f"measured here: median of {steps} steps of batch {batch} on {device}"
+        compile_model(model, cfg.train.model_copy(update={"steps_per_execution": 1}), keras)
+        model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0, callbacks=[timer])
+    times = np.diff(ends[warm_up - 1:])
+    return float(np.median(times)), f"measured here: median of {len(times)} steps of batch {batch} on {device}"
 
 
 def variable_devices(variable, strategy: tf.distribute.Strategy) -> list[str]:
