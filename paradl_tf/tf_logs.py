@@ -83,6 +83,16 @@ def _stderr_into(lines: list[str]):
             lines.extend(tmp.read().decode(errors="replace").splitlines(keepends=True))
 
 
+_TERMINAL_STDERR: int | None = None
+"""While without_tensorflow_lines runs: the descriptor its pump writes to (the terminal's stderr)."""
+
+
+def terminal_stderr() -> int:
+    """The descriptor that reaches the terminal's stderr: not the filtering pipe, whose pump dies with this process.
+    A child that may kill this process (a start-up watchdog) writes its last line here, or the line is lost."""
+    return 2 if _TERMINAL_STDERR is None else _TERMINAL_STDERR
+
+
 @contextlib.contextmanager
 def without_tensorflow_lines():
     """File descriptor 2 through a pipe that drops TensorFlow's C++ log lines and passes everything else on, as
@@ -101,11 +111,14 @@ def without_tensorflow_lines():
                 if not TF_LOG_LINE.match(line.decode(errors="replace")):
                     os.write(saved, line)
 
+    global _TERMINAL_STDERR
     thread = threading.Thread(target=pump, name="stderr-without-tensorflow-lines", daemon=True)
     thread.start()
+    _TERMINAL_STDERR = saved
     try:
         yield
     finally:
+        _TERMINAL_STDERR = None
         sys.stderr.flush()
         os.dup2(saved, 2)  # the pipe's last writer closes: the pump reads to its end and stops
         thread.join(timeout=5)

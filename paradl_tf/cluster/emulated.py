@@ -166,7 +166,9 @@ def _tasks(cfg: Config, net: Network, hosts: dict[str, list[str]], spec: Spec, r
         for task in names:
             job, index = task.split(":")
             trains = job in ("chief", "worker") and (job == "chief" or cfg.strategy.kind != "parameter_server")
-            argv = [*CLI, "train", "--config=config.yaml"] if trains else [*CLI, "serve"]
+            # --tf_logs: a task's log keeps TensorFlow's own lines (the coordination service's "unhealthy" line
+            # names the lost task: _fatal_error reads it); the follower keeps them out of the terminal.
+            argv = [*CLI, "train", "--config=config.yaml", "--tf_logs"] if trains else [*CLI, "serve", "--tf_logs"]
             tasks.append(Task(job, int(index), spec[job][int(index)], host.argv(argv),
                               {**env, "TF_CONFIG": tf_config(spec, job, int(index))},
                               run_dir / f"{name}-{job}-{index}.log", cwd=host.workdir))

@@ -27,6 +27,7 @@ from typing import Callable, Mapping, Sequence
 
 
 from paradl_tf.errors import ClusterError, ParadlWarning
+from paradl_tf.tf_logs import terminal_stderr
 
 
 
@@ -79,7 +80,8 @@ def start_deadline(tasks: Mapping[str, str], timeout_s: float, me: str, status_p
     args = json.dumps({"tasks": dict(tasks), "timeout_s": timeout_s, "me": me, "parent": os.getpid(),
                        "status": str(status_path) if status_path else None, "fd": read_end})
     watchdog = subprocess.Popen([sys.executable, "-c", f"from paradl_tf.cluster.network import _deadline; "
-                                 f"_deadline({args!r})"], pass_fds=(read_end,), stdin=subprocess.DEVNULL)
+                                 f"_deadline({args!r})"], pass_fds=(read_end,), stdin=subprocess.DEVNULL,
+                                stderr=terminal_stderr())  # its line must outlive this process, which it kills
     os.close(read_end)
 
     def stop() -> None:
