@@ -317,7 +317,7 @@ def link_model(row: dict, base: dict | None, p: dict | None) -> dict:
     return {"applies": True, "compute_source": source, "compute_seconds": compute, **model,
             "examples_per_sec": row["global_batch_size"] / model["step_seconds"],
             "formula": ("compute + 2(n-1)/n * S / B" if row["method"] == SYNC else
-                        "max(compute + (S_pull + S_push) / B, P * (S_pull + S_push) / B) / P")}
+                        "max(compute + (S_pull + S_push) / B, P * max(S_pull, S_push) / B) / P")}
 
 
 def modelled_step(p: dict, bits_per_s: float, compute: float) -> dict:
