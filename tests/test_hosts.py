@@ -261,8 +261,21 @@ def test_four_host_parameter_server_recipe(four_hosts, tmp_path):
 
 
 # ---------------------------------------------------------------- a cluster on emulated hosts, and drills
+def _docs_command(test_name: str) -> tuple[str, ...]:
+    """The config and `--set` overrides of the one-command block of docs/deployment.md run by this test."""
+    argv = shlex.split(_recipe(test_name), comments=True)
+    assert argv[:2] == ["paradl-tf", "train"] and argv[2].startswith("--config="), argv
+    sets = argv[3:]
+    assert sets[::2] == ["--set"] * (len(sets) // 2) and len(sets) % 2 == 0, argv
+    return (argv[2].removeprefix("--config="), *sets[1::2])
+
+
 def _launch(tmp_path: Path, config: str, *overrides: str) -> subprocess.Popen:
-    argv = [str(BIN / "paradl-tf"), "train", f"--config={ROOT / config}", f"--set=output_dir={tmp_path / 'run'}",
+    """`paradl-tf train` in tmp_path (a configs/ link there, as in a checkout: relative paths land in tmp_path),
+    with the run's output in tmp_path/run."""
+    if not (tmp_path / "configs").exists():
+        (tmp_path / "configs").symlink_to(ROOT / "configs")
+    argv = [str(BIN / "paradl-tf"), "train", f"--config={config}", f"--set=output_dir={tmp_path / 'run'}",
             *(f"--set={o}" for o in [*SMALL, *overrides])]
     proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
@@ -330,7 +343,7 @@ def test_multi_worker_drill_link_cut_then_processes_killed_then_resumes(tmp_path
     """A host's link cut mid-run: the run stops (TensorFlow's coordination service: heartbeats) with one line
     naming the host and task; the same command resumes from checkpoint.dir; its host's processes killed: the same;
     the same command again finishes what is left."""
-    args = (MWM, "cluster.hosts={}", f"checkpoint.dir={tmp_path / 'backup'}", "train.epochs=4")
+    args = (*_docs_command("test_multi_worker_drill_link_cut_then_processes_killed_then_resumes"), "train.epochs=4")
     first = Run(tmp_path, *args)
     first.wait_for(r"^Epoch 2/4")
     first.host("n2").link.down()
@@ -372,7 +385,8 @@ def test_parameter_servers_go_on_without_a_lost_worker_host_and_take_it_back(tmp
     it back (a killed process's steps are lost with it: the steps counted are the new one's). Then n3's link is
     cut for 5 s: the run waits for the step in flight there (gRPC does not notice a silent partition; TCP
     resends when the link returns) and finishes."""
-    run = Run(tmp_path, PS, "cluster.hosts={}", "train.epochs=150", "train.steps_per_epoch=10")
+    run = Run(tmp_path, *_docs_command("test_parameter_servers_go_on_without_a_lost_worker_host_and_take_it_back"),
+              "train.epochs=150", "train.steps_per_epoch=10")
     run.wait_for(r"^Epoch 3/150")
     assert run.host("n2").kill()
     killed = time.monotonic()
@@ -388,10 +402,13 @@ def test_parameter_servers_go_on_without_a_lost_worker_host_and_take_it_back(tmp
     n3.link.up()
     code, out, err = run.finish(240)
     assert code == 0, out + err
-    steps = run.results()["worker_steps"]
+    r = run.results()
+    steps = r["worker_steps"]
     print(f"worker host n2 killed: serving again after {back:.1f} s; steps per worker: {steps}")
     assert steps["worker:0"]["restarts"] == 1 and steps["worker:0"]["executed_steps"] > 0, steps
     assert steps["worker:1"]["executed_steps"] > 0, steps
+    # Every step ran, at least once (a step lost with the killed worker may run twice), and every epoch ended.
+    assert r["optimizer_iterations"] >= r["requested_steps"] == 150 * 10 and len(r["history"]["loss"]) == 150
 
 
 @needs_hosts
@@ -399,7 +416,8 @@ def test_parameter_servers_go_on_without_a_lost_worker_host_and_take_it_back(tmp
 def test_a_host_that_never_starts_is_named_after_the_start_timeout(tmp_path, left_nothing):
     """MultiWorkerMirrored: worker 0 waits for worker 1 until cluster.start_timeout_s, not TensorFlow's hour. (A
     parameter-server chief waits for its servers the same way on every cluster: tests/test_parameter_server.py.)"""
-    code, out, err = Run(tmp_path, MWM, "cluster.hosts={absent: [n2]}", "cluster.start_timeout_s=8").finish()
+    command = _docs_command("test_a_host_that_never_starts_is_named_after_the_start_timeout")
+    code, out, err = Run(tmp_path, *command, "cluster.start_timeout_s=8").finish()
     assert code == 2, out + err
     assert re.fullmatch(r"error: host n1: task worker:0 \(n1:8888\) exited: killed by SIGKILL: worker:0: task worker:1 "
                         r"\(n2:8888\) did not come up within cluster\.start_timeout_s=8 s: start every task with its "
@@ -409,9 +427,14 @@ def test_a_host_that_never_starts_is_named_after_the_start_timeout(tmp_path, lef
 @needs_hosts
 @pytest.mark.timeout(150)
 def test_ctrl_c_to_the_launcher_leaves_nothing(tmp_path, left_nothing):
-    run = Run(tmp_path, MWM, "cluster.hosts={cpu_share: 0.9}", "train.epochs=30")
+    """Both workers on one host (cluster.hosts.groups: the second task on the next port), under a CPU quota; Ctrl-C
+    to the launcher stops both and removes the host."""
+    run = Run(tmp_path, MWM, "cluster.hosts={groups: [[worker:0, worker:1]], cpu_share: 0.9}", "train.epochs=30")
     run.wait_for(r"^Epoch 1/30")
     assert len(_processes_under(tmp_path)) >= 2
+    (host,) = json.loads((tmp_path / "run" / "cluster" / "hosts.json").read_text())["hosts"].values()
+    assert host["name"] == "n1" and host["cpu_share"] == 0.9, host
+    assert {p.name for p in (tmp_path / "run" / "cluster").glob("n1-*.log")} == {"n1-worker-0.log", "n1-worker-1.log"}
     os.killpg(run.proc.pid, signal.SIGINT)
     code, out, err = run.finish(60)
     assert code == 130 and "interrupted" in err, out + err
