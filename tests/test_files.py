@@ -270,32 +270,8 @@ def test_parameter_server_workers_read_their_own_files_and_cover_the_data(tmp_pa
     assert (visits >= 1).all()
 
 
-# ---------------------------------------------------------------- resume over files
-@needs_isolation
-@pytest.mark.timeout(300)
-def test_multiworker_over_files_killed_and_rerun_ends_with_the_uninterrupted_weights(tmp_path, digits_shards,
-                                                                                       equivalence):
-    from test_multiworker import Run, _exported_weights, _train  # the SIGKILL test's pattern
-    from equivalence import max_abs_diff
-
-    data = "data=" + json.dumps(_tfrecord_data(digits_shards))
-    common = [data, "train.global_batch_size=32", "train.deterministic=true", "train.verbose=0", "model.hidden=[32]",
-              f"train.seed={equivalence.seed(0)}", "train.epochs=3", "checkpoint.export=true",
-              "checkpoint.backup_and_restore.save_freq=10"]
-    run_dir, ref_dir = tmp_path / "run", tmp_path / "ref"
-    same = [*common, f"output_dir={run_dir}", f"checkpoint.dir={tmp_path / 'backup'}"]
-    run = Run(*same)
-    run.wait_for(tmp_path / "backup" / "chief" / "checkpoint")
-    run.worker(1).kill()
-    code, out = run.finish(60)
-    run.assert_nothing_left()
-    assert code == 2 and "error: task worker:1" in out, out
-    resumed = _train(*same)
-    assert resumed["resumed_from_step"] > 0 and resumed["optimizer_iterations"] == 3 * 44
-    assert resumed["input"]["source"] == "tfrecord"
-    reference = _train(*common, f"output_dir={ref_dir}", f"checkpoint.dir={tmp_path / 'ref_backup'}")
-    equivalence.check(0.0, weights=max_abs_diff(_exported_weights(run_dir / "model.keras"),
-                                                _exported_weights(ref_dir / "model.keras")))
+# Resuming over files: tests/test_multiworker.py's SIGKILL test trains from TFRecord shards, kills a worker and
+# checks that the rerun ends with the uninterrupted run's weights.
 
 
 # ---------------------------------------------------------------- bad input, one line each

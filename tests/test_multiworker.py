@@ -18,8 +18,11 @@ import pytest
 
 from equivalence import TOLERANCE, float64_env, max_abs_diff  # tests/ is on sys.path under pytest
 from paradl_tf import cluster as cl
+from paradl_tf.builders.data import load_splits
 from paradl_tf.config import load_config
+from paradl_tf.config.schema import Config
 from paradl_tf.errors import ConfigError
+from paradl_tf.files.write import write_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "configs/sync_multiworker.yaml"
@@ -177,9 +180,14 @@ def _kept_checkpoints(output_dir: Path) -> list[str]:
 @pytest.mark.timeout(180)
 def test_sigkill_worker_stops_the_job_and_rerun_resumes_to_the_same_weights(tmp_path, equivalence):
     """SIGKILL worker 1 mid-epoch: the job fails within seconds, naming it; nothing is left; the same command
-    resumes from the last backup, trains exactly the requested steps and ends with the uninterrupted weights."""
-    common = [*SMALL, f"train.seed={equivalence.seed(0)}", "train.epochs=4", "checkpoint.export=true",
-              "checkpoint.backup_and_restore.save_freq=10", "checkpoint.keep=3"]
+    resumes from the last backup, trains exactly the requested steps and ends with the uninterrupted weights.
+    The data comes from TFRecord shards, so the resumed file stream is checked too (each worker reads its
+    records from where the backup says, not from the top of its files)."""
+    shards = tmp_path / "shards"
+    write_shards(load_splits(Config().data, 0), str(shards), 4, "tfrecord", 1, "digits")
+    data = {"kind": "tfrecord", "train_files": f"{shards}/train-*", "validation_files": f"{shards}/validation-*"}
+    common = [*SMALL, "data=" + json.dumps(data), f"train.seed={equivalence.seed(0)}", "train.epochs=3",
+              "checkpoint.export=true", "checkpoint.backup_and_restore.save_freq=10", "checkpoint.keep=3"]
     run_dir, ref_dir = tmp_path / "run", tmp_path / "ref"
     same = [*common, f"output_dir={run_dir}", f"checkpoint.dir={tmp_path / 'backup'}"]
     run = Run(*same)
@@ -199,12 +207,13 @@ def test_sigkill_worker_stops_the_job_and_rerun_resumes_to_the_same_weights(tmp_
 
     resumed = _train(*same)
     assert resumed["resumed_from_step"] > 0 and resumed["resumed_from_step"] % 10 == 0, resumed
-    assert resumed["optimizer_iterations"] == resumed["requested_steps"] == 4 * 44
+    assert resumed["optimizer_iterations"] == resumed["requested_steps"] == 3 * 44
     assert resumed["steps_this_run"] == resumed["requested_steps"] - resumed["resumed_from_step"]
-    # The last 3 checkpoints by step (176 steps, one every 10), across the kill: the rerun's manager took over.
-    assert _kept_checkpoints(run_dir) == ["ckpt-150", "ckpt-160", "ckpt-170"]
+    assert resumed["input"]["source"] == "tfrecord"
+    # The last 3 checkpoints by step (132 steps, one every 10), across the kill: the rerun's manager took over.
+    assert _kept_checkpoints(run_dir) == ["ckpt-110", "ckpt-120", "ckpt-130"]
     reference = _train(*common, f"output_dir={ref_dir}", f"checkpoint.dir={tmp_path / 'ref_backup'}")
-    assert reference["resumed_from_step"] == 0 and reference["optimizer_iterations"] == 4 * 44
+    assert reference["resumed_from_step"] == 0 and reference["optimizer_iterations"] == 3 * 44
     # Bit for bit: op determinism, the same steps on the same batches from exactly restored variables. No rounding
     # difference exists for a ReLU to amplify, so the check holds on any CPU and catches any lost or repeated step.
     equivalence.check(0.0, weights=max_abs_diff(_exported_weights(run_dir / "model.keras"),

@@ -123,7 +123,14 @@ def test_parameter_server_sbatch_ends_with_its_chief(slurm, job_dir, cli):
 @pytest.mark.timeout(300)
 def test_srun_recipe_with_two_tasks_per_node(slurm, job_dir):
     """docs/deployment.md's srun recipe, as written, in a 2-node allocation of 2 tasks each: two tasks share a
-    node, so SlurmClusterResolver gives them consecutive ports from cluster.port."""
+    node, so SlurmClusterResolver gives them consecutive ports from cluster.port. Its configs/async_ps.yaml is
+    the repository's with `cluster.chief_gone_s: 3`: the servers' default 30 s after the chief would only be
+    waiting (test_parameter_server_sbatch_ends_with_its_chief checks that the servers end after it)."""
+    (job_dir / "configs").unlink()
+    (job_dir / "configs").mkdir()
+    config = (ROOT / "configs" / "async_ps.yaml").read_text()
+    assert "\ncluster:\n" in config
+    (job_dir / "configs" / "async_ps.yaml").write_text(config.replace("\ncluster:\n", "\ncluster:\n  chief_gone_s: 3\n"))
     script = job_dir / "recipe.sbatch"
     script.write_text("#!/bin/bash\n" + _recipe("test_srun_recipe_with_two_tasks_per_node"))
     job = _ended(slurm, slurm.sbatch(script, job_dir, "--nodes=2", "--ntasks-per-node=2"), timeout_s=240)
