@@ -12,7 +12,6 @@ import pytest
 from paradl_tf.benchmark import figures, methods, modes, processes, specs as bench_specs, workloads
 from paradl_tf.benchmark.parts import main as main_part, sections as sections_part
 from paradl_tf.benchmark.reference import REFERENCES, TUTORIALS
-from paradl_tf.cluster import hosts
 from paradl_tf.benchmark.report import console, main as report_main, markdown
 
 CPU_MACHINE = {"device_type": "CPU", "gpus": []}
@@ -252,12 +251,13 @@ def test_bench_parts_and_methods_must_be_known(cli, tmp_path):
 @pytest.mark.timeout(600)
 def test_bench_tiny_writes_results_tables_and_plots(cli, tmp_path):
     out = tmp_path / "bench"
-    proc = cli("bench", "--quick", "--tiny", f"--out={out}", timeout=560)
+    # The network part is left out: notebook 05 runs it tiny (tests/test_notebooks.py checks what it measured).
+    proc = cli("bench", "--quick", "--tiny", "--parts=main,sections,sweeps,data", f"--out={out}", timeout=560)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "wrote" in proc.stdout and "TINY MODE" in proc.stdout
     results = json.loads((out / "results.json").read_text())
 
-    assert results["parts"] == ["main", "sections", "sweeps", "network", "data"]
+    assert results["parts"] == ["main", "sections", "sweeps", "data"] and results["network"] is None
     assert {"schema", "created", "mode", "repetitions", "machine", "peak", "workloads", "methods", "rows", "ratios",
             "best_strategy", "sweeps", "pipeline", "targets", "files", "wall_seconds"} <= results.keys()
     machine = results["machine"]
@@ -328,7 +328,7 @@ def test_bench_tiny_writes_results_tables_and_plots(cli, tmp_path):
     assert service["remote_estimate_examples_per_sec"] > 0
     assert data["folder"] and not Path(data["folder"]).exists()  # the shards are removed at the end
 
-    _check_network_part(results, (out / "RESULTS.md").read_text())
+    assert "## Sync against async on emulated hosts" not in (out / "RESULTS.md").read_text()
 
     assert set(results["files"]) >= {"RESULTS.md", "throughput_per_method.png", "scaling_batch.png",
                                      "scaling_width.png"}
@@ -350,26 +350,3 @@ def test_bench_tiny_writes_results_tables_and_plots(cli, tmp_path):
     (out / markdown.BEFORE_AFTER).write_text("## Before and after\n\n### 1. A fix\n")
     markdown.write_all(results, out)
     assert (out / "RESULTS.md").read_text().endswith("## Before and after\n\n### 1. A fix\n")
-
-
-def _check_network_part(results: dict, md: str) -> None:
-    """Tiny: both strategies with every link at 10 Mbit on emulated hosts, each beside its model and plan --link's
-    share; where this machine cannot make emulated hosts (no root), the part says why and measures nothing."""
-    network, why = results["network"], hosts.hosts_available()
-    if why:
-        assert network["status"] == "not available" and network["why"] == why
-        assert f"Not measured: {why}" in md
-        return
-    assert network["status"] == "ok", network
-    assert [(p["method"], p["x"]) for p in network["links"]] == [("multi_worker_mirrored_2", "10Mbit"),
-                                                                   ("parameter_server", "10Mbit")]
-    for p in network["links"]:
-        assert p["status"] == "ok" and FIGURE <= p["examples_per_sec"].keys() and p["val_target"] == 0.9, p
-        assert p["model"]["applies"] and p["model"]["compute_source"].startswith("plan's"), p["model"]
-        assert p["within"] in (True, False) and p["measured_over_model"] > 0
-        assert p["accuracy_curves"][0]["val_accuracy"] and FIGURE <= p["val_accuracy"].keys()
-    for c in network["plan_check"]:  # no unshaped run in tiny mode: nothing measured to check the share against
-        assert 0 < c["predicted_share"] < 1 and c["measured_share"] is None and c["within"] is None
-    assert "## Sync against async on emulated hosts" in md and "| mlp | parameter servers (2+1) | 10Mbit |" in md
-    assert "network_sync_async.png" in results["files"]
-    assert not hosts.leftovers(dead_only=True)  # every namespace and cgroup of the part's runs is gone

@@ -25,6 +25,7 @@ nothing.
 from __future__ import annotations
 
 import copy
+import json
 import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -98,10 +99,12 @@ def run(bench: Bench, budget: Budget) -> None:
 def measure_network(mode: str = "tiny", out_dir: str | Path = "bench/network", plan: NetworkPlan | None = None,
                     log: Callable[[str], None] = print) -> dict:
     """The network part alone, from Python (notebook 05): its results.json entry, with the part's budget of `mode`
-    and its plan (or `plan`). Worker logs go to <out_dir>/logs."""
+    and its plan (or `plan`), also written to <out_dir>/network.json. Worker logs go to <out_dir>/logs."""
     m = MODES[mode]
     bench = Bench(m, Path(out_dir), {"device_type": "CPU"}, False, 0, None, log, None)
-    return measure(m, plan or PLANS[mode], bench, PARTS["network"].budget(m))
+    entry = measure(m, plan or PLANS[mode], bench, PARTS["network"].budget(m))
+    (Path(out_dir) / "network.json").write_text(json.dumps(entry, indent=1))
+    return entry
 
 
 def measure(mode: Mode, plan: NetworkPlan, bench: Bench, budget: Budget) -> dict:
