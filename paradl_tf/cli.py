@@ -232,6 +232,10 @@ def _run(command: str) -> None:
               f"({written['format']}) to {FLAGS.out}; metadata: {os.path.join(FLAGS.out, 'metadata.json')}")
         return
     if command == "plan":
+        if FLAGS.link:
+            from paradl_tf.runs.communication import parse_bandwidth
+
+            parse_bandwidth(FLAGS.link)  # a bad --link is one line before TensorFlow takes seconds to start
         _start_tensorflow()
         from paradl_tf.api import plan
         from paradl_tf.runs.plan import format_plan
