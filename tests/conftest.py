@@ -35,6 +35,18 @@ def cli(tmp_path):
     return run
 
 
+@pytest.fixture(scope="session")
+def digits_shards(tmp_path_factory):
+    """Digits as 4 TFRecord training shards and 1 validation shard, as `paradl-tf data write` makes them."""
+    from paradl_tf.builders.data import load_splits
+    from paradl_tf.config.schema import Config
+    from paradl_tf.files.write import write_shards
+
+    out = tmp_path_factory.mktemp("digits") / "tfrecord"
+    write_shards(load_splits(Config().data, 0), str(out), 4, "tfrecord", 1, "digits")
+    return out
+
+
 def pytest_addoption(parser):
     parser.addoption("--equivalence-seed", type=int, default=None,
                      help="train.seed for the checks that compare two runs (default: each check's own); "

@@ -34,14 +34,6 @@ def _synthetic(train=2048, val=256, features=16, classes=4, seed=0) -> Splits:
     return load_splits(cfg.data, seed)
 
 
-@pytest.fixture(scope="module")
-def digits_shards(tmp_path_factory):
-    """Digits as 4 TFRecord training shards and 1 validation shard, as `paradl-tf data write` makes them."""
-    out = tmp_path_factory.mktemp("digits") / "tfrecord"
-    write_shards(load_splits(Config().data, 0), str(out), 4, "tfrecord", 1, "digits")
-    return out
-
-
 def _tfrecord_data(root: Path, **extra) -> dict:
     return {"kind": "tfrecord", "train_files": f"{root}/train-*", "validation_files": f"{root}/validation-*", **extra}
 

@@ -18,11 +18,8 @@ import pytest
 
 from equivalence import TOLERANCE, float64_env, max_abs_diff  # tests/ is on sys.path under pytest
 from paradl_tf import cluster as cl
-from paradl_tf.builders.data import load_splits
 from paradl_tf.config import load_config
-from paradl_tf.config.schema import Config
 from paradl_tf.errors import ConfigError
-from paradl_tf.files.write import write_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "configs/sync_multiworker.yaml"
@@ -178,16 +175,15 @@ def _kept_checkpoints(output_dir: Path) -> list[str]:
 
 @needs_isolation
 @pytest.mark.timeout(180)
-def test_sigkill_worker_stops_the_job_and_rerun_resumes_to_the_same_weights(tmp_path, equivalence):
+def test_sigkill_worker_stops_the_job_and_rerun_resumes_to_the_same_weights(tmp_path, equivalence, digits_shards):
     """SIGKILL worker 1 mid-epoch: the job fails within seconds, naming it; nothing is left; the same command
     resumes from the last backup, trains exactly the requested steps and ends with the uninterrupted weights.
     The data comes from TFRecord shards, so the resumed file stream is checked too (each worker reads its
     records from where the backup says, not from the top of its files)."""
-    shards = tmp_path / "shards"
-    write_shards(load_splits(Config().data, 0), str(shards), 4, "tfrecord", 1, "digits")
-    data = {"kind": "tfrecord", "train_files": f"{shards}/train-*", "validation_files": f"{shards}/validation-*"}
-    common = [*SMALL, "data=" + json.dumps(data), f"train.seed={equivalence.seed(0)}", "train.epochs=3",
-              "checkpoint.export=true", "checkpoint.backup_and_restore.save_freq=10", "checkpoint.keep=3"]
+    from test_files import _tfrecord_data
+
+    common = [*SMALL, "data=" + json.dumps(_tfrecord_data(digits_shards)), f"train.seed={equivalence.seed(0)}",
+              "train.epochs=3", "checkpoint.export=true", "checkpoint.backup_and_restore.save_freq=10", "checkpoint.keep=3"]
     run_dir, ref_dir = tmp_path / "run", tmp_path / "ref"
     same = [*common, f"output_dir={run_dir}", f"checkpoint.dir={tmp_path / 'backup'}"]
     run = Run(*same)

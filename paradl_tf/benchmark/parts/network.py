@@ -25,7 +25,6 @@ nothing.
 from __future__ import annotations
 
 import copy
-import json
 import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -40,6 +39,7 @@ from paradl_tf.benchmark.processes import run_interleaved
 from paradl_tf.benchmark.specs import Spec, build_config, forward_flops, train_spec
 from paradl_tf.benchmark.workloads import Workload
 from paradl_tf.cluster import hosts
+from paradl_tf.cluster.local import write_json
 from paradl_tf.runs.communication import predict, seconds
 
 SYNC, ASYNC = "multi_worker_mirrored_2", "parameter_server"
@@ -103,7 +103,7 @@ def measure_network(mode: str = "tiny", out_dir: str | Path = "bench/network", p
     m = MODES[mode]
     bench = Bench(m, Path(out_dir), {"device_type": "CPU"}, False, 0, None, log, None)
     entry = measure(m, plan or PLANS[mode], bench, PARTS["network"].budget(m))
-    (Path(out_dir) / "network.json").write_text(json.dumps(entry, indent=1))
+    write_json(Path(out_dir) / "network.json", entry)
     return entry
 
 
