@@ -14,7 +14,7 @@ from typing import Any
 
 from paradl_tf import cluster as cl
 from paradl_tf.config import Config
-from paradl_tf.runs.communication import parse_bandwidth, predict
+from paradl_tf.runs.communication import check_compute, parse_bandwidth, predict
 
 
 @dataclass(frozen=True)
@@ -49,15 +49,21 @@ def train(cfg: Config) -> dict[str, Any]:
     return importlib.import_module(runner.module).train(cfg)
 
 
-def plan(cfg: Config, link: str | None = None) -> dict[str, Any]:
+def plan(cfg: Config, link: str | None = None, compute: str = "device") -> dict[str, Any]:
     """What `cfg` will run, without training and without starting a cluster. With `link` (a bandwidth such as
     '25Gbit'), also the communication each step needs over links of that bandwidth, next to the compute time of
-    a step measured here (`communication` in the plan; paradl_tf.runs.communication has the models)."""
+    a step measured here (`communication` in the plan; paradl_tf.runs.communication has the models): with
+    compute='device', one step of the model on one device (seconds); with compute='cluster' (cluster strategies),
+    the config's own cluster trained briefly on loopback, so that the runtime's per-step cost counts too."""
     bits_per_s = parse_bandwidth(link) if link else None  # a bad --link fails before TensorFlow starts
+    check_compute(cfg.strategy.kind, compute, link)
     p = importlib.import_module(RUNNERS[cfg.strategy.kind].module).plan(cfg)
     if bits_per_s:
-        from paradl_tf.runs.plan import measure_step_seconds
+        from paradl_tf.runs.plan import measure_cluster_step_seconds, measure_step_seconds
 
-        compute, source = measure_step_seconds(cfg, p["keras"], p["per_replica_batch_size"])
-        p["communication"] = predict(p, bits_per_s, compute, source)
+        if compute == "cluster":
+            seconds, source = measure_cluster_step_seconds(cfg, p["cluster"]["tasks"], train)
+        else:
+            seconds, source = measure_step_seconds(cfg, p["keras"], p["per_replica_batch_size"])
+        p["communication"] = predict(p, bits_per_s, seconds, source)
     return p

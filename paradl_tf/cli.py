@@ -37,7 +37,8 @@ FLAGS = flags.FLAGS
 # absl's flags are global: each is defined once here, for the parser, and each command gives the flags it takes
 # their words and defaults in COMMANDS below, so that `paradl-tf COMMAND --help` speaks of that command alone.
 _PER_COMMAND = "this flag's meaning and default depend on the command: see paradl-tf COMMAND --help"
-for _name in ("config", "job", "out", "format", "image", "cpu", "memory", "checkpoint_claim", "link"):
+for _name in ("config", "job", "out", "format", "image", "cpu", "memory", "checkpoint_claim", "link",
+              "compute"):
     flags.DEFINE_string(_name, None, _PER_COMMAND)
 for _name in ("task", "gpus"):
     flags.DEFINE_integer(_name, None, _PER_COMMAND, lower_bound=0)
@@ -86,10 +87,15 @@ COMMANDS = {
         {"config": CONFIG, "set": SET, "json": "Print JSON instead of text.",
          "link": "A link bandwidth, e.g. 25Gbit or 100Mbit: add the bytes and seconds each step sends over such "
                  "links (all-reduce, ps traffic, activations between stages) next to a compute time measured here.",
+         "compute": "Where --link's compute time per step is measured: device (one step of the model on one device "
+                    "here, seconds) or cluster (multi_worker_mirrored, parameter_server: the config's cluster "
+                    "trained briefly here on loopback, so the runtime's own per-step cost counts; tens of seconds).",
          "tf_logs": TF_LOGS},
         ("paradl-tf plan --config=configs/sync_mirrored.yaml",
          "paradl-tf plan --config=configs/model_parallel.yaml --json",
-         "paradl-tf plan --config=configs/sync_multiworker.yaml --link=25Gbit   # will the network dominate?"),
+         "paradl-tf plan --config=configs/sync_multiworker.yaml --link=25Gbit   # will the network dominate?",
+         "paradl-tf plan --config=configs/async_ps.yaml --link=100Mbit --compute=cluster"),
+        defaults={"compute": "device"},
     ),
     "serve": Command(
         "Run one task of a cluster (worker, ps, or a tf.data service's dispatcher or data_worker) until stopped "
@@ -150,7 +156,7 @@ COMMANDS = {
          "virtual_gpus": "On a GPU machine, split GPU 0 into logical GPUs for multi-device methods.",
          "tiny": "Tiny models and concurrent processes, for tests; the speeds mean nothing.",
          "tf_logs": TF_LOGS},
-        ("paradl-tf bench --quick --out=/tmp/bench", "paradl-tf bench   # the full run, under two hours on 2 cores",
+        ("paradl-tf bench --quick --out=/tmp/bench", "paradl-tf bench   # the full run, under three hours on 2 cores",
          "paradl-tf bench --parts=sections --out=/tmp/bench   # precision and threads only"),
         defaults={"out": "bench"},
     ),
@@ -232,15 +238,17 @@ def _run(command: str) -> None:
               f"({written['format']}) to {FLAGS.out}; metadata: {os.path.join(FLAGS.out, 'metadata.json')}")
         return
     if command == "plan":
-        if FLAGS.link:
-            from paradl_tf.runs.communication import parse_bandwidth
+        from paradl_tf.runs.communication import check_compute, parse_bandwidth
 
+        if FLAGS.link:
             parse_bandwidth(FLAGS.link)  # a bad --link is one line before TensorFlow takes seconds to start
+        compute = COMMANDS["plan"].value("compute")
+        check_compute(cfg.strategy.kind, compute, FLAGS.link)
         _start_tensorflow()
         from paradl_tf.api import plan
         from paradl_tf.runs.plan import format_plan
 
-        print(format_plan(plan(cfg, link=FLAGS.link), as_json=FLAGS.json))
+        print(format_plan(plan(cfg, link=FLAGS.link, compute=compute), as_json=FLAGS.json))
     elif command == "train":
         if not cfg.launches_local_cluster:  # a launcher only waits for its tasks: it needs no TensorFlow
             _start_tensorflow()

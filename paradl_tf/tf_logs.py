@@ -67,18 +67,29 @@ def quiet_python_logs() -> None:
 
 
 @contextlib.contextmanager
+def descriptor_into(fd: int, target: int):
+    """File descriptor `fd` (1 or 2) points where `target` does for a while: in this process, C++ code included,
+    and in the processes it starts meanwhile."""
+    stream = sys.stdout if fd == 1 else sys.stderr
+    stream.flush()
+    saved = os.dup(fd)
+    os.dup2(target, fd)
+    try:
+        yield
+    finally:
+        stream.flush()
+        os.dup2(saved, fd)
+        os.close(saved)
+
+
+@contextlib.contextmanager
 def _stderr_into(lines: list[str]):
     """File descriptor 2 (which C++ code writes to) goes to a temporary file; its lines end up in `lines`."""
-    sys.stderr.flush()
-    saved = os.dup(2)
     with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
         try:
-            yield
+            with descriptor_into(2, tmp.fileno()):
+                yield
         finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
             tmp.seek(0)
             lines.extend(tmp.read().decode(errors="replace").splitlines(keepends=True))
 

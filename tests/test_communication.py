@@ -6,7 +6,8 @@ import pytest
 
 from paradl_tf.config import load_config
 from paradl_tf.errors import ConfigError
-from paradl_tf.runs.communication import format_bandwidth, parse_bandwidth, predict, ring_all_reduce_bytes
+from paradl_tf.runs.communication import (check_compute, format_bandwidth, parse_bandwidth, predict,
+                                          ring_all_reduce_bytes)
 
 from conftest import ROOT
 
@@ -86,6 +87,38 @@ def test_plan_with_a_link_predicts_each_step_from_the_real_plan(config, strategy
         assert c["items"][0]["bytes_per_step"] == ring_all_reduce_bytes(largest, p["placement"]["replicas"])
 
 
+@pytest.mark.parametrize("strategy, compute, link, error", [
+    ("parameter_server", "gpu", "1Gbit", "--compute: 'gpu' is not one of device, cluster"),
+    ("parameter_server", "cluster", None, "--compute=cluster: the compute time is measured for --link alone; give "
+                                          "--link too"),
+    ("mirrored", "cluster", "1Gbit", "--compute=cluster: strategy.kind=mirrored runs in one process, with no "
+                                     "cluster to run; use --compute=device"),
+])
+def test_a_compute_source_that_cannot_be_measured_is_refused(strategy, compute, link, error):
+    with pytest.raises(ConfigError) as exc:
+        check_compute(strategy, compute, link)
+    assert str(exc.value) == error
+
+
+@pytest.mark.timeout(240)
+def test_plan_measures_the_compute_in_the_configs_own_cluster(tmp_path):
+    """--compute=cluster: the parameter-server config's cluster (2 workers, 1 ps) trains on loopback for a few
+    epochs; a worker's step is the cluster's time per step times its 2 workers, and nothing of the run is left."""
+    import psutil
+
+    from paradl_tf.api import plan
+
+    p = plan(load_config(ROOT / "configs" / "async_ps.yaml", ["devices.count=4", f"output_dir={tmp_path / 'run'}"]),
+             link="10Mbit",
+             compute="cluster")
+    c = p["communication"]
+    assert c["compute_source"].startswith("measured here: the config's cluster (2 worker(s), 1 ps) on loopback")
+    assert c["compute_source"].endswith("times 2 workers") and c["compute_seconds_per_step"] > 0
+    assert c["step_seconds"] == pytest.approx(c["compute_seconds_per_step"] + c["communication_seconds_per_step"])
+    # A temporary output dir, not the config's; every task ended.
+    assert not (tmp_path / "run").exists() and not psutil.Process().children(recursive=True)
+
+
 @pytest.mark.timeout(240)
 def test_plan_link_from_the_cli(cli):
     done = cli("plan", "--config=configs/sync_mirrored.yaml", "--link=25Gbit", "--json")
@@ -98,3 +131,7 @@ def test_plan_link_from_the_cli(cli):
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
         "error: --link: cannot read 'fast' as a bandwidth; give bits per second with a unit, e.g. 25Gbit, "
         "100Mbit or 10Mbit"]
+    wrong = cli("plan", "--config=configs/sync_mirrored.yaml", "--link=25Gbit", "--compute=cluster")
+    assert wrong.returncode == 2 and wrong.stderr.strip().splitlines() == [
+        "error: --compute=cluster: strategy.kind=mirrored runs in one process, with no cluster to run; use "
+        "--compute=device"]

@@ -102,7 +102,7 @@ def _toolkit(spec: dict) -> dict[str, Any]:
         return _toolkit_prepare(cfg)
     out = _toolkit_train(cfg)
     if spec.get("plan_link"):  # what `paradl-tf plan --link` says of the same config (the network part checks it)
-        out["plan"] = _plan_of(cfg, spec["plan_link"])
+        out["plan"] = _plan_of(cfg, spec["plan_link"], spec.get("plan_compute", "device"))
     return out
 
 
@@ -167,11 +167,12 @@ def _toolkit_train(cfg) -> dict[str, Any]:
     }
 
 
-def _plan_of(cfg, link: str) -> dict[str, Any]:
-    """`paradl-tf plan --link=<link>`'s figures for cfg: the bytes a step sends and its predicted communication."""
+def _plan_of(cfg, link: str, compute: str) -> dict[str, Any]:
+    """`paradl-tf plan --link=<link> --compute=<compute>`'s figures for cfg: the bytes a step sends and its
+    predicted communication."""
     from paradl_tf.api import plan
 
-    p = plan(cfg, link=link)
+    p = plan(cfg, link=link, compute=compute)
     keys = ("strategy", "gradient_bytes", "parameter_bytes", "ps_bytes", "cluster", "communication")
     return {k: p[k] for k in keys if k in p}
 

@@ -39,6 +39,22 @@ def format_bandwidth(bits_per_s: float) -> str:
     return f"{bits_per_s:g}bit"
 
 
+COMPUTE_FROM = ("device", "cluster")
+"""Where `plan --link` takes a step's compute time from: one device here, or the config's cluster run here."""
+CLUSTER_STRATEGIES = ("multi_worker_mirrored", "parameter_server")
+
+
+def check_compute(strategy: str, compute: str, link: str | None) -> None:
+    """A bad `--compute` is refused before TensorFlow starts and before any cluster does."""
+    if compute not in COMPUTE_FROM:
+        raise ConfigError(f"--compute: {compute!r} is not one of {', '.join(COMPUTE_FROM)}")
+    if compute != "device" and not link:
+        raise ConfigError(f"--compute={compute}: the compute time is measured for --link alone; give --link too")
+    if compute == "cluster" and strategy not in CLUSTER_STRATEGIES:
+        raise ConfigError(f"--compute=cluster: strategy.kind={strategy} runs in one process, with no "
+                          f"cluster to run; use --compute=device")
+
+
 def ring_all_reduce_bytes(size: int, peers: int) -> float:
     """Bytes each peer sends (and receives) to all-reduce `size` bytes over a ring of `peers`: 2(n-1)/n * S."""
     return 2 * (peers - 1) / peers * size if peers > 1 else 0.0

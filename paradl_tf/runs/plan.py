@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import tempfile
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import tensorflow as tf
@@ -18,6 +19,7 @@ from paradl_tf.cluster.emulated import host_spec, layout, planned_hosts
 from paradl_tf.config import Config
 from paradl_tf.runs.communication import format_communication
 from paradl_tf.runs.fit import prepare
+from paradl_tf.tf_logs import descriptor_into
 
 
 def plan(cfg: Config) -> dict[str, Any]:
@@ -83,6 +85,41 @@ def measure_step_seconds(cfg: Config, keras_name: str, batch: int, steps: int = 
         model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0, callbacks=[timer])
     times = np.diff(ends[warm_up - 1:])
     return float(np.median(times)), f"measured here: median of {len(times)} steps of batch {batch} on {device}"
+
+
+CLUSTER_STEP_EPOCHS, CLUSTER_STEP_STEPS = 4, 20
+"""`plan --compute=cluster` trains the cluster this many epochs of this many steps; the first (tracing) is not timed."""
+
+
+def measure_cluster_step_seconds(cfg: Config, tasks: dict[str, list],
+                                 train: Callable[[Config], dict[str, Any]]) -> tuple[float, str]:
+    """The median time of one worker's training step in cfg's own cluster (`tasks`: the plan's, so a TF_CONFIG or
+    Slurm cluster runs with its real number of workers and ps), started here on loopback for a few epochs.
+
+    It holds what a step costs besides the link: the compute, the runtime's RPCs and coordination, the chief's
+    dispatch, and the tasks sharing this machine's cores. One device's step leaves all that out: for the digits
+    MLP 1.0-1.3 ms against a cluster's 7.7-14.1 ms (bench/network_full_mlp), so the link's predicted share of the
+    step came out 2-4x too high. A parameter-server cluster runs P workers' steps side by side: one worker's
+    step is the cluster's time per step times P. `train`: paradl_tf.train, which launches the cluster."""
+    workers, ps = len(tasks.get("worker", [])), len(tasks.get("ps", []))
+    with tempfile.TemporaryDirectory(prefix="paradl-plan-") as tmp:
+        run = cfg.model_copy(update={
+            "output_dir": tmp,
+            "train": cfg.train.model_copy(update={"epochs": CLUSTER_STEP_EPOCHS,
+                                                  "steps_per_epoch": CLUSTER_STEP_STEPS, "tensorboard": False}),
+            "cluster": cfg.cluster.model_copy(update={
+                "resolver": "local", "mode": "process", "hosts": None, "workers": workers, "ps": ps,
+                "restart_workers": 0, "timeout_s": cfg.cluster.timeout_s or 600}),
+            "checkpoint": cfg.checkpoint.model_copy(update={"dir": None, "keep": 0}),
+        })
+        with descriptor_into(1, 2):  # the cluster's per-epoch progress is not the plan (plan --json reads stdout)
+            results = train(run)
+    steps = results["steps_per_epoch"]
+    per_step = float(np.median([s / steps for s in results["epoch_train_seconds"][1:]]))
+    per_worker = per_step * (workers if cfg.strategy.kind == "parameter_server" else 1)
+    return per_worker, (f"measured here: the config's cluster ({workers} worker(s)"
+                        + (f", {ps} ps" if ps else "") + f") on loopback, median of {CLUSTER_STEP_EPOCHS - 1} "
+                        f"epochs of {steps} steps" + (f", times {workers} workers" if ps else ""))
 
 
 def variable_devices(variable, strategy: tf.distribute.Strategy) -> list[str]:

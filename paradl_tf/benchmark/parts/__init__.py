@@ -45,8 +45,10 @@ PARTS: dict[str, Part] = {p.name: p for p in [
     Part("main", "main table", "paradl_tf.benchmark.parts.main", {"full": 38 * 60, "quick": 200, "tiny": 180}),
     Part("sections", "sections", "paradl_tf.benchmark.parts.sections", {"full": 8 * 60, "quick": 90, "tiny": 60}),
     Part("sweeps", "sweeps", "paradl_tf.benchmark.parts.sweeps", {"full": 8 * 60, "quick": 45, "tiny": 60}),
-    # On emulated hosts (root): sync against async under slow links and a straggler, beside the cost models.
-    Part("network", "network part", "paradl_tf.benchmark.parts.network", {"full": 40 * 60, "quick": 600, "tiny": 150},
+    # On emulated hosts (root): sync against async under slow links and a straggler, beside the cost models. Most
+    # of a row is its 4 processes starting TensorFlow on 2 cores (about 35 s); the rows at 100 and 10 Mbit also
+    # run plan's cluster on loopback.
+    Part("network", "network part", "paradl_tf.benchmark.parts.network", {"full": 70 * 60, "quick": 720, "tiny": 300},
          entry=True),
     # Last, on its own budget: it writes ~1 GB of shards (full mode) and measures memory.
     Part("data", "data section", "paradl_tf.benchmark.parts.data", {"full": 12 * 60, "quick": 180, "tiny": 120},

@@ -13,8 +13,10 @@ Beside each row, its model (paradl_tf.runs.communication, the same functions `pl
 the measurement is within MODEL_TOLERANCE of it: links, the compute of a step (the unshaped row's) plus the ring
 all-reduce 2(n-1)/n*S/B (MultiWorkerMirrored), or the slower of a worker's own step (compute, pull and push,
 (S_pull + S_push)/B) and the ps link's share of every worker's traffic, over P (parameter servers); stragglers,
-synchronous throughput 1/s of the unslowed run's and asynchronous (P-1+1/s)/P (MultiWorkerMirrored slowed by a link: the ring over its slowest link). And `plan
---link`'s predicted communication share against the measured one, 1 - compute/step, at 100 and 10 Mbit.
+synchronous throughput 1/s of the unslowed run's and asynchronous (P-1+1/s)/P (MultiWorkerMirrored slowed by a
+link: the ring over its slowest link). And `plan --link --compute=cluster`'s predicted communication share against
+the measured one, 1 - unshaped step / step, at 100 and 10 Mbit: the worker that measured the row runs that plan of
+its config after training (the config's cluster on loopback, the way a user runs plan before renting hosts).
 
 Each row also has the training time to a validation accuracy (VAL_TARGETS), so that what staleness costs in
 accuracy stands beside the speed. Hybrid is not measured: its replica groups are devices of one process, so
@@ -68,7 +70,8 @@ class NetworkPlan:
     cpu_shares: tuple[float, ...]
     """The CPU shares (cores) the calibration times a worker at."""
     unshaped: bool
-    """Also every link unshaped: s = 1 of the stragglers, and the compute the link models add to (else plan's)."""
+    """Also every link unshaped: s = 1 of the stragglers, and the compute the link models add to (else plan's:
+    its cluster on loopback)."""
     epochs: int
     steps: int
     """Steps per epoch (every step a global batch: MultiWorkerMirrored splits it, a ps worker runs it whole)."""
@@ -78,12 +81,13 @@ class NetworkPlan:
 
 
 PLANS: dict[str, NetworkPlan] = {
-    "full": NetworkPlan(("mlp", "cnn"), (10_000, 1_000, 100, 10), (2, 4), ("cpu", "link"), (0.5, 0.25, 0.12, 0.06),
+    # CPU shares: on the MLP 0.5, 0.25 and 0.12 cores gave s = 1.5, 2.3 and 5.6 (0.06 cores did not start in time).
+    "full": NetworkPlan(("mlp", "cnn"), (10_000, 1_000, 100, 10), (2, 4), ("cpu", "link"), (0.5, 0.25, 0.18, 0.12),
                         True, epochs=6, steps=40, reps=2, timeout_s=600),
     # 14 cluster runs: the MLP, two links, s = 4 by CPU and by link.
     "quick": NetworkPlan(("mlp",), (100, 10), (4,), ("cpu", "link"), (0.25, 0.12), True, epochs=4, steps=20, reps=1,
                          timeout_s=300),
-    # Tests: the two strategies at one link, against plan's compute (the suite's time allows two runs).
+    # Tests: the two strategies at one link, against plan's compute (the suite's time allows two runs, and plan's).
     "tiny": NetworkPlan(("mlp",), (10,), (), (), (), False, epochs=2, steps=5, reps=1, timeout_s=240),
 }
 """The network part's settings per mode."""
@@ -163,10 +167,10 @@ class NetworkSpec(Spec):
 
 
 def _spec(cfg: dict, method: str, workload: str, x: str, reps: int, about: dict,
-          plan_link: str | None = None) -> NetworkSpec:
+          plan_link: str | None = None, plan_compute: str = "cluster") -> NetworkSpec:
     spec = train_spec(("network", workload, method, "toolkit", x), cfg, METHOD_BY_NAME[method], reps)
-    if plan_link:  # the worker also gives `plan --link=<plan_link>`'s figures of the same config
-        spec.worker["plan_link"] = plan_link
+    if plan_link:  # the worker also gives `plan --link=<plan_link> --compute=<plan_compute>`'s figures of its config
+        spec.worker.update(plan_link=plan_link, plan_compute=plan_compute)
     return NetworkSpec(spec.key, spec.worker, spec.reps, about=about)
 
 
@@ -177,7 +181,7 @@ def calibrate(mode: Mode, plan: NetworkPlan, workload: Workload, bench: Bench, b
     if not plan.slowdowns:
         return {"points": [], "chosen": {}}
     base = _spec(host_config(mode, plan, workload, ASYNC, workers=1), ASYNC, workload.name, "calibration",
-                 1, {"by": None, "setting": None}, plan_link="100Mbit")
+                 1, {"by": None, "setting": None}, plan_link="100Mbit", plan_compute="device")  # bytes alone
     bench.log(f"network calibration ({workload.name}): a one-worker parameter-server cluster, unslowed")
     run_interleaved([base], bench.out, mode, budget, bench.log)
     w1 = _step(base)
@@ -314,8 +318,9 @@ def link_model(row: dict, base: dict | None, p: dict | None) -> dict:
     if p is None:
         return {"applies": False, "why": "no plan to take the bytes from (its run failed)"}
     compute, source = _worker_step(base, row["method"]), "the unshaped run's step"
-    if compute is None:  # plan's: one step of the whole model on one device here, no RPC (an estimate)
-        compute, source = p["communication"]["compute_seconds_per_step"], "plan's (one device, no RPC)"
+    if compute is None:  # plan's: its cluster on loopback (--compute=cluster), or one device (no RPC)
+        compute = p["communication"]["compute_seconds_per_step"]
+        source = f"plan's ({p['communication']['compute_source']})"
     model = modelled_step(p, row["bandwidth_mbit"] * 1e6, compute)
     return {"applies": True, "compute_source": source, "compute_seconds": compute, **model,
             "examples_per_sec": row["global_batch_size"] / model["step_seconds"],
