@@ -48,7 +48,7 @@ PARTS: dict[str, Part] = {p.name: p for p in [
     # On emulated hosts (root): sync against async under slow links and a straggler, beside the cost models. Most
     # of a row is its 4 processes starting TensorFlow on 2 cores (about 35 s); the rows at 100 and 10 Mbit also
     # run plan's cluster on loopback.
-    Part("network", "network part", "paradl_tf.benchmark.parts.network", {"full": 70 * 60, "quick": 720, "tiny": 300},
+    Part("network", "network part", "paradl_tf.benchmark.parts.network", {"full": 80 * 60, "quick": 720, "tiny": 300},
          entry=True),
     # Last, on its own budget: it writes ~1 GB of shards (full mode) and measures memory.
     Part("data", "data section", "paradl_tf.benchmark.parts.data", {"full": 12 * 60, "quick": 180, "tiny": 120},
