@@ -51,6 +51,8 @@ flags.DEFINE_list("hosts", [], _PER_COMMAND)
 flags.DEFINE_integer("shards", None, _PER_COMMAND, lower_bound=1)
 flags.DEFINE_integer("validation_shards", None, _PER_COMMAND, lower_bound=1)
 flags.DEFINE_string("command", None, _PER_COMMAND)
+_TOOLKIT_FLAGS = tuple(flag.name for flag in FLAGS.get_flags_for_module(__name__))
+"""The flags defined above (absl's own, such as --verbosity, are not a command's)."""
 EXPORT_FORMATS = ("tfjob", "jobset", "indexed-job", "slurm")
 DATA_FORMATS = ("tfrecord", "image_folder", "csv")
 
@@ -168,6 +170,11 @@ def main(argv: list[str]) -> None:
     command = " ".join(argv[1:])
     if command not in COMMANDS:
         _fail(f"expected one command, {_choices()}; got {command or 'nothing'}. See paradl-tf --help")
+    # absl's flags are global: a flag of another command would parse, and be silently ignored here.
+    foreign = [name for name in _TOOLKIT_FLAGS if FLAGS[name].present and name not in COMMANDS[command].flags]
+    if foreign:
+        _fail(f"--{foreign[0]} is not a flag of `paradl-tf {command}`; it takes "
+              f"{', '.join('--' + name for name in COMMANDS[command].flags)} (see paradl-tf {command} --help)")
     warnings.formatwarning = _warning_line
     try:
         _run(command)

@@ -168,3 +168,12 @@ def test_cli_refuses_an_empty_config_with_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [f"error: {path}: config file is empty; a truncated file or a wrong path? "
                                         "(for all defaults, give no --config)"]
+
+
+@pytest.mark.timeout(60)
+def test_a_flag_of_another_command_is_refused_not_ignored():
+    """absl's flags are global, so `train --link=1Gbit` would parse: it names the flag and what train takes."""
+    proc = plain_cli("train", "--config=configs/sync_mirrored.yaml", "--link=1Gbit")
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == ["error: --link is not a flag of `paradl-tf train`; it takes --config, --set, "
+                                        "--tf_logs (see paradl-tf train --help)"]

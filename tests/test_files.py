@@ -79,6 +79,26 @@ def test_data_write_cli_writes_shards_and_metadata(cli, tmp_path):
                                                      "(nothing was overwritten)\n"
 
 
+@pytest.mark.parametrize("fmt", ["tfrecord", "image_folder"])
+def test_a_write_that_fails_leaves_nothing_not_even_the_directory_it_made(tmp_path, monkeypatch, fmt):
+    import paradl_tf.files.write as write
+
+    def interrupted(path, written, write_file):  # the first file is whole; the second never is
+        if written:
+            raise KeyboardInterrupt
+        write_file(path)
+        written.append(path)
+
+    monkeypatch.setattr(write, "_write_whole", interrupted)
+    digits = load_splits(Config().data, 0)
+    for out in (tmp_path / "new", tmp_path / "given"):
+        if out.name == "given":
+            out.mkdir()  # an empty directory the user made stays, empty
+        with pytest.raises(KeyboardInterrupt):
+            write_shards(digits, str(out), 3, fmt, 1, "digits")
+        assert (sorted(out.iterdir()) == []) if out.name == "given" else not out.exists()
+
+
 # ---------------------------------------------------------------- sharding
 def test_shard_plan_policies():
     from paradl_tf.files.formats import FileSplit

@@ -8,6 +8,7 @@ examples per file). Every example carries its index in its split as `id`, so tes
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import posixpath
@@ -28,13 +29,14 @@ def write_shards(splits, out: str, shards: int, fmt: str = "tfrecord", validatio
 
     Nothing is overwritten and nothing is half-written: `out` must be new or an empty directory; every file is
     written under a temporary name and renamed when whole, metadata.json last, and a write that fails removes
-    what it wrote. So a metadata.json always describes shards that are all there."""
+    what it wrote (and `out`, where it made it). So a metadata.json always describes shards that are all there."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
     for name, n, examples in (("--shards", shards, len(splits.x_train)),
                               ("--validation_shards", validation_shards, len(splits.x_val))):
         if not 1 <= n <= examples:
             raise ConfigError(f"{name}: {n} shards for {examples} examples; give 1 to {examples}")
+    made = not tf.io.gfile.exists(out)
     _check_out(out)
     written: list[str] = []  # final names, renamed from their temporary ones
     try:
@@ -44,6 +46,9 @@ def write_shards(splits, out: str, shards: int, fmt: str = "tfrecord", validatio
     except BaseException:
         for path in reversed(written):  # the shards of a write that did not finish: none is left half-done
             _remove(path)
+        if made:  # nor the directory this write made (image_folder's class folders inside it included)
+            with contextlib.suppress(tf.errors.OpError):
+                tf.io.gfile.rmtree(out)
         raise
     return metadata
 
