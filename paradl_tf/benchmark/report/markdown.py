@@ -37,7 +37,8 @@ def _header(results: dict) -> str:
     lines = [
         "# paradl_tf benchmark results",
         "",
-        f"Mode: **{results['mode']}**, {results['created']}, {results['wall_seconds']:.0f} s. {reps['note']}.",
+        f"Mode: **{results['mode']}**, {results['created']}, {results['wall_seconds']:.0f} s."
+        + (f" {reps['note']}." if _repeated(results) else ""),
         *(["", f"Parts measured in this run: {', '.join(results['parts'])} (`paradl-tf bench --parts`); the others "
                 "were not run."] if results.get("parts") and len(results["parts"]) < len(PARTS) else []),
         *(["", f"Main-table methods measured in this run: {', '.join(results['methods_selected'])} "
@@ -59,6 +60,11 @@ def _header(results: dict) -> str:
     if "native_float16" in m and "float16" not in (results.get("peaks") or {}):
         lines.append(f"| float16 matmul peak | not measured: no native float16 on this {m['device_type']} |")
     return "\n".join(lines)
+
+
+def _repeated(results: dict) -> bool:
+    """Whether a part that the mode's processes-per-figure note describes ran (the network part has its own)."""
+    return not results.get("parts") or bool({"main", "sections", "sweeps"} & set(results["parts"]))
 
 
 def _reading(results: dict) -> str:

@@ -22,7 +22,7 @@ def network_tables(results: dict) -> str:
         f"±{net['tolerance']:.0%}, OUTSIDE beyond; `to acc` = training seconds (validation excluded, first "
         "epoch's tracing included) to the first epoch at the validation accuracy target "
         f"({', '.join(f'{w} {t}' for w, t in net['val_targets'].items())}), `-` if never reached. "
-        f"Hybrid: not measured: {net['hybrid']}.", "",
+        f"Hybrid: not measured: {net['hybrid']}.{_processes(net.get('plan'))}", "",
         "### Every link at one bandwidth", "",
         "| workload | method | links | examples/s | step ms | model examples/s | meas/model | val acc | to acc s "
         "| model |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -35,8 +35,9 @@ def network_tables(results: dict) -> str:
         out += [_row(p, f"{p['by']} | {_setting(p)} | {p['s']:.2f} (target {p['target_s']:g})")
                 for p in net["stragglers"]]
     out += ["", "### `plan --link`: predicted communication share of a step against the measured one", "",
-            "measured = 1 - unshaped step / step at this link; plan's compute is one step of the whole model on one "
-            "device of this machine (no RPC).", "",
+            "measured = 1 - unshaped step / step at this link; plan's compute is `plan --link --compute=cluster`'s: "
+            "the row's config's cluster trained briefly on loopback (a parameter-server worker's step: the "
+            "cluster's time per step times P).", "",
             "| workload | method | link | plan's compute ms | plan's communication ms | predicted share "
             "| measured share | within ±25% of measured |", "|---|---|---|---|---|---|---|---|"]
     for c in net["plan_check"]:
@@ -44,6 +45,14 @@ def network_tables(results: dict) -> str:
                    f"| {_ms(c['predicted_communication_seconds'])} | {_pct(c['predicted_share'])} "
                    f"| {_pct(c['measured_share'])} | {_ok(c['within'], 'no unshaped run or plan')} |")
     return "\n".join(out)
+
+
+def _processes(plan: dict | None) -> str:
+    """What a row's figures are taken over (the main table's processes per figure are its own)."""
+    if not plan:
+        return ""
+    return (f" Each row: {plan['reps']} process(es), {plan['epochs']} epochs of {plan['steps']} steps, the first "
+            f"epoch not timed.")
 
 
 def _row(p: dict, what: str) -> str:
