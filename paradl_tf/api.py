@@ -50,11 +50,12 @@ def train(cfg: Config) -> dict[str, Any]:
 
 
 def plan(cfg: Config, link: str | None = None, compute: str = "device") -> dict[str, Any]:
-    """What `cfg` will run, without training and without starting a cluster. With `link` (a bandwidth such as
-    '25Gbit'), also the communication each step needs over links of that bandwidth, next to the compute time of
-    a step measured here (`communication` in the plan; paradl_tf.runs.communication has the models): with
-    compute='device', one step of the model on one device (seconds); with compute='cluster' (cluster strategies),
-    the config's own cluster trained briefly on loopback, so that the runtime's per-step cost counts too."""
+    """What `cfg` will run, without training and without starting a cluster (but see compute='cluster'). With
+    `link` (a bandwidth such as '25Gbit'), also the communication each step needs over links of that bandwidth,
+    next to the compute time of a step measured here (`communication` in the plan; paradl_tf.runs.communication
+    has the models): with compute='device', one step of the model on one device (seconds); with
+    compute='cluster' (cluster strategies), the config's own cluster trained briefly on loopback, so that the
+    runtime's per-step cost counts too."""
     bits_per_s = parse_bandwidth(link) if link else None  # a bad --link fails before TensorFlow starts
     check_compute(cfg.strategy.kind, compute, link)
     p = importlib.import_module(RUNNERS[cfg.strategy.kind].module).plan(cfg)
