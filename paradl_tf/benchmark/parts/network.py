@@ -85,7 +85,7 @@ PLANS: dict[str, NetworkPlan] = {
     # and 5.5), the CNN's compute (0.5 and 0.25 cores: s = 2.8 and 6.0); 0.06 cores did not start in time.
     "full": NetworkPlan(("mlp", "cnn"), (10_000, 1_000, 100, 10), (2, 4), ("cpu", "link"),
                         (0.75, 0.5, 0.35, 0.25, 0.18, 0.12),
-                        True, epochs=6, steps=40, reps=2, timeout_s=600),
+                        True, epochs=6, steps=40, reps=2, timeout_s=900),  # the CNN at 10 Mbit: 2 s a step
     # 14 cluster runs: the MLP, two links, s = 4 by CPU and by link.
     "quick": NetworkPlan(("mlp",), (100, 10), (4,), ("cpu", "link"), (0.25, 0.12), True, epochs=4, steps=20, reps=1,
                          timeout_s=300),
