@@ -109,8 +109,7 @@ def test_plan_measures_the_compute_in_the_configs_own_cluster(tmp_path):
     from paradl_tf.api import plan
 
     p = plan(load_config(ROOT / "configs" / "async_ps.yaml", ["devices.count=4", f"output_dir={tmp_path / 'run'}"]),
-             link="10Mbit",
-             compute="cluster")
+             link="10Mbit", compute="cluster")
     c = p["communication"]
     assert c["compute_source"].startswith("measured here: the config's cluster (2 worker(s), 1 ps) on loopback")
     assert c["compute_source"].endswith("times 2 workers") and c["compute_seconds_per_step"] > 0

@@ -102,7 +102,7 @@ def _toolkit(spec: dict) -> dict[str, Any]:
         return _toolkit_prepare(cfg)
     out = _toolkit_train(cfg)
     if spec.get("plan_link"):  # what `paradl-tf plan --link` says of the same config (the network part checks it)
-        out["plan"] = _plan_of(cfg, spec["plan_link"], spec.get("plan_compute", "device"))
+        out["plan"] = _plan_of(cfg, spec["plan_link"], spec["plan_compute"])
     return out
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from paradl_tf.cluster.spec import REQUIRED_JOBS
 from paradl_tf.errors import ConfigError
 
 _UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
@@ -41,7 +42,6 @@ def format_bandwidth(bits_per_s: float) -> str:
 
 COMPUTE_FROM = ("device", "cluster")
 """Where `plan --link` takes a step's compute time from: one device here, or the config's cluster run here."""
-CLUSTER_STRATEGIES = ("multi_worker_mirrored", "parameter_server")
 
 
 def check_compute(strategy: str, compute: str, link: str | None) -> None:
@@ -50,7 +50,7 @@ def check_compute(strategy: str, compute: str, link: str | None) -> None:
         raise ConfigError(f"--compute: {compute!r} is not one of {', '.join(COMPUTE_FROM)}")
     if compute != "device" and not link:
         raise ConfigError(f"--compute={compute}: the compute time is measured for --link alone; give --link too")
-    if compute == "cluster" and strategy not in CLUSTER_STRATEGIES:
+    if compute == "cluster" and strategy not in REQUIRED_JOBS:  # the strategies that run a cluster
         raise ConfigError(f"--compute=cluster: strategy.kind={strategy} runs in one process, with no "
                           f"cluster to run; use --compute=device")
 

@@ -116,10 +116,11 @@ def measure_cluster_step_seconds(cfg: Config, tasks: dict[str, list],
             results = train(run)
     steps = results["steps_per_epoch"]
     per_step = float(np.median([s / steps for s in results["epoch_train_seconds"][1:]]))
-    per_worker = per_step * (workers if cfg.strategy.kind == "parameter_server" else 1)
-    return per_worker, (f"measured here: the config's cluster ({workers} worker(s)"
-                        + (f", {ps} ps" if ps else "") + f") on loopback, median of {CLUSTER_STEP_EPOCHS - 1} "
-                        f"epochs of {steps} steps" + (f", times {workers} workers" if ps else ""))
+    side_by_side = cfg.strategy.kind == "parameter_server"  # P workers' steps at once: a worker's is P times longer
+    return per_step * (workers if side_by_side else 1), (
+        f"measured here: the config's cluster ({workers} worker(s)" + (f", {ps} ps" if ps else "")
+        + f") on loopback, median of {CLUSTER_STEP_EPOCHS - 1} epochs of {steps} steps"
+        + (f", times {workers} workers" if side_by_side else ""))
 
 
 def variable_devices(variable, strategy: tf.distribute.Strategy) -> list[str]:
