@@ -166,7 +166,8 @@ def test_a_refused_piece_fails_or_is_noted_in_one_line(tmp_path, monkeypatch, po
 @pytest.mark.timeout(60)
 def test_ctrl_c_removes_every_host_and_process(tmp_path):
     """A process that holds a Network and is interrupted (SIGINT) leaves nothing behind."""
-    code = ("import sys, time\nfrom paradl_tf.cluster.hosts import Network\n"
+    code = ("import logging, sys, time\nfrom paradl_tf.cluster.hosts import Network\n"
+            "logging.basicConfig(level=logging.DEBUG, format='%(asctime)s %(message)s')\n"  # stop()'s steps, timed
             f"with Network(name='t', subnet='10.231.202.0/24', workdir={str(tmp_path)!r}) as net:\n"
             "    for name in ('a', 'b'):\n        net.add_host(name, cpu_share=0.5).popen(['sleep', '300'])\n"
             "    print('up', flush=True)\n    time.sleep(300)\n")
@@ -175,7 +176,11 @@ def test_ctrl_c_removes_every_host_and_process(tmp_path):
         assert proc.stdout.readline().strip() == "up"
         assert len(_mine([proc.pid])) >= 3 and len(_processes_under(tmp_path)) == 2
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(30) != 0
+        try:
+            assert proc.wait(30) != 0
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail(f"still running 30 s after SIGINT; its stderr:\n{proc.communicate(timeout=10)[1]}")
     finally:
         proc.kill()
     assert _mine([proc.pid]) == [] and _processes_under(tmp_path) == []

@@ -24,6 +24,7 @@ import contextlib
 import functools
 import ipaddress
 import itertools
+import logging
 import os
 import re
 import shutil
@@ -46,6 +47,7 @@ CFS_PERIOD_US = 100_000
 HOST_NAME = re.compile(r"^[a-z][a-z0-9-]{0,11}$")  # also the switch-side veth's name: interface names are <= 15
 _OWN_NAME = re.compile(rf"^{PREFIX}-(\d+)-\d+-[a-z0-9-]+$")  # the pid of the run that made it
 _runs = itertools.count()
+_log = logging.getLogger(__name__)
 
 
 class HostError(ClusterError):
@@ -262,23 +264,31 @@ class Network:
     def stop(self) -> None:
         """Kill every process on every host, then remove namespaces (veths and bridge go with them), cgroups and
         /etc/netns entries. Safe to call twice; goes on past what fails, and raises nothing."""
-        hosts = list(self.hosts.values())
+        hosts, began = list(self.hosts.values()), time.monotonic()
+
+        def done(step: str) -> None:  # at debug level: where a slow teardown spends its time
+            _log.debug("%s: %s done at %.2f s", self.id, step, time.monotonic() - began)
+
         for host in hosts:
             with contextlib.suppress(Exception):
                 host.kill(signal.SIGTERM)
         deadline = time.monotonic() + 3.0
         while time.monotonic() < deadline and any(_pids(ns) for ns in self._made):
             time.sleep(0.05)
+        done("SIGTERM and the wait for the hosts' processes")
         for namespace in self._made:
             for pid in _pids(namespace):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+        done("SIGKILL")
         for host in hosts:
             if host.cgroup is not None:
                 _remove_cgroup(host.cgroup)
+        done("cgroups")
         for namespace in reversed(self._made):
             _ip("netns", "del", namespace, check=False)
             shutil.rmtree(ETC_NETNS / namespace, ignore_errors=True)
+            done(f"ip netns del {namespace}")
         self._made.clear()
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
