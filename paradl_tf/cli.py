@@ -50,6 +50,7 @@ flags.DEFINE_multi_string("set", [], _PER_COMMAND)
 flags.DEFINE_list("hosts", [], _PER_COMMAND)
 flags.DEFINE_integer("shards", None, _PER_COMMAND, lower_bound=1)
 flags.DEFINE_integer("validation_shards", None, _PER_COMMAND, lower_bound=1)
+flags.DEFINE_integer("reps", None, _PER_COMMAND, lower_bound=1)
 flags.DEFINE_string("command", None, _PER_COMMAND)
 _TOOLKIT_FLAGS = tuple(flag.name for flag in FLAGS.get_flags_for_module(__name__))
 """The flags defined above (absl's own, such as --verbosity, are not a command's)."""
@@ -155,11 +156,14 @@ COMMANDS = {
                   "straggler; root); default: all five.",
          "methods": "Only these methods in the main table (e.g. multi_worker_mirrored_2,parameter_server); "
                     "default: all.",
+         "reps": "Processes per figure of the main table (default: the mode's, 3 in full, 1 in --quick): more "
+                 "processes narrow a ratio whose processes differ, as a local cluster's do on 2 shared cores.",
          "virtual_gpus": "On a GPU machine, split GPU 0 into logical GPUs for multi-device methods.",
          "tiny": "Tiny models and concurrent processes, for tests; the speeds mean nothing.",
          "tf_logs": TF_LOGS},
         ("paradl-tf bench --quick --out=/tmp/bench", "paradl-tf bench   # the full run, under three hours on 2 cores",
-         "paradl-tf bench --parts=sections --out=/tmp/bench   # precision and threads only"),
+         "paradl-tf bench --parts=sections --out=/tmp/bench   # precision and threads only",
+         "paradl-tf bench --parts=main --methods=parameter_server --reps=8 --out=/tmp/ps   # one row, 8 processes"),
         defaults={"out": "bench"},
     ),
 }
@@ -214,7 +218,7 @@ def _run(command: str) -> None:
         check_selection(parts, FLAGS.methods)  # before TensorFlow starts
         _start_tensorflow()
         run_bench(quick=FLAGS.quick, out_dir=COMMANDS["bench"].value("out"), tiny=FLAGS.tiny, virtual_gpus=FLAGS.virtual_gpus,
-                  parts=parts, methods=FLAGS.methods)
+                  parts=parts, methods=FLAGS.methods, reps=FLAGS.reps)
         return
     from paradl_tf.config import load_config
 

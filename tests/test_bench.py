@@ -150,6 +150,16 @@ def test_quick_mode_plans_few_processes():
         assert spec.worker["config"]["train"]["epochs"] == modes.MODES["quick"].epochs
 
 
+def test_reps_sets_the_processes_per_figure_and_the_note_says_so():
+    mode = modes.with_reps(modes.MODES["full"], 8)
+    assert (mode.reps, mode.sweep_reps) == (8, 2)  # sweeps keep their own, fewer
+    assert mode.note.startswith("8 process(es) per figure, 2 per sweep point and section row (--reps=8)")
+    assert "min/median/max of 24 timed epochs (6 per sweep point" in mode.note
+    assert modes.with_reps(modes.MODES["quick"], 2).note.startswith("QUICK MODE: 2 process(es) per figure, 1 per")
+    specs, _ = main_part.main_specs(mode, CPU_MACHINE, False, 0, ["parameter_server"])
+    assert len(specs) == 6 and all(s.reps == 8 for s in specs)  # mlp and cnn: toolkit, hand-written, tutorial
+
+
 @pytest.mark.parametrize("native_float16", [False, True])
 def test_sections_plan_valid_configs_and_say_why_a_value_cannot_run(native_float16):
     machine = {**CPU_MACHINE, "cpus_usable": 2, "native_float16": native_float16}
@@ -245,6 +255,8 @@ def test_bench_parts_and_methods_must_be_known(cli, tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith("error: --methods=mirrored_2,mirored_4: no method 'mirored_4'; the methods: "
                                           "no_strategy, mirrored_1, mirrored_2,")
+    proc = cli("bench", "--tiny", "--reps=0", f"--out={tmp_path}", timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: flag --reps=0: 0 is not a positive integer"
     assert not any(tmp_path.iterdir())  # refused before anything ran
 
 

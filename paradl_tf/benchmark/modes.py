@@ -95,5 +95,11 @@ settings per mode, in its module (the data part's: paradl_tf.benchmark.parts.dat
 
 
 def with_reps(mode: Mode, reps: int) -> Mode:
-    """`mode` with `reps` processes per figure (and no more per sweep point and section row)."""
-    return replace(mode, reps=reps, sweep_reps=min(mode.sweep_reps, reps))
+    """`mode` with `reps` processes per figure (and no more per sweep point and section row); its note says so."""
+    sweep_reps, timed = min(mode.sweep_reps, reps), mode.epochs - 1
+    note = (f"{reps} process(es) per figure, {sweep_reps} per sweep point and section row (--reps={reps}), each 1 "
+            f"warm-up epoch + {timed} timed epochs: a figure is the min/median/max of {reps * timed} timed epochs "
+            f"({sweep_reps * timed} per sweep point and section row)")
+    if mode.name != "full":
+        note = f"{mode.name.upper()} MODE: {note}"
+    return replace(mode, reps=reps, sweep_reps=sweep_reps, note=note)
