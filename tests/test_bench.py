@@ -153,9 +153,12 @@ def test_quick_mode_plans_few_processes():
 def test_reps_sets_the_processes_per_figure_and_the_note_says_so():
     mode = modes.with_reps(modes.MODES["full"], 8)
     assert (mode.reps, mode.sweep_reps) == (8, 2)  # sweeps keep their own, fewer
-    assert mode.note.startswith("8 process(es) per figure, 2 per sweep point and section row (--reps=8)")
-    assert "min/median/max of 24 timed epochs (6 per sweep point" in mode.note
-    assert modes.with_reps(modes.MODES["quick"], 2).note.startswith("QUICK MODE: 2 process(es) per figure, 1 per")
+    assert mode.note.startswith("8 processes per figure (2 per sweep point and section row)")
+    assert mode.note.endswith("min/median/max of 24 timed epochs (6 per sweep point and section row) (--reps=8)")
+    assert modes.with_reps(modes.MODES["quick"], 2).note.startswith("QUICK MODE: 2 processes per figure (1 per")
+    assert modes.MODES["full"].note == ("3 processes per figure (2 per sweep point and section row), each 1 warm-up "
+                                        "epoch + 3 timed epochs: a figure is the min/median/max of 9 timed epochs "
+                                        "(6 per sweep point and section row)")  # the words it always had
     specs, _ = main_part.main_specs(mode, CPU_MACHINE, False, 0, ["parameter_server"])
     assert len(specs) == 6 and all(s.reps == 8 for s in specs)  # mlp and cnn: toolkit, hand-written, tutorial
 

@@ -60,8 +60,21 @@ class Mode:
     jobs: int = 1
     """Processes at a time. More than 1 only for tests: concurrent processes make the timings meaningless."""
     note: str = ""
+    """What RESULTS.md says a figure is taken over; default: `repetitions` of this mode's counts."""
     sections: tuple[Section, ...] = ()
     """Measured after the main table, `sweep_reps` processes per row."""
+
+    def __post_init__(self):
+        if not self.note:
+            object.__setattr__(self, "note", repetitions(self.reps, self.sweep_reps, self.epochs))
+
+
+def repetitions(reps: int, sweep_reps: int, epochs: int) -> str:
+    """The processes and timed epochs a figure is taken over, in words."""
+    timed = epochs - 1
+    return (f"{reps} process{'es' if reps > 1 else ''} per figure ({sweep_reps} per sweep point and section row), "
+            f"each 1 warm-up epoch + {timed} timed epochs: a figure is the min/median/max of {reps * timed} timed "
+            f"epochs ({sweep_reps * timed} per sweep point and section row)")
 
 
 _ALL = tuple(m.name for m in METHODS)
@@ -71,8 +84,6 @@ MODES: dict[str, Mode] = {
         "full", WORKLOADS, {w: _ALL for w in WORKLOADS}, reps=3, sweep_reps=2, epochs=4, steps_scale=1.0,
         batches=(64, 256, 1024, 2048), width_factors=(1, 2, 4), sweep_workloads=("mlp", "cnn"),
         matmul_sizes=(1024, 2048, 4096), timeout_s=300,
-        note="3 processes per figure (2 per sweep point and section row), each 1 warm-up epoch + 3 timed epochs: "
-             "a figure is the min/median/max of 9 timed epochs (6 per sweep point and section row)",
         sections=(precision(("cnn", "mlp_wide"), (BASELINE, "mirrored_2", "model_parallel_2")),
                   threads(("mlp", "cnn")))),
     "quick": Mode(
@@ -96,10 +107,8 @@ settings per mode, in its module (the data part's: paradl_tf.benchmark.parts.dat
 
 def with_reps(mode: Mode, reps: int) -> Mode:
     """`mode` with `reps` processes per figure (and no more per sweep point and section row); its note says so."""
-    sweep_reps, timed = min(mode.sweep_reps, reps), mode.epochs - 1
-    note = (f"{reps} process(es) per figure, {sweep_reps} per sweep point and section row (--reps={reps}), each 1 "
-            f"warm-up epoch + {timed} timed epochs: a figure is the min/median/max of {reps * timed} timed epochs "
-            f"({sweep_reps * timed} per sweep point and section row)")
+    sweep_reps = min(mode.sweep_reps, reps)
+    note = f"{repetitions(reps, sweep_reps, mode.epochs)} (--reps={reps})"
     if mode.name != "full":
         note = f"{mode.name.upper()} MODE: {note}"
     return replace(mode, reps=reps, sweep_reps=sweep_reps, note=note)
