@@ -384,3 +384,23 @@ def test_slurm_script(cli):
     lines = done.stdout.splitlines()
     assert lines[0] == "#!/bin/bash" and "#SBATCH --nodes=2" in lines and "#SBATCH --ntasks-per-node=1" in lines
     assert lines[-1] == f"srun --kill-on-bad-exit=1 paradl-tf train --config={CONFIG} --set cluster.resolver=slurm"
+
+
+@pytest.mark.timeout(60)
+def test_slurm_script_runs_overrides_as_given(tmp_path):
+    """The parameter-server script's `bash -c` gives each rank the argv export was given, quotes included:
+    rank 0 trains, the others serve (printf stands in for paradl-tf and prints its arguments, one a line)."""
+    from paradl_tf.cluster import deploy
+
+    quoted = "output_dir=/tmp/it's a \"run\" $HOME"
+    script = deploy.slurm_script(load_config("configs/async_ps.yaml"), "/c.yaml", command="printf '%s\\n'",
+                                 overrides=[quoted])
+    run = [line for line in script.splitlines() if line.startswith(deploy.SLURM_STEP)]
+    assert len(run) == 1, script
+    step = run[0][len(deploy.SLURM_STEP):]
+    for rank, command in (("0", "train"), ("1", "serve")):
+        done = subprocess.run(["bash", "-c", step], env={**os.environ, "SLURM_PROCID": rank}, capture_output=True,
+                              text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines() == [command, "--config=/c.yaml", "--set", quoted, "--set",
+                                            "cluster.resolver=slurm"], (rank, script)

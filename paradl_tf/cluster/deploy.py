@@ -238,7 +238,9 @@ def slurm_script(cfg: Config, config_path: str, command: str = "paradl-tf", name
         run = f"{SLURM_STEP} {train}"
     else:  # task 0 is the chief; the others serve
         serve = shlex.join([*exe, *_task_args(cfg, "ps", config_path, overrides, "slurm")])
-        run = f"{SLURM_STEP} bash -c 'if [ \"$SLURM_PROCID\" = 0 ]; then exec {train}; else {serve} || true; fi'"
+        # Quoted as a whole: an override's own quoting (a value with a single quote) stays inside the script.
+        step = f'if [ "$SLURM_PROCID" = 0 ]; then exec {train}; else {serve} || true; fi'
+        run = f"{SLURM_STEP} bash -c {shlex.quote(step)}"
     return "\n".join([
         "#!/bin/bash",
         f"#SBATCH --job-name={name}",
