@@ -387,7 +387,7 @@ def test_slurm_script(cli):
 
 
 @pytest.mark.timeout(60)
-def test_slurm_script_runs_overrides_as_given(tmp_path):
+def test_slurm_script_runs_overrides_as_given():
     """The parameter-server script's `bash -c` gives each rank the argv export was given, quotes included:
     rank 0 trains, the others serve (printf stands in for paradl-tf and prints its arguments, one a line)."""
     from paradl_tf.cluster import deploy
