@@ -255,6 +255,32 @@ def test_cli_trains_digits_on_an_isolated_local_cluster(tmp_path):
     assert {v["dtype"] for v in r["variable_placement"]} == {"float32"}
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity (one usable CPU) is Linux-only")
+@pytest.mark.timeout(240)
+def test_a_local_cluster_on_one_cpu_trains(tmp_path):
+    """On one usable CPU (`taskset -c 0`, a 1-CPU container) TensorFlow gives each task one inter-op thread, and a
+    worker with one deadlocks at its first step: it hung until killed before serve gave workers workers + 1."""
+    one_cpu = {min(os.sched_getaffinity(0))}
+    done = subprocess.run(
+        [sys.executable, "-m", "paradl_tf.cli", "train", f"--config={CONFIG}", "--set", f"output_dir={tmp_path}",
+         "--set", "train.epochs=1", "--set", "cluster.timeout_s=150"],  # a hang ends as a failed run, not a stuck test
+        preexec_fn=lambda: os.sched_setaffinity(0, one_cpu), cwd=ROOT, capture_output=True, text=True, timeout=220)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r = json.loads((tmp_path / "results.json").read_text())
+    assert r["optimizer_iterations"] >= 20, r["worker_steps"]
+
+
+def test_worker_server_config_gives_workers_enough_inter_op_threads(monkeypatch):
+    from paradl_tf.cluster import servers
+
+    spec = {"chief": ["a:1"], "worker": ["b:1", "c:1"], "ps": ["d:1"]}
+    monkeypatch.setattr(servers, "usable_cpus", lambda: 1)
+    assert servers.worker_server_config(spec, environ={}).inter_op_parallelism_threads == 3
+    assert servers.worker_server_config(spec, environ={"TF_NUM_INTEROP_THREADS": "2"}) is None  # the user's choice
+    monkeypatch.setattr(servers, "usable_cpus", lambda: 3)
+    assert servers.worker_server_config(spec, environ={}) is None  # TensorFlow's default is enough
+
+
 @pytest.mark.skipif(cl.hosts_available() is None, reason="tests/test_hosts.py's parameter-server drill kills a worker "
                                                       "host's processes and checks the same, on emulated hosts")
 @pytest.mark.timeout(360)

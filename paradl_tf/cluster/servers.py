@@ -21,8 +21,8 @@ from paradl_tf.tf_logs import start_tensorflow
 def start_in_process_servers(spec: Spec, jobs: Sequence[str] = ("worker", "ps"), private_network: str = "auto") -> list:
     """tf.distribute.Server for every task of `jobs`, in this process (notebooks, tests). They live until it exits.
 
-    With few cores such a cluster deadlocks unless each worker has at least workers + 1 inter-op threads
-    (TensorFlow's parameter-server tutorial, "in-process cluster"): the builder sets it. This process cannot
+    Each worker's server gets worker_server_config (inter-op threads: a cluster with a chief deadlocks on few
+    cores without them). This process cannot
     move itself into a private network namespace, so outside one it warns (private_network: required fails).
     """
     import tensorflow as tf
@@ -33,10 +33,7 @@ def start_in_process_servers(spec: Spec, jobs: Sequence[str] = ("worker", "ps"),
             raise ClusterError("cluster.private_network: required, but an in-process cluster runs in this process, "
                                "which is not in a private network namespace; start it under `unshare -rn`")
         warn_exposed("an in-process cluster", why)
-    workers = len(spec.get("worker", []))
-    worker_config = tf.compat.v1.ConfigProto()
-    if (os.cpu_count() or 1) < workers + 1:
-        worker_config.inter_op_parallelism_threads = workers + 1
+    worker_config = worker_server_config(spec)
     cluster = tf.train.ClusterSpec(spec)
     servers = []
     for job in jobs:
@@ -45,6 +42,27 @@ def start_in_process_servers(spec: Spec, jobs: Sequence[str] = ("worker", "ps"),
             servers.append(tf.distribute.Server(cluster, job_name=job, task_index=i, config=config,
                                                 protocol="grpc", start=True))
     return servers
+
+
+def worker_server_config(spec: Spec, environ: Mapping[str, str] = os.environ):
+    """The ConfigProto of a worker's server: at least workers + 1 inter-op threads where TensorFlow would give it
+    fewer (one per usable CPU), unless TF_NUM_INTEROP_THREADS (devices.threads.inter_op) sets them. With fewer, a
+    worker of a parameter-server cluster deadlocks at the first step (TensorFlow's parameter-server tutorial sets
+    the same for its in-process cluster); on one CPU, e.g. `taskset -c 0` or a 1-CPU container, every such
+    cluster would. None where nothing needs setting."""
+    import tensorflow as tf
+
+    workers = len(spec.get("worker", []))
+    if environ.get("TF_NUM_INTEROP_THREADS") or usable_cpus() >= workers + 1:
+        return None
+    config = tf.compat.v1.ConfigProto()
+    config.inter_op_parallelism_threads = workers + 1
+    return config
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, which TensorFlow sizes its pools by), not the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 # ================================================================ one task: `paradl-tf serve`
@@ -100,7 +118,8 @@ def _start_server(cluster: Spec, job: str, index: int, address: str):
     try:
         if job in SERVICE_JOBS:
             return start_service_server(cluster, job, index, address)
-        return tf.distribute.Server(tf.train.ClusterSpec(cluster), job_name=job, task_index=index,
+        config = worker_server_config(cluster) if job == "worker" else None
+        return tf.distribute.Server(tf.train.ClusterSpec(cluster), job_name=job, task_index=index, config=config,
                                     protocol="grpc", start=True)
     except tf.errors.OpError as exc:
         port = task_port(address)
