@@ -157,7 +157,8 @@ COMMANDS = {
          "methods": "Only these methods in the main table (e.g. multi_worker_mirrored_2,parameter_server); "
                     "default: all.",
          "reps": "Processes per figure of the main table (default: the mode's, 3 in full, 1 in --quick): more "
-                 "processes narrow a ratio whose processes differ, as a local cluster's do on 2 shared cores.",
+                 "processes narrow a ratio whose processes differ, as a local cluster's do on 2 shared cores; "
+                 "the main table's time budget grows with them.",
          "virtual_gpus": "On a GPU machine, split GPU 0 into logical GPUs for multi-device methods.",
          "tiny": "Tiny models and concurrent processes, for tests; the speeds mean nothing.",
          "tf_logs": TF_LOGS},

@@ -10,7 +10,7 @@ import psutil
 import pytest
 
 from paradl_tf.benchmark import figures, methods, modes, processes, specs as bench_specs, workloads
-from paradl_tf.benchmark.parts import main as main_part, sections as sections_part
+from paradl_tf.benchmark.parts import PARTS, main as main_part, sections as sections_part
 from paradl_tf.benchmark.reference import REFERENCES, TUTORIALS
 from paradl_tf.benchmark.report import console, main as report_main, markdown
 
@@ -63,8 +63,6 @@ def test_every_strategy_has_a_hand_written_reference():
 def test_every_part_is_a_module_with_run_and_a_budget_in_every_mode():
     """A part of the run is one module and one entry in parts.PARTS: nothing else names the parts."""
     import importlib
-
-    from paradl_tf.benchmark.parts import PARTS
 
     assert list(PARTS) == ["main", "sections", "sweeps", "network", "data"]  # the order they run in
     for part in PARTS.values():
@@ -161,6 +159,10 @@ def test_reps_sets_the_processes_per_figure_and_the_note_says_so():
                                         "(6 per sweep point and section row)")  # the words it always had
     specs, _ = main_part.main_specs(mode, CPU_MACHINE, False, 0, ["parameter_server"])
     assert len(specs) == 6 and all(s.reps == 8 for s in specs)  # mlp and cnn: toolkit, hand-written, tutorial
+    # The main table's budget grows with the processes it runs; the other parts' (fewer per figure) stays.
+    assert PARTS["main"].seconds(mode) == PARTS["main"].budget_s["full"] * 8 / 3
+    assert PARTS["main"].seconds(modes.with_reps(modes.MODES["full"], 2)) == PARTS["main"].budget_s["full"]
+    assert PARTS["sections"].seconds(mode) == PARTS["sections"].budget_s["full"]
 
 
 @pytest.mark.parametrize("native_float16", [False, True])

@@ -80,7 +80,7 @@ def _run_bench(mode: Mode, out: Path, virtual_gpus: bool, gpu_memory_mb: int, pa
     budgets.forget_walls()
     log(f"paradl-tf bench ({mode.name}): {mode.note}")
     log(f"parts: {', '.join(p for p in PARTS if p in parts)} (budgets: "
-        f"{', '.join(f'{p.title} {p.budget_s[mode.name]:.0f} s' for p in PARTS.values())})")
+        f"{', '.join(f'{p.title} {p.seconds(mode):.0f} s' for p in PARTS.values())})")
     probe, described = machine.probe(mode, out, main_budget, virtual_gpus, log)
     bench = Bench(mode, out, described, virtual_gpus, gpu_memory_mb, methods, log, probe)
     if "main" not in parts:  # the main part measures the peaks among its own processes; without it, alone

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 from paradl_tf.benchmark.budgets import Budget
 from paradl_tf.benchmark.machine import median_flops
 from paradl_tf.benchmark.methods import METHOD_BY_NAME
-from paradl_tf.benchmark.modes import Mode
+from paradl_tf.benchmark.modes import MODES, Mode
 from paradl_tf.benchmark.specs import Spec
 from paradl_tf.errors import ConfigError
 
@@ -32,17 +32,24 @@ class Part:
     """Seconds per mode (full, quick, tiny): each part has its own, so a slow part cannot starve the next."""
     entry: bool = False
     """The part writes results.json[name] of its own (null when it does not run)."""
+    scales_with_reps: bool = False
+    """Its budget grows with --reps past the mode's own (each of its figures is `reps` processes)."""
+
+    def seconds(self, mode: Mode) -> float:
+        """This part's budget in `mode`: budget_s, times reps / the mode's own reps where it scales with them."""
+        return self.budget_s[mode.name] * (max(1.0, mode.reps / MODES[mode.name].reps) if self.scales_with_reps else 1.0)
 
     def budget(self, mode: Mode) -> Budget:
         """This part's budget in `mode`, from now."""
-        return Budget.start(self.title, self.budget_s[mode.name])
+        return Budget.start(self.title, self.seconds(mode))
 
     def run(self, bench: Bench, budget: Budget) -> None:
         importlib.import_module(self.module).run(bench, budget)
 
 
 PARTS: dict[str, Part] = {p.name: p for p in [
-    Part("main", "main table", "paradl_tf.benchmark.parts.main", {"full": 38 * 60, "quick": 200, "tiny": 180}),
+    Part("main", "main table", "paradl_tf.benchmark.parts.main", {"full": 38 * 60, "quick": 200, "tiny": 180},
+         scales_with_reps=True),
     Part("sections", "sections", "paradl_tf.benchmark.parts.sections", {"full": 8 * 60, "quick": 90, "tiny": 60}),
     Part("sweeps", "sweeps", "paradl_tf.benchmark.parts.sweeps", {"full": 8 * 60, "quick": 45, "tiny": 60}),
     # On emulated hosts (root): sync against async under slow links and a straggler, beside the cost models. Most
