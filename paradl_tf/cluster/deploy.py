@@ -28,7 +28,6 @@ from paradl_tf.cluster.spec import REQUIRED_JOBS, Spec, tf_config
 from paradl_tf.config import Config
 from paradl_tf.errors import ConfigError
 
-MULTI_PROCESS = ("multi_worker_mirrored", "parameter_server")
 FORMATS = ("tfjob", "jobset", "indexed-job", "slurm")
 CONTAINER = "tensorflow"  # TFJob's operator finds the port on the container of this name; the same name everywhere
 PORT_NAME = "tfjob-port"  # ... and on the port of this name (else it puts 2222 in TF_CONFIG)
@@ -50,9 +49,9 @@ class Pod:
 def task_counts(cfg: Config) -> dict[str, int]:
     """Tasks per job, in the order hosts are given to them: chief, worker, ps."""
     kind = cfg.strategy.kind
-    if kind not in MULTI_PROCESS:
+    if kind not in REQUIRED_JOBS:  # the strategies that run a cluster
         raise ConfigError(f"strategy.kind: {kind} runs in one process; a cluster is for one of: "
-                          f"{', '.join(MULTI_PROCESS)}. Received: strategy.kind={kind!r}")
+                          f"{', '.join(sorted(REQUIRED_JOBS))}. Received: strategy.kind={kind!r}")
     return job_counts(cfg.cluster, REQUIRED_JOBS[kind])
 
 
