@@ -232,8 +232,9 @@ VARIANTS = {
                                    r"must be finite"),
     "csv_row_short": ("csv", lambda r: edit_csv(r / tr(2, "csv"), 30, lambda c: c[:-1]),
                       rf"data\.train_files: {R}/{tr(2, 'csv')}: row 30: 65 columns; the header has 66"),
-    # A cell past the header's columns: CsvDataset reads the columns it selects by position, and this one is not.
-    "csv_row_long": ("csv", lambda r: edit_csv(r / tr(0, "csv"), 2, lambda c: c + ["0.5"]), None),
+    # A cell more (a stray comma): the columns after it would be read shifted, the label a feature's value.
+    "csv_row_long": ("csv", lambda r: edit_csv(r / tr(3, "csv"), 40, lambda c: c[:5] + ["0.5"] + c[5:]),
+                     rf"data\.train_files: {R}/{tr(3, 'csv')}: row 40: 67 columns; the header has 66"),
     "csv_header_only": ("csv", lambda r: (r / tr(1, "csv")).write_text((r / tr(1, "csv")).read_text().split("\n")[0] + "\n"),
                         rf"data\.train_files: {R}/{tr(1, 'csv')}: holds 0 rows of examples, but metadata\.json says "
                         r"examples: 359 for it"),

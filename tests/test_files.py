@@ -348,6 +348,17 @@ def test_a_csv_without_the_label_column(tmp_path):
         _source({"kind": "csv", "train_files": str(path), "validation_files": str(path), "num_classes": 2})
 
 
+def test_csv_ignored_columns_may_hold_text_and_blanks(tmp_path):
+    """Every column is read (so a row with a cell too many is refused, tests/test_data_checks.py): the ignored ones,
+    text or empty, are read as strings and dropped; the features and labels are the right columns."""
+    path = tmp_path / "train.csv"
+    path.write_text('note,x0,label,id,x1\n"a, quoted",0.5,1,7,2.5\n,1.5,0,8,3.5\n')
+    source = _source({"kind": "csv", "train_files": str(path), "validation_files": str(path), "num_classes": 2,
+                      "ignore_columns": ["id", "note"]})
+    x, y = zip(*source.validation_pipeline(1, 0, 2).as_numpy_iterator())
+    assert np.asarray(x[0]).tolist() == [[0.5, 2.5], [1.5, 3.5]] and np.asarray(y[0]).tolist() == [1, 0]
+
+
 def test_empty_files_are_refused_not_trained_on(tmp_path):
     (tmp_path / "train-0.tfrecord").write_bytes(b"")
     with pytest.raises(ConfigError, match=rf"^data\.train_files: {tmp_path}/train-0\.tfrecord is empty \(0 bytes\)"):

@@ -94,7 +94,7 @@ def _label_problem(where: str, label: int, num_classes: int) -> str | None:
 # ---------------------------------------------------------------- CSV
 def _csv_rows(fmt: Format, path: str) -> Iterator[str | None]:
     o = fmt.options
-    label_at, features_at = o["select"][o["label_position"]], [o["select"][p] for p in o["feature_positions"]]
+    label_at, features_at = o["label_position"], o["feature_positions"]
     try:
         with tf.io.gfile.GFile(path) as f:
             reader = csv.reader(f)
@@ -103,7 +103,7 @@ def _csv_rows(fmt: Format, path: str) -> Iterator[str | None]:
                 line = reader.line_num
                 if not any(cell.strip() for cell in row):
                     continue  # a blank line: CsvDataset skips it too
-                if len(row) < len(header):  # cells past the header's are not read
+                if len(row) != len(header):  # a cell more: a stray comma, the columns after it shifted
                     yield f"row {line}: {len(row)} columns; the header has {len(header)}"
                     return
                 yield _csv_row_problem(row, line, header, label_at, features_at, fmt.num_classes)

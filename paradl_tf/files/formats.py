@@ -82,9 +82,8 @@ class Format:
         if self.kind == "tfrecord":
             read = lambda path: tf.data.TFRecordDataset(path)  # noqa: E731
         else:
-            select, defaults = self.options["select"], self.options["defaults"]
-            read = lambda path: tf.data.experimental.CsvDataset(  # noqa: E731
-                path, defaults, header=True, select_cols=select)
+            defaults = self.options["defaults"]  # every column: see sources._csv_columns
+            read = lambda path: tf.data.experimental.CsvDataset(path, defaults, header=True)  # noqa: E731
         return columns.interleave(
             lambda path, count: read(path).apply(tf.data.experimental.assert_cardinality(count)),
             cycle_length=cycle_length, block_length=1, num_parallel_calls=min(parallel, cycle_length),

@@ -252,16 +252,17 @@ def _csv_columns(cfg, files: tuple[str, ...], shape) -> tuple[dict, list[int]]:
     if not features:
         raise ConfigError(f"data.ignore_columns: {files[0]} has no feature column left")
     id_col = header.index("id") if "id" in header and "id" in cfg.ignore_columns else None
-    select = sorted([*features, header.index(cfg.label_column), *([id_col] if id_col is not None else [])])
-    position = {col: i for i, col in enumerate(select)}
+    label_col = header.index(cfg.label_column)
     shape = shape or [len(features)]
     if int(np.prod(shape)) != len(features):
         raise ConfigError(f"data.feature_shape: {shape} does not hold the {len(features)} feature columns of "
                           f"{files[0]}")
-    defaults = [tf.int64 if col in (header.index(cfg.label_column), id_col) else tf.float32 for col in select]
-    return {"select": select, "defaults": defaults, "feature_positions": [position[c] for c in features],
-            "label_position": position[header.index(cfg.label_column)],
-            "id_position": position[id_col] if id_col is not None else None}, shape
+    # Every column is read, so CsvDataset counts each row's cells: told to select some, it reads a row with a cell
+    # too many (a stray comma) with its columns shifted. The other ignored columns: optional strings, never used.
+    defaults = [tf.int64 if i in (label_col, id_col) else tf.float32 if i in features else tf.constant("")
+                for i in range(len(header))]
+    return {"defaults": defaults, "feature_positions": features, "label_position": label_col,
+            "id_position": id_col}, shape
 
 
 def _image_folder(cfg) -> FileSource:
