@@ -103,7 +103,7 @@ def _csv_rows(fmt: Format, path: str) -> Iterator[str | None]:
                 line = reader.line_num
                 if not any(cell.strip() for cell in row):
                     continue  # a blank line: CsvDataset skips it too
-                if len(row) != len(header):  # a cell more: a stray comma, the columns after it shifted
+                if len(row) != len(header):  # e.g. a stray comma, which shifts every column after it
                     yield f"row {line}: {len(row)} columns; the header has {len(header)}"
                     return
                 yield _csv_row_problem(row, line, header, label_at, features_at, fmt.num_classes)

@@ -37,7 +37,8 @@ class Part:
 
     def seconds(self, mode: Mode) -> float:
         """This part's budget in `mode`: budget_s, times reps / the mode's own reps where it scales with them."""
-        return self.budget_s[mode.name] * (max(1.0, mode.reps / MODES[mode.name].reps) if self.scales_with_reps else 1.0)
+        scale = max(1.0, mode.reps / MODES[mode.name].reps) if self.scales_with_reps else 1.0
+        return self.budget_s[mode.name] * scale
 
     def budget(self, mode: Mode) -> Budget:
         """This part's budget in `mode`, from now."""
