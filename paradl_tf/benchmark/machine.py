@@ -14,6 +14,7 @@ from paradl_tf.benchmark.figures import stat
 from paradl_tf.benchmark.modes import Mode
 from paradl_tf.benchmark.processes import run_interleaved, run_one
 from paradl_tf.benchmark.specs import Spec
+from paradl_tf.cluster.processes import usable_cpus
 
 
 # The matmul peaks measured: float32, and the compute dtypes of mixed precision (float16 where it is native).
@@ -58,7 +59,7 @@ def describe_machine(probe: dict, virtual_gpus: bool) -> dict[str, Any]:
         "cpu_model": _cpu_model(),
         "cpu_cores_logical": os.cpu_count(),
         "cpu_cores_physical": psutil.cpu_count(logical=False),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpus_usable": usable_cpus(),
         "memory_bytes": psutil.virtual_memory().total,
         "platform": platform.platform(),
         "python": platform.python_version(),

@@ -21,6 +21,11 @@ STOP_GRACE_S = 5.0  # SIGTERM, then this long, then SIGKILL
 _PR_SET_PDEATHSIG = 1
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, which TensorFlow sizes its pools by), not the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def die_with_parent(parent_pid: int | None = None) -> None:
     """Ask Linux to SIGKILL this process when its parent dies; exit now if the parent is already gone."""
     if not sys.platform.startswith("linux"):

@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 from paradl_tf.errors import ClusterError, ConfigError
 from paradl_tf.cluster.data_service import SERVICE_JOBS, start_service_server
 from paradl_tf.cluster.network import in_private_network, wait_until_gone, warn_exposed
-from paradl_tf.cluster.processes import die_with_parent, set_process_title
+from paradl_tf.cluster.processes import die_with_parent, set_process_title, usable_cpus
 from paradl_tf.cluster.spec import Spec, parse_tf_config, task_port
 from paradl_tf.tf_logs import start_tensorflow
 
@@ -22,8 +22,8 @@ def start_in_process_servers(spec: Spec, jobs: Sequence[str] = ("worker", "ps"),
     """tf.distribute.Server for every task of `jobs`, in this process (notebooks, tests). They live until it exits.
 
     Each worker's server gets worker_server_config (inter-op threads: a cluster with a chief deadlocks on few
-    cores without them). This process cannot
-    move itself into a private network namespace, so outside one it warns (private_network: required fails).
+    cores without them). This process cannot move itself into a private network namespace, so outside one it
+    warns (private_network: required fails).
     """
     import tensorflow as tf
 
@@ -58,11 +58,6 @@ def worker_server_config(spec: Spec, environ: Mapping[str, str] = os.environ):
     config = tf.compat.v1.ConfigProto()
     config.inter_op_parallelism_threads = workers + 1
     return config
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity, which TensorFlow sizes its pools by), not the machine's."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 # ================================================================ one task: `paradl-tf serve`

@@ -11,7 +11,6 @@ Nothing is loaded whole: memory is the shuffle buffer and the prefetched batches
 
 from __future__ import annotations
 
-import os
 import posixpath
 import re
 import warnings
@@ -22,12 +21,13 @@ import numpy as np
 import tensorflow as tf
 
 from paradl_tf.builders.imports import import_callable
+from paradl_tf.cluster.processes import usable_cpus
 from paradl_tf.errors import ConfigError
 from paradl_tf.files import formats
 from paradl_tf.files.checks import file_problem
 from paradl_tf.files.formats import FileSplit, Format
 
-PARALLEL = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+PARALLEL = usable_cpus()
 """Parallel reads and parses: tf.data's autotuning is off (see paradl_tf.builders.data._pipeline), so a fixed count."""
 _ENDLESS = 2**62  # passes of an endless stream
 
