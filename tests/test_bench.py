@@ -3,6 +3,7 @@ tutorial-style reference, and the whole `paradl-tf bench` on tiny workloads: the
 never the speeds."""
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -10,7 +11,9 @@ import psutil
 import pytest
 
 from paradl_tf.benchmark import figures, methods, modes, processes, specs as bench_specs, workloads
-from paradl_tf.benchmark.parts import PARTS, main as main_part, sections as sections_part
+from paradl_tf.benchmark.budgets import Budget
+from paradl_tf.benchmark.parts import PARTS, Bench, main as main_part, sections as sections_part
+from paradl_tf.benchmark.parts import tutorials as tutorials_part
 from paradl_tf.benchmark.reference import REFERENCES, TUTORIALS
 from paradl_tf.benchmark.report import console, main as report_main, markdown
 
@@ -64,10 +67,13 @@ def test_every_part_is_a_module_with_run_and_a_budget_in_every_mode():
     """A part of the run is one module and one entry in parts.PARTS: nothing else names the parts."""
     import importlib
 
-    assert list(PARTS) == ["main", "sections", "sweeps", "network", "data"]  # the order they run in
+    assert list(PARTS) == ["main", "tutorials", "sections", "sweeps", "network", "data"]  # the order they run in
     for part in PARTS.values():
         assert callable(importlib.import_module(part.module).run), part.name
-        assert set(part.budget_s) == set(modes.MODES) and min(part.budget_s.values()) > 0, part.name
+        assert set(part.budget_s) == set(modes.MODES) and part.budget_s["full"] > 0, part.name
+    # A part runs in every mode its budget allows: the tutorials part alone is full mode only.
+    assert [p.name for p in PARTS.values() if min(p.budget_s.values()) == 0] == ["tutorials"]
+    assert [m for m, plan in tutorials_part.PLANS.items() if plan] == ["full"]
 
 
 def test_gpu_machine_uses_real_gpus_unless_virtual_ones_are_asked_for():
@@ -221,6 +227,132 @@ def test_a_worker_past_its_timeout_is_killed_with_everything_it_started(tmp_path
 
 
 @pytest.mark.timeout(120)
+def test_a_worker_runs_on_the_cpus_it_is_given(tmp_path):
+    cpu = max(os.sched_getaffinity(0))
+    result = processes.run_worker({"kind": "matmul", "sizes": [64]}, tmp_path / "w.log", timeout_s=100,
+                                  cpus=frozenset({cpu}))
+    assert result["ok"] and result["cpus"] == [cpu]
+    assert not psutil.Process().children(recursive=True)
+
+
+# ---------------------------------------------------------------- the tutorials part: both sides at the same time
+def _fake_worker(calls: list, failing: tuple = ()):
+    """run_worker as the tutorials part calls it, without TensorFlow: each side 'trains' 0.3 s, the toolkit at
+    1,100 examples/s and the tutorial-style side at 1,000; (impl, round) in `failing` fail."""
+
+    def run_worker(worker, log_path, timeout_s, cpus, env):
+        start = time.monotonic()
+        time.sleep(0.3)
+        calls.append({"impl": worker["impl"], "method": worker["config"]["strategy"]["kind"], "cpus": set(cpus),
+                      "env": env, "start": start, "end": time.monotonic(), "log": log_path.name})
+        if (worker["impl"], log_path.stem.rsplit("_", 1)[1]) in failing:
+            return {"ok": False, "error": "RuntimeError: worker 1 exited with status 1"}
+        train = worker["config"]["train"]
+        steps, batch = train["steps_per_epoch"], train["global_batch_size"]
+        rate = 1100.0 if worker["impl"] == "toolkit" else 1000.0
+        seconds = [9.0] + [steps * batch / rate] * (train["epochs"] - 1)
+        ends = [1000.0 + sum(seconds[:i + 1]) for i in range(len(seconds))]  # both start training at 1000 s
+        return {"ok": True, "epoch_seconds": seconds, "epoch_ends_unix": ends, "steps_per_epoch": steps,
+                "global_batch_size": batch, "cpus": sorted(cpus)}
+
+    return run_worker
+
+
+def _tutorials_bench(tmp_path, mode: str = "full") -> tuple[Bench, list[str]]:
+    logs: list[str] = []
+    return Bench(modes.MODES[mode], tmp_path, {"device_type": "CPU"}, False, 0, None, logs.append, None), logs
+
+
+def test_tutorials_side_by_side_pins_each_side_to_its_own_half_and_swaps_them(monkeypatch, tmp_path):
+    calls: list[dict] = []
+    monkeypatch.setattr(tutorials_part, "run_worker", _fake_worker(calls, failing={("tutorial", "4")}))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    plan = tutorials_part.TutorialsPlan(("mlp",), rounds=5, epochs=4, timeout_s=60)
+    bench, logs = _tutorials_bench(tmp_path)
+    entry = tutorials_part.measure(bench, plan, Budget.start("tutorials side by side", 600))
+
+    assert entry["status"] == "ok" and entry["cpus"] == [[0, 1], [2, 3]] and entry["target"] == 1.0
+    rows = {r["method"]: r for r in entry["rows"]}
+    assert set(rows) == {"multi_worker_mirrored_2", "parameter_server"}  # the methods with a tutorial-style side
+    for method, row in rows.items():
+        kind = methods.METHOD_BY_NAME[method].strategy["kind"]
+        for r in range(5):
+            toolkit, tutorial = (next(c for c in calls if c["impl"] == impl and c["method"] == kind
+                                      and c["log"].endswith(f"_{r}.log")) for impl in ("toolkit", "tutorial"))
+            # Round r: the toolkit on half r % 2, the tutorial-style side on the other, both at the same time.
+            assert toolkit["cpus"] == ({0, 1}, {2, 3})[r % 2] and tutorial["cpus"] == ({2, 3}, {0, 1})[r % 2]
+            assert toolkit["start"] < tutorial["end"] and tutorial["start"] < toolkit["end"]
+            # A parameter-server worker needs workers + 1 inter-op threads, more than a half of 2 CPUs gives.
+            expected_env = {"TF_NUM_INTEROP_THREADS": "3"} if method == "parameter_server" else {}
+            assert toolkit["env"] == tutorial["env"] == expected_env
+        first, second = {"toolkit": [0, 1], "tutorial": [2, 3]}, {"toolkit": [2, 3], "tutorial": [0, 1]}
+        assert [x["cpus"] for x in row["rounds"]] == [first, second, first, second, {**first, "tutorial": None}]
+        # Which side starts first changes every other round.
+        assert [x["started_first"] for x in row["rounds"]] == ["toolkit", "toolkit", "tutorial", "tutorial",
+                                                               "toolkit"]
+        # Round 5's tutorial-style side failed: no ratio for it, the others are toolkit / tutorial of their round.
+        assert [x.get("ratio") for x in row["rounds"]] == [pytest.approx(1.1)] * 4 + [None]
+        assert all(x["epochs_together"] == 3 for x in row["rounds"][:4])
+        assert row["rounds"][4]["tutorial"] == {"error": "RuntimeError: worker 1 exited with status 1"}
+        assert row["toolkit_over_tutorial"]["median"] == pytest.approx(1.1) and row["rounds_measured"] == 4
+        assert row["rounds_at_or_above_target"] == 4
+        assert row["by_half"] == {"toolkit_on_first_half": pytest.approx(1.1),
+                                  "toolkit_on_second_half": pytest.approx(1.1)}
+    assert any("round 5: FAILED: tutorial: RuntimeError" in line for line in logs)
+
+    md = report_main.tutorials_side_by_side_table({"tutorials": entry, "methods": {
+        m.name: {"title": m.title} for m in methods.METHODS}})
+    assert md.startswith("## Against TensorFlow's tutorials, side by side") and "(0,1 | 2,3)" in md
+    assert "| mlp | MultiWorkerMirroredStrategy, 2 local processes | 4 | 1.10x (1.10-1.10) ok | 4 of 4 " \
+           "| 1.100 / 1.100 | 1.100, 1.100, 1.100, 1.100, failed |" in md
+
+
+def test_side_by_side_ratios_count_the_epochs_both_sides_trained_together():
+    """The tutorial-style side starts training 30 s sooner and runs its first epochs alone, faster; only the
+    epochs both sides ran at the same time count (each 10 s here: the toolkit 640 examples/s, the other 500)."""
+    steps, batch = 100, 64
+    toolkit = {"epoch_seconds": [20.0] + [10.0] * 6, "epoch_ends_unix": [1050.0 + 10 * i for i in range(7)],
+               "steps_per_epoch": steps, "global_batch_size": batch}
+    tutorial = {"epoch_seconds": [20.0] + [6.4] * 3 + [12.8] * 3,
+                "epoch_ends_unix": [1020.0, 1026.4, 1032.8, 1039.2, 1052.0, 1064.8, 1077.6],
+                "steps_per_epoch": steps, "global_batch_size": batch}
+    found = tutorials_part.together(toolkit, tutorial)
+    # Together from 1050 (the toolkit's first timed epoch starts) to 1077.6 (the tutorial-style side ends):
+    # the tutorial's last 2 epochs (middles 1058.4, 1071.2) and the toolkit's first 2 (1055, 1065).
+    assert found["epochs_together"] == 2
+    assert found["toolkit"] == pytest.approx(640) and found["tutorial"] == pytest.approx(500)
+    assert found["ratio"] == pytest.approx(1.28)
+    assert found["ratio_all_epochs"] == pytest.approx(640 / (6400 * 6 / (6.4 * 3 + 12.8 * 3)))
+
+    alone = {**tutorial, "epoch_ends_unix": [e - 100 for e in tutorial["epoch_ends_unix"]]}  # never together
+    found = tutorials_part.together(toolkit, alone)
+    assert found["epochs_together"] == 0 and "ratio" not in found and found["ratio_all_epochs"] > 0
+
+
+def test_tutorials_side_by_side_says_why_it_did_not_run(monkeypatch, tmp_path):
+    calls: list[dict] = []
+    monkeypatch.setattr(tutorials_part, "run_worker", _fake_worker(calls))
+    bench, _ = _tutorials_bench(tmp_path, "quick")
+    entry = tutorials_part.measure(bench, tutorials_part.PLANS["quick"], Budget.start("tutorials side by side", 0))
+    assert entry["status"] == "skipped" and "full mode" in entry["why"] and "--parts=tutorials" in entry["why"]
+    assert report_main.tutorials_side_by_side_table({"tutorials": entry}).endswith(f"skipped: {entry['why']}")
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})
+    plan = tutorials_part.TutorialsPlan(("mlp",), rounds=2, epochs=3, timeout_s=60)
+    bench, _ = _tutorials_bench(tmp_path)
+    entry = tutorials_part.measure(bench, plan, Budget.start("tutorials side by side", 600))
+    assert entry["status"] == "not available" and entry["why"].endswith("this process has 1 usable")
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    entry = tutorials_part.measure(bench, plan, Budget.start("tutorials side by side", 0))  # past the budget
+    assert entry["status"] == "ok" and all(row["rounds_measured"] == 0 and row["toolkit_over_tutorial"] is None
+                                           for row in entry["rows"])
+    assert {r["skipped"] for row in entry["rows"] for r in row["rounds"]} == {
+        "it would end past the tutorials side by side budget of 0 s"}
+    assert not calls
+
+
+@pytest.mark.timeout(120)
 def test_hand_written_multi_worker_reference_stops_its_workers_when_one_fails():
     import tf_keras
 
@@ -255,7 +387,7 @@ def test_tutorial_style_reference_trains_on_its_local_cluster(method, tmp_path):
 def test_bench_parts_and_methods_must_be_known(cli, tmp_path):
     proc = cli("bench", "--tiny", "--parts=main,warp", f"--out={tmp_path}", timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip() == "error: --parts=main,warp: each part must be one of main, sections, sweeps, network, data"
+    assert proc.stderr.strip() == "error: --parts=main,warp: each part must be one of main, tutorials, sections, sweeps, network, data"
     proc = cli("bench", "--tiny", "--methods=mirrored_2,mirored_4", f"--out={tmp_path}", timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith("error: --methods=mirrored_2,mirored_4: no method 'mirored_4'; the methods: "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -14,7 +15,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import psutil
 
@@ -26,17 +27,19 @@ from paradl_tf.benchmark.specs import Spec
 from paradl_tf.benchmark.worker import MARK
 
 
-def run_worker(worker: dict, log_path: Path, timeout_s: float) -> dict:
-    """Run one bench_worker process; its result dict (ok False with the reason on any failure). Never leaves it running."""
+def run_worker(worker: dict, log_path: Path, timeout_s: float, cpus: frozenset[int] | None = None,
+               env: dict[str, str] | None = None) -> dict:
+    """Run one bench_worker process; its result dict (ok False with the reason on any failure). Never leaves it running.
+    cpus: pin it, and every process it starts, to these CPUs; env: variables set for it besides the bench's own."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     run_dir = tempfile.mkdtemp(prefix="paradl_bench_")
     spec = {**worker, "run_dir": run_dir, "spawned_at": time.time()}
     argv = [sys.executable, "-m", "paradl_tf.benchmark.worker", "--spec=" + json.dumps(spec)]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": _package_root()}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": _package_root(), **(env or {})}
     start = time.perf_counter()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True, env=env,
-                                start_new_session=True, preexec_fn=cl.preexec_die_with_parent())
+                                start_new_session=True, preexec_fn=_preexec(cpus))
         _RUNNING.add(proc)
         try:
             stdout, _ = proc.communicate(timeout=timeout_s)
@@ -55,7 +58,22 @@ def run_worker(worker: dict, log_path: Path, timeout_s: float) -> dict:
             "process_wall_seconds": wall}
 
 
-_RUNNING: set[subprocess.Popen] = set()  # worker processes now running (several only in tiny mode)
+_RUNNING: set[subprocess.Popen] = set()  # worker processes now running (several only in tiny mode and side by side)
+
+
+def _preexec(cpus: frozenset[int] | None):
+    """The worker's preexec_fn: it dies with this process and, given cpus, runs on them alone; the affinity is
+    inherited by every process it starts (a local cluster's tasks too)."""
+    die_with_parent = cl.preexec_die_with_parent()
+    if not cpus:
+        return die_with_parent
+
+    def preexec():
+        if die_with_parent:
+            die_with_parent()
+        os.sched_setaffinity(0, cpus)
+
+    return preexec
 
 
 def _kill(proc: subprocess.Popen) -> None:
@@ -93,17 +111,24 @@ def run_interleaved(specs: list[Spec], out: Path, mode: Mode, budget: Budget, lo
     for r in range(rounds):
         batch = [s for s in specs if s.reps > r]
         if mode.jobs > 1:
-            with ThreadPoolExecutor(mode.jobs) as pool:
-                try:
-                    list(pool.map(lambda s: run_one(s, r, out, mode, budget, log), batch))
-                except BaseException:  # Ctrl-C or SIGTERM in this thread: stop the workers the others wait for
-                    for proc in list(_RUNNING):
-                        _kill(proc)
-                    pool.shutdown(cancel_futures=True)
-                    raise
+            concurrently([functools.partial(run_one, s, r, out, mode, budget, log) for s in batch], mode.jobs)
         else:
             for spec in batch:
                 run_one(spec, r, out, mode, budget, log)
+
+
+def concurrently(calls: list[Callable[[], Any]], at_once: int) -> list[Any]:
+    """The calls' results, in order, `at_once` of them running at a time (each in a thread: they start and wait on
+    worker processes). Ctrl-C or SIGTERM in this thread kills every worker now running, which the threads wait on."""
+    with ThreadPoolExecutor(at_once) as pool:
+        futures = [pool.submit(call) for call in calls]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            for proc in list(_RUNNING):
+                _kill(proc)
+            pool.shutdown(cancel_futures=True)
+            raise
 
 
 def run_one(spec: Spec, r: int, out: Path, mode: Mode, budget: Budget, log: Callable[[str], None]) -> None:

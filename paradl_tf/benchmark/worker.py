@@ -39,7 +39,9 @@ def main(argv: list[str]) -> int:
     spec = json.loads(args[0].removeprefix("--spec="))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     started = spec.get("spawned_at")
-    result: dict[str, Any] = {"process_start_seconds": _T0 - started if started else None}
+    result: dict[str, Any] = {"process_start_seconds": _T0 - started if started else None,
+                              # the CPUs it may run on (side by side, each side is pinned to its own)
+                              "cpus": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None}
     try:
         result.update(MEASURES[spec["kind"]](spec))
         result["ok"] = True
@@ -123,6 +125,7 @@ def _toolkit_prepare(cfg) -> dict[str, Any]:
         # The last epoch's training accuracy: what the precision section compares across dtypes.
         "train_accuracy": float(history.history["accuracy"][-1]),
         "epoch_seconds": timer.epoch_seconds,
+        "epoch_ends_unix": timer.epoch_ends_unix,
         "steps_per_epoch": job.datasets.steps_per_epoch,
         "global_batch_size": cfg.train.global_batch_size,
         "build_seconds": build_seconds,
@@ -156,6 +159,7 @@ def _toolkit_train(cfg) -> dict[str, Any]:
     chief_seconds = results.get("chief_seconds", results["wall_seconds"])
     return {
         "epoch_seconds": results["epoch_train_seconds"],
+        "epoch_ends_unix": results["epoch_train_ends_unix"],
         "steps_per_epoch": results["steps_per_epoch"],
         "global_batch_size": results["global_batch_size"],
         "build_seconds": chief_seconds - results["fit_seconds"],

@@ -219,6 +219,8 @@ def fit_run(run: Run) -> dict[str, Any]:
     results.update(run.results(job, history.history, len(timer.epoch_seconds)))
     if getattr(timer, "first_step_at", None):  # a launcher measures from its start to this (time.time())
         results["first_step_unix"] = timer.first_step_at
+    # When each epoch's training ended (time.time()): to line the epochs up with other processes' (the bench).
+    results["epoch_train_ends_unix"] = timer.epoch_ends_unix
     if job.is_chief:
         (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
@@ -265,6 +267,7 @@ def epoch_timer(keras: ModuleType):
         def __init__(self):
             super().__init__()
             self.epoch_seconds: list[float] = []
+            self.epoch_ends_unix: list[float] = []  # wall-clock time (time.time()) each epoch's last step ended
             self._begin = self._last = 0.0
             self.first_step_at: float | None = None  # wall-clock time (time.time()) the first step ended
 
@@ -278,6 +281,7 @@ def epoch_timer(keras: ModuleType):
 
         def on_epoch_end(self, epoch, logs=None):
             self.epoch_seconds.append(self._last - self._begin)
+            self.epoch_ends_unix.append(time.time() - (time.perf_counter() - self._last))
 
     return EpochTimer()
 

@@ -303,6 +303,7 @@ def _chief_evaluation(keras, cfg: Config, splits, model, build_model):
         def __init__(self):
             super().__init__()
             self.epoch_seconds: list[float] = []
+            self.epoch_ends_unix: list[float] = []
             self._begin = 0.0
 
         def on_epoch_begin(self, epoch, logs=None):
@@ -310,6 +311,7 @@ def _chief_evaluation(keras, cfg: Config, splits, model, build_model):
 
         def on_epoch_end(self, epoch, logs=None):
             self.epoch_seconds.append(time.perf_counter() - self._begin)
+            self.epoch_ends_unix.append(time.time())
             local.set_weights(_whole_weights(model.get_weights(), [w.shape for w in local.weights]))
             losses, correct, seen = [], 0, 0
             for x, y in _validation_batches(splits):

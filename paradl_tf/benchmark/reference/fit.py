@@ -55,6 +55,7 @@ def _fit(cfg: dict, keras: ModuleType, strategy, build_start: float, build_model
     model.fit(dataset, epochs=train["epochs"], steps_per_epoch=steps, shuffle=False, callbacks=[timer], verbose=0)
     return {
         "epoch_seconds": timer.epoch_seconds,
+        "epoch_ends_unix": timer.epoch_ends_unix,
         "steps_per_epoch": steps,
         "global_batch_size": batch,
         "build_seconds": build_seconds,
@@ -90,13 +91,16 @@ def epoch_timer(keras: ModuleType, batch_hooks: bool = True):
         def __init__(self):
             super().__init__()
             self.epoch_seconds: list[float] = []
+            self.epoch_ends_unix: list[float] = []  # wall-clock time (time.time()) each timed part ended
             self._begin = self._last = 0.0
 
         def on_epoch_begin(self, epoch, logs=None):
             self._begin = self._last = time.perf_counter()
 
         def on_epoch_end(self, epoch, logs=None):
-            self.epoch_seconds.append((self._last if batch_hooks else time.perf_counter()) - self._begin)
+            end = self._last if batch_hooks else time.perf_counter()
+            self.epoch_seconds.append(end - self._begin)
+            self.epoch_ends_unix.append(time.time() - (time.perf_counter() - end))
 
     if batch_hooks:
         def on_train_batch_end(self, batch, logs=None):

@@ -101,6 +101,34 @@ def tutorial_table(results: dict) -> str:
     return "\n".join(out)
 
 
+def tutorials_side_by_side_table(results: dict) -> str:
+    """The tutorials part: both sides at the same time, each pinned to its own half of the CPUs, round by round;
+    its skip or unavailability in one line; nothing when the part was not run."""
+    entry = results.get("tutorials")
+    if not entry:
+        return ""
+    title = "## Against TensorFlow's tutorials, side by side"
+    if entry["status"] != "ok":
+        return f"{title}\n\n{entry['status']}: {entry['why']}"
+    target = entry["target"]
+    first, second = (",".join(map(str, half)) for half in entry["cpus"])
+    out = [title, "", f"The toolkit and the tutorial-style code (above) at the same time, each with every process it "
+           f"starts pinned to its own half of the CPUs ({first} | {second}), the halves swapped every round; "
+           f"{entry['plan']['epochs']} epochs per process, the first untimed. `tk/tut` = toolkit / tutorial-style, "
+           f"round by round: median (min-max) (target >= {target}). `by half`: the median ratio with the toolkit "
+           f"on the first half, then on the second.", "",
+           "| workload | method | rounds | tk/tut | rounds >= target | by half | ratios, round by round |",
+           "|---|---|---|---|---|---|---|"]
+    for row in entry["rows"]:
+        halves = " / ".join("-" if x is None else f"{x:.3f}" for x in row["by_half"].values())
+        rounds = ", ".join(f"{r['ratio']:.3f}" if "ratio" in r else "skipped" if "skipped" in r else "failed"
+                           for r in row["rounds"])
+        out.append(f"| {row['workload']} | {results['methods'][row['method']]['title']} | {row['rounds_measured']} "
+                   f"| {fmt_ratio(row['toolkit_over_tutorial'], target)} "
+                   f"| {row['rounds_at_or_above_target']} of {row['rounds_measured']} | {halves} | {rounds} |")
+    return "\n".join(out)
+
+
 def results_target(results: dict, workload: str, method: str) -> float | None:
     return next((t["target"] for t in results["targets"]["vs_one_device"]
                  if t["workload"] == workload and t["method"] == method), None)

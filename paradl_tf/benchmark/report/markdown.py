@@ -9,7 +9,7 @@ from paradl_tf.benchmark.parts import PARTS
 from paradl_tf.benchmark.report.data import data_tables
 from paradl_tf.benchmark.report.format import fmt
 from paradl_tf.benchmark.report.main import (model_parallel_table, pipeline_table, startup_table, throughput_tables,
-                                             tutorial_table)
+                                             tutorial_table, tutorials_side_by_side_table)
 from paradl_tf.benchmark.report.network import network_tables
 from paradl_tf.benchmark.report.plots import write_plots
 from paradl_tf.benchmark.report.sections import precision_table, threads_table
@@ -23,7 +23,8 @@ RESULTS.md ends with it, so a rerun of the benchmark keeps the history."""
 
 def markdown(results: dict, plots: list[str] = (), before_after: str = "") -> str:
     images = "\n".join(f"![{name.removesuffix('.png')}]({name})" for name in plots)
-    parts = [_header(results), throughput_tables(results), tutorial_table(results), images,
+    parts = [_header(results), throughput_tables(results), tutorial_table(results),
+             tutorials_side_by_side_table(results), images,
              precision_table(results), threads_table(results),
              startup_table(results), model_parallel_table(results), pipeline_table(results), sweep_tables(results),
              network_tables(results), data_tables(results),
