@@ -304,7 +304,7 @@ def test_tutorials_side_by_side_pins_each_side_to_its_own_half_and_swaps_them(mo
         m.name: {"title": m.title} for m in methods.METHODS}})
     assert md.startswith("## Against TensorFlow's tutorials, side by side") and "(0,1 | 2,3)" in md
     assert "| mlp | MultiWorkerMirroredStrategy, 2 local processes | 4 | 1.10x (1.10-1.10) ok | 4 of 4 " \
-           "| 1.100 / 1.100 | 1.100, 1.100, 1.100, 1.100, failed |" in md
+           "| 1.10x (1.10-1.10) | 1.100 / 1.100 | 1.100, 1.100, 1.100, 1.100, failed |" in md
 
 
 def test_side_by_side_ratios_count_the_epochs_both_sides_trained_together():

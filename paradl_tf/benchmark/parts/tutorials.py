@@ -189,6 +189,7 @@ def _threads_env(cfg: dict, cpus: int) -> dict[str, str]:
 def _summary(rounds: list[dict]) -> dict:
     ratios = [r["ratio"] for r in rounds if "ratio" in r]
     return {"toolkit_over_tutorial": stat(ratios),
+            "all_epochs": stat([r["ratio_all_epochs"] for r in rounds if "ratio_all_epochs" in r]),
             "rounds_at_or_above_target": sum(x >= TARGETS["toolkit_over_tutorial"] for x in ratios),
             "rounds_measured": len(ratios),
             "by_half": {side: statistics.median(xs) if (xs := [r["ratio"] for r in rounds if "ratio" in r
