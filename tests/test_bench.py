@@ -237,21 +237,23 @@ def test_a_worker_runs_on_the_cpus_it_is_given(tmp_path):
 
 # ---------------------------------------------------------------- the tutorials part: both sides at the same time
 def _fake_worker(calls: list, failing: tuple = ()):
-    """run_worker as the tutorials part calls it, without TensorFlow: each side 'trains' 0.3 s, the toolkit at
-    1,100 examples/s and the tutorial-style side at 1,000; (impl, round) in `failing` fail."""
+    """run_worker as the tutorials part calls it, without TensorFlow: each side runs 0.3 s and reports epochs on a
+    timeline of its own, the toolkit's cluster starting 0.5 s later than the other's (a first epoch of 9 s, then
+    1,100 examples/s against 1,000); (impl, round) in `failing` fail."""
 
     def run_worker(worker, log_path, timeout_s, cpus, env):
-        start = time.monotonic()
+        start = time.time()
         time.sleep(0.3)
         calls.append({"impl": worker["impl"], "method": worker["config"]["strategy"]["kind"], "cpus": set(cpus),
-                      "env": env, "start": start, "end": time.monotonic(), "log": log_path.name})
+                      "env": env, "start": start, "end": time.time(), "log": log_path.name})
         if (worker["impl"], log_path.stem.rsplit("_", 1)[1]) in failing:
             return {"ok": False, "error": "RuntimeError: worker 1 exited with status 1"}
         train = worker["config"]["train"]
         steps, batch = train["steps_per_epoch"], train["global_batch_size"]
         rate = 1100.0 if worker["impl"] == "toolkit" else 1000.0
         seconds = [9.0] + [steps * batch / rate] * (train["epochs"] - 1)
-        ends = [1000.0 + sum(seconds[:i + 1]) for i in range(len(seconds))]  # both start training at 1000 s
+        began = start + (1.5 if worker["impl"] == "toolkit" else 1.0)
+        ends = [began + sum(seconds[:i + 1]) for i in range(len(seconds))]
         return {"ok": True, "epoch_seconds": seconds, "epoch_ends_unix": ends, "steps_per_epoch": steps,
                 "global_batch_size": batch, "cpus": sorted(cpus)}
 
@@ -265,9 +267,9 @@ def _tutorials_bench(tmp_path, mode: str = "full") -> tuple[Bench, list[str]]:
 
 def test_tutorials_side_by_side_pins_each_side_to_its_own_half_and_swaps_them(monkeypatch, tmp_path):
     calls: list[dict] = []
-    monkeypatch.setattr(tutorials_part, "run_worker", _fake_worker(calls, failing={("tutorial", "4")}))
+    monkeypatch.setattr(tutorials_part, "run_worker", _fake_worker(calls, failing={("tutorial", "2")}))
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
-    plan = tutorials_part.TutorialsPlan(("mlp",), rounds=5, epochs=4, timeout_s=60)
+    plan = tutorials_part.TutorialsPlan(("mlp",), rounds=3, epochs=4, timeout_s=60)
     bench, logs = _tutorials_bench(tmp_path)
     entry = tutorials_part.measure(bench, plan, Budget.start("tutorials side by side", 600))
 
@@ -276,35 +278,36 @@ def test_tutorials_side_by_side_pins_each_side_to_its_own_half_and_swaps_them(mo
     assert set(rows) == {"multi_worker_mirrored_2", "parameter_server"}  # the methods with a tutorial-style side
     for method, row in rows.items():
         kind = methods.METHOD_BY_NAME[method].strategy["kind"]
-        for r in range(5):
+        for r in range(3):
             toolkit, tutorial = (next(c for c in calls if c["impl"] == impl and c["method"] == kind
                                       and c["log"].endswith(f"_{r}.log")) for impl in ("toolkit", "tutorial"))
-            # Round r: the toolkit on half r % 2, the tutorial-style side on the other, both at the same time.
+            # Round r: the toolkit on half r % 2, the tutorial-style side on the other, both at the same time; from
+            # round 2 on, the side whose cluster started 0.5 s sooner starts 0.5 s later.
             assert toolkit["cpus"] == ({0, 1}, {2, 3})[r % 2] and tutorial["cpus"] == ({2, 3}, {0, 1})[r % 2]
-            assert toolkit["start"] < tutorial["end"] and tutorial["start"] < toolkit["end"]
+            lag = tutorial["start"] - toolkit["start"]
+            assert abs(lag) < 0.2 if r == 0 else 0.3 < lag < 0.7
+            assert row["rounds"][r]["delayed_s"]["toolkit"] == 0
+            assert row["rounds"][r]["delayed_s"]["tutorial"] == (0 if r == 0 else pytest.approx(0.5, abs=0.15))
             # A parameter-server worker needs workers + 1 inter-op threads, more than a half of 2 CPUs gives.
             expected_env = {"TF_NUM_INTEROP_THREADS": "3"} if method == "parameter_server" else {}
             assert toolkit["env"] == tutorial["env"] == expected_env
         first, second = {"toolkit": [0, 1], "tutorial": [2, 3]}, {"toolkit": [2, 3], "tutorial": [0, 1]}
-        assert [x["cpus"] for x in row["rounds"]] == [first, second, first, second, {**first, "tutorial": None}]
-        # Which side starts first changes every other round.
-        assert [x["started_first"] for x in row["rounds"]] == ["toolkit", "toolkit", "tutorial", "tutorial",
-                                                               "toolkit"]
-        # Round 5's tutorial-style side failed: no ratio for it, the others are toolkit / tutorial of their round.
-        assert [x.get("ratio") for x in row["rounds"]] == [pytest.approx(1.1)] * 4 + [None]
-        assert all(x["epochs_together"] == 3 for x in row["rounds"][:4])
-        assert row["rounds"][4]["tutorial"] == {"error": "RuntimeError: worker 1 exited with status 1"}
-        assert row["toolkit_over_tutorial"]["median"] == pytest.approx(1.1) and row["rounds_measured"] == 4
-        assert row["rounds_at_or_above_target"] == 4
+        assert [x["cpus"] for x in row["rounds"]] == [first, second, {**first, "tutorial": None}]
+        # Round 3's tutorial-style side failed: no ratio for it, the others are toolkit / tutorial of their round.
+        assert [x.get("ratio") for x in row["rounds"]] == [pytest.approx(1.1)] * 2 + [None]
+        assert all(x["epochs_together"] == 3 for x in row["rounds"][:2])
+        assert row["rounds"][2]["tutorial"] == {"error": "RuntimeError: worker 1 exited with status 1"}
+        assert row["toolkit_over_tutorial"]["median"] == pytest.approx(1.1) and row["rounds_measured"] == 2
+        assert row["rounds_at_or_above_target"] == 2
         assert row["by_half"] == {"toolkit_on_first_half": pytest.approx(1.1),
                                   "toolkit_on_second_half": pytest.approx(1.1)}
-    assert any("round 5: FAILED: tutorial: RuntimeError" in line for line in logs)
+    assert any("round 3: FAILED: tutorial: RuntimeError" in line for line in logs)
 
     md = report_main.tutorials_side_by_side_table({"tutorials": entry, "methods": {
         m.name: {"title": m.title} for m in methods.METHODS}})
     assert md.startswith("## Against TensorFlow's tutorials, side by side") and "(0,1 | 2,3)" in md
-    assert "| mlp | MultiWorkerMirroredStrategy, 2 local processes | 4 | 1.10x (1.10-1.10) ok | 4 of 4 " \
-           "| 1.10x (1.10-1.10) | 1.100 / 1.100 | 1.100, 1.100, 1.100, 1.100, failed |" in md
+    assert "| mlp | MultiWorkerMirroredStrategy, 2 local processes | 2 | 1.10x (1.10-1.10) ok | 2 of 2 " \
+           "| 1.10x (1.10-1.10) | 1.100 / 1.100 | 1.100, 1.100, failed |" in md
 
 
 def test_side_by_side_ratios_count_the_epochs_both_sides_trained_together():
@@ -344,6 +347,12 @@ def test_tutorials_side_by_side_says_why_it_did_not_run(monkeypatch, tmp_path):
     assert entry["status"] == "not available" and entry["why"].endswith("this process has 1 usable")
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    bench.methods = ["mirrored_2"]
+    entry = tutorials_part.measure(bench, plan, Budget.start("tutorials side by side", 600))
+    assert entry["status"] == "skipped" and entry["why"].startswith(
+        "--methods=mirrored_2 names no method with a tutorial-style side (multi_worker_mirrored_2, parameter_server)")
+
+    bench.methods = None
     entry = tutorials_part.measure(bench, plan, Budget.start("tutorials side by side", 0))  # past the budget
     assert entry["status"] == "ok" and all(row["rounds_measured"] == 0 and row["toolkit_over_tutorial"] is None
                                            for row in entry["rows"])

@@ -1,11 +1,12 @@
 """Side by side: the toolkit and TensorFlow's tutorial-style code of each cluster method at the same time, each
-pinned to its own half of the CPUs, the halves swapped every round; the ratio is taken round by round.
+pinned to its own half of the CPUs, the halves swapped every round, the side whose cluster starts sooner started
+later; the ratio is taken round by round, over the epochs both sides trained together.
 
 Why not the main table's tutorial rows alone: there the two sides run one after the other on the whole machine,
 and on a shared machine of few cores the load from outside changes between one process and the next. Single
 pairs of the same code spread from 0.8 to 1.2 that way (bench/RESULTS.md, entries 11 and 12). At the same time,
 both sides meet the same moment's load; pinned, neither takes the other's cores; swapped, neither keeps the
-faster half. What each side then measures is a local cluster on half the machine, so these figures are ratios,
+faster half; started so, both train at once. What each side then measures is a local cluster on half the machine, so these figures are ratios,
 not the main table's throughput.
 """
 
@@ -35,8 +36,7 @@ class TutorialsPlan:
 
     workloads: tuple[str, ...]
     rounds: int
-    """Rounds per row: in each, one process of each side, at the same time; a multiple of 4 (halves swapped
-    every round, which side starts first every other round)."""
+    """Rounds per row: in each, one process of each side, at the same time; even (the halves swap every round)."""
     epochs: int
     """Per process: one warm-up epoch, then epochs - 1 timed (more than the main table's: each round starts
     a cluster of several processes on half the cores, and its epochs amortize that start)."""
@@ -44,7 +44,7 @@ class TutorialsPlan:
 
 
 PLANS: dict[str, TutorialsPlan | None] = {
-    "full": TutorialsPlan(("mlp", "cnn"), rounds=8, epochs=8, timeout_s=420),
+    "full": TutorialsPlan(("mlp", "cnn"), rounds=6, epochs=8, timeout_s=420),
     # A ratio needs several rounds of clusters that each take a minute or two: not for a smoke run, nor for tests.
     "quick": None,
     "tiny": None,
@@ -75,6 +75,9 @@ def measure(bench: Bench, plan: TutorialsPlan | None, budget: Budget) -> dict:
     if plan is None:
         why, status = (f"skipped in {bench.mode.name} mode: a ratio needs rounds of local clusters; the full mode "
                        "measures it (paradl-tf bench --parts=tutorials)"), "skipped"
+    elif not chosen:
+        why, status = (f"--methods={','.join(bench.methods)} names no method with a tutorial-style side "
+                       f"({', '.join(m.name for m in methods())})"), "skipped"
     elif split is None:
         why, status = (f"each side needs CPUs of its own (sched_setaffinity), and this process has "
                        f"{usable_cpus()} usable"), "not available"
@@ -93,7 +96,7 @@ def measure(bench: Bench, plan: TutorialsPlan | None, budget: Budget) -> dict:
         row.update(_summary(row["rounds"]))
     return {"status": status, "plan": asdict(plan), "cpus": [sorted(h) for h in split],
             "target": TARGETS["toolkit_over_tutorial"],
-            "rows": [{k: v for k, v in r.items() if k != "worker"} for r in rows]}
+            "rows": [{k: v for k, v in r.items() if k not in ("worker", "_lead_s")} for r in rows]}
 
 
 def _row(bench: Bench, wname: str, method: Method, plan: TutorialsPlan) -> dict:
@@ -104,34 +107,38 @@ def _row(bench: Bench, wname: str, method: Method, plan: TutorialsPlan) -> dict:
     cfg = build_config(workload, method, devices, workload.batch, workload.width, steps, plan.epochs)
     worker = train_spec(("tutorials", wname, method.name, "toolkit", None), cfg, method, plan.rounds).worker
     return {"workload": wname, "method": method.name, "steps_per_epoch": steps, "epochs": plan.epochs,
-            "worker": worker, "rounds": []}
+            "worker": worker, "rounds": [], "_lead_s": {}}
 
 
 def _round(row: dict, r: int, split, bench: Bench, plan: TutorialsPlan, budget: Budget) -> None:
     """Round r of a row: both sides at once, the toolkit on half r % 2 and the tutorial-style side on the other."""
     name = f"{row['workload']}_{row['method']}"
-    key = f"tutorials_{row['method']}"
+    key = f"tutorials_{name}"  # a round's wall, which the budget expects of the next round of this row
     if not budget.fits(key):
         row["rounds"].append({"round": r, "skipped": f"it would end past the {budget.part} budget of "
                                                       f"{budget.seconds:.0f} s"})
         bench.log(f"  skipped {name} round {r + 1}: time budget")
         return
     cpus = {"toolkit": split[r % 2], "tutorial": split[1 - r % 2]}
-    order = SIDES if r // 2 % 2 == 0 else SIDES[::-1]  # which starts first, too, changes every other round
+    # The side whose cluster reached its timed epochs sooner last round starts that much later: both train at once.
+    lead = row["_lead_s"]
+    delays = {side: max(lead.values()) - lead[side] if len(lead) == 2 else 0.0 for side in SIDES}
     env = _threads_env(row["worker"]["config"], len(cpus["toolkit"]))
-    calls = [functools.partial(run_worker, {**copy.deepcopy(row["worker"]), "impl": side},
+    calls = [functools.partial(_after, delays[side], run_worker, {**copy.deepcopy(row["worker"]), "impl": side},
                                bench.out / "logs" / f"tutorials_{name}_{side}_{r}.log", plan.timeout_s, cpus[side], env)
-             for side in order]
+             for side in SIDES]
     t = time.perf_counter()
-    results = dict(zip(order, concurrently(calls, len(calls))))
+    started = dict(zip(SIDES, concurrently(calls, len(calls))))
     record_wall(key, time.perf_counter() - t)
-    entry = {"round": r, "started_first": order[0],
+    results = {side: result for side, (_, result) in started.items()}
+    entry = {"round": r, "delayed_s": delays,
              "cpus": {side: results[side].get("cpus") for side in SIDES}}  # as each side saw them
     failed = {side: result.get("error") for side, result in results.items() if not result.get("ok")}
     if failed:
         entry.update({side: {"error": error} for side, error in failed.items()})
         bench.log(f"  {name} round {r + 1}: FAILED: " + "; ".join(f"{side}: {e}" for side, e in failed.items()))
     else:
+        lead.update({side: _timed_spans(result)[0][0] - started[side][0] for side, result in results.items()})
         entry.update(together(results["toolkit"], results["tutorial"]))
         if "ratio" in entry:
             bench.log(f"  {name} round {r + 1}: toolkit {entry['toolkit']:.0f}, tutorial-style {entry['tutorial']:.0f}"
@@ -142,14 +149,20 @@ def _round(row: dict, r: int, split, bench: Bench, plan: TutorialsPlan, budget: 
     row["rounds"].append(entry)
 
 
+def _after(delay_s: float, call, *args):
+    """(when it started, on the wall clock, call(*args)) after waiting delay_s."""
+    time.sleep(delay_s)
+    return time.time(), call(*args)
+
+
 def together(a: dict, b: dict) -> dict:
     """Each side's examples/s over its timed epochs that ran while the other side trained too, and their ratio.
 
-    The two sides' clusters take different times to start, so the one training first spends its first epochs
-    beside the other's start-up, and the other its last ones beside an idle half: where the halves share a
-    physical core or a cache, the neighbour's load counts. So an epoch counts where its middle lies between the
-    later start and the earlier end of the two sides' timed epochs (the first, tracing, epoch left out);
-    `ratio_all_epochs` is the ratio over all timed epochs, for comparison."""
+    The two sides' clusters take different times to start, so the one training first would spend its first
+    epochs beside the other's start-up, and the other its last ones beside an idle half: where the halves share a
+    physical core or a cache, the neighbour's load counts. The side that started sooner last round is started
+    later (_round); an epoch counts where its middle lies between the later start and the earlier end of the two
+    sides' timed epochs (the first, tracing, epoch left out). `ratio_all_epochs`: over all timed epochs."""
     spans = {side: _timed_spans(r) for side, r in (("toolkit", a), ("tutorial", b))}
     lo = max(spans[side][0][0] for side in spans)
     hi = min(spans[side][-1][1] for side in spans)
