@@ -155,15 +155,15 @@ COMMANDS = {
                   "tutorial-style code at the same time, each side pinned to half the CPUs; full mode), sections (precision, threads), sweeps (batch, width), "
                   "data (files against memory), network (sync against async on emulated hosts: slow links, a "
                   "straggler; root); default: all six.",
-         "methods": "Only these methods in the main table (e.g. multi_worker_mirrored_2,parameter_server); "
-                    "default: all.",
+         "methods": "Only these methods in the main table and the tutorials part (e.g. "
+                    "multi_worker_mirrored_2,parameter_server); default: all.",
          "reps": "Processes per figure of the main table (default: the mode's, 3 in full, 1 in --quick): more "
                  "processes narrow a ratio whose processes differ, as a local cluster's do on 2 shared cores; "
                  "the main table's time budget grows with them.",
          "virtual_gpus": "On a GPU machine, split GPU 0 into logical GPUs for multi-device methods.",
          "tiny": "Tiny models and concurrent processes, for tests; the speeds mean nothing.",
          "tf_logs": TF_LOGS},
-        ("paradl-tf bench --quick --out=/tmp/bench", "paradl-tf bench   # the full run, about three hours on 2 cores",
+        ("paradl-tf bench --quick --out=/tmp/bench", "paradl-tf bench   # the full run, under 191 minutes on 2 cores",
          "paradl-tf bench --parts=sections --out=/tmp/bench   # precision and threads only",
          "paradl-tf bench --parts=main --methods=parameter_server --reps=8 --out=/tmp/ps   # one row, 8 processes"),
         defaults={"out": "bench"},
