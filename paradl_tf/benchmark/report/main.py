@@ -113,7 +113,8 @@ def tutorials_side_by_side_table(results: dict) -> str:
     target = entry["target"]
     first, second = (",".join(map(str, half)) for half in entry["cpus"])
     out = [title, "", f"The toolkit and the tutorial-style code (above) at the same time, each with every process it "
-           f"starts pinned to its own half of the CPUs ({first} | {second}), the halves swapped every round; "
+           f"starts pinned to its own half of the CPUs ({first} | {second}), the halves swapped every round, and the "
+           f"side whose cluster reached its timed epochs sooner in the last round started that much later; "
            f"{entry['plan']['epochs']} epochs per process, the first untimed. `tk/tut` = toolkit / tutorial-style, "
            f"round by round, over the epochs both sides trained together: median (min-max) (target >= {target}). "
            "`all epochs`: the same over every timed epoch, together or not. `by half`: the median ratio with the "
