@@ -152,9 +152,9 @@ COMMANDS = {
          "out": "The directory for results.json, RESULTS.md and the plots.",
          "parts": "Which parts to measure, each on its own time budget: main (every method against its "
                   "hand-written and tutorial-style code), tutorials (the cluster methods against TensorFlow's "
-                  "tutorial-style code at the same time, each side pinned to half the CPUs; full mode), sections (precision, threads), sweeps (batch, width), "
-                  "data (files against memory), network (sync against async on emulated hosts: slow links, a "
-                  "straggler; root); default: all six.",
+                  "tutorial-style code at the same time, each side pinned to half the CPUs; full mode), sections "
+                  "(precision, threads), sweeps (batch, width), data (files against memory), network (sync "
+                  "against async on emulated hosts: slow links, a straggler; root); default: all six.",
          "methods": "Only these methods in the main table and the tutorials part (e.g. "
                     "multi_worker_mirrored_2,parameter_server); default: all.",
          "reps": "Processes per figure of the main table (default: the mode's, 3 in full, 1 in --quick): more "

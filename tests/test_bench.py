@@ -396,7 +396,8 @@ def test_tutorial_style_reference_trains_on_its_local_cluster(method, tmp_path):
 def test_bench_parts_and_methods_must_be_known(cli, tmp_path):
     proc = cli("bench", "--tiny", "--parts=main,warp", f"--out={tmp_path}", timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip() == "error: --parts=main,warp: each part must be one of main, tutorials, sections, sweeps, network, data"
+    assert proc.stderr.strip() == ("error: --parts=main,warp: each part must be one of main, tutorials, sections, "
+                                   "sweeps, network, data")
     proc = cli("bench", "--tiny", "--methods=mirrored_2,mirored_4", f"--out={tmp_path}", timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith("error: --methods=mirrored_2,mirored_4: no method 'mirored_4'; the methods: "
