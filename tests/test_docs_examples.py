@@ -101,12 +101,22 @@ def commands(code: str) -> list[str]:
 
 
 def with_small_epochs(command: str) -> str:
-    """`paradl-tf train ...` without train.epochs gets `--set train.epochs=1` (before a redirection or comment)."""
+    """`paradl-tf train ...` without train.epochs gets `--set train.epochs=1` (before a redirection or comment), and
+    a local cluster START_TIMEOUT_S to start in."""
     command = re.sub(r"\s+#.*$", "", command)
     if not command.startswith("paradl-tf train") or "train.epochs" in command or "--help" in command:
         return command
     head, redirect, tail = command.partition(" > ")
-    return f"{head.rstrip()} --set train.epochs=1" + (f" > {tail}" if redirect else "")
+    extra = " --set train.epochs=1"
+    if "start_timeout_s" not in head:
+        extra += f" --set cluster.start_timeout_s={START_TIMEOUT_S}"
+    return f"{head.rstrip()}{extra}" + (f" > {tail}" if redirect else "")
+
+
+# Three commands run at once here, beside another test file: a local cluster of 6 tasks (3 workers, 2 ps, the
+# chief) on 2 cores once had 3 of them not up after cluster.start_timeout_s's default of 60 s. The longer time is
+# for this test's load, not the command's.
+START_TIMEOUT_S = 240
 
 
 def _workdir() -> Path:
