@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from paradl_tf.benchmark.budgets import Budget, record_wall
-from paradl_tf.benchmark.figures import TARGETS, stat
+from paradl_tf.benchmark.figures import TARGETS, process_figures, stat
 from paradl_tf.benchmark.methods import METHODS, Method
 from paradl_tf.benchmark.parts import Bench
 from paradl_tf.benchmark.processes import concurrently, run_worker
@@ -163,25 +163,21 @@ def together(a: dict, b: dict) -> dict:
     physical core or a cache, the neighbour's load counts. The side that started sooner last round is started
     later (_round); an epoch counts where its middle lies between the later start and the earlier end of the two
     sides' timed epochs (the first, tracing, epoch left out). `ratio_all_epochs`: over all timed epochs."""
-    spans = {side: _timed_spans(r) for side, r in (("toolkit", a), ("tutorial", b))}
+    results = dict(zip(SIDES, (a, b)))
+    spans = {side: _timed_spans(r) for side, r in results.items()}
     lo = max(spans[side][0][0] for side in spans)
     hi = min(spans[side][-1][1] for side in spans)
     out: dict = {"epochs_together": {}}
-    for side, result in (("toolkit", a), ("tutorial", b)):
+    for side, result in results.items():
         kept = [end - start for start, end in spans[side] if lo <= (start + end) / 2 <= hi]
         out["epochs_together"][side] = len(kept)
         if kept:
             out[side] = result["steps_per_epoch"] * result["global_batch_size"] * len(kept) / sum(kept)
     if all(side in out for side in SIDES):
         out["ratio"] = out["toolkit"] / out["tutorial"]
-    out["ratio_all_epochs"] = _rate(a) / _rate(b)
+    out["ratio_all_epochs"] = process_figures(a)["examples_per_sec"] / process_figures(b)["examples_per_sec"]
     out["epochs_together"] = min(out["epochs_together"].values())
     return out
-
-
-def _rate(result: dict) -> float:
-    timed = result["epoch_seconds"][1:]
-    return result["steps_per_epoch"] * result["global_batch_size"] * len(timed) / sum(timed)
 
 
 def _timed_spans(result: dict) -> list[tuple[float, float]]:
