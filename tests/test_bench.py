@@ -15,7 +15,7 @@ from paradl_tf.benchmark.budgets import Budget
 from paradl_tf.benchmark.parts import PARTS, Bench, main as main_part, sections as sections_part
 from paradl_tf.benchmark.parts import tutorials as tutorials_part
 from paradl_tf.benchmark.reference import REFERENCES, TUTORIALS
-from paradl_tf.benchmark.report import console, main as report_main, markdown
+from paradl_tf.benchmark.report import console, format as report_format, main as report_main, markdown
 
 CPU_MACHINE = {"device_type": "CPU", "gpus": []}
 FIGURE = {"min", "median", "max", "n", "samples"}
@@ -269,7 +269,7 @@ def test_tutorials_side_by_side_pins_each_side_to_its_own_half_and_swaps_them(mo
     calls: list[dict] = []
     monkeypatch.setattr(tutorials_part, "run_worker", _fake_worker(calls, failing={("tutorial", "2")}))
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
-    plan = tutorials_part.TutorialsPlan(("mlp",), rounds=3, epochs=4, timeout_s=60)
+    plan = tutorials_part.TutorialsPlan(("mlp",), rounds=3, epochs=4, steps_scale=1, timeout_s=60)
     bench, logs = _tutorials_bench(tmp_path)
     entry = tutorials_part.measure(bench, plan, Budget.start("tutorials side by side", 600))
 
@@ -306,8 +306,22 @@ def test_tutorials_side_by_side_pins_each_side_to_its_own_half_and_swaps_them(mo
     md = report_main.tutorials_side_by_side_table({"tutorials": entry, "methods": {
         m.name: {"title": m.title} for m in methods.METHODS}})
     assert md.startswith("## Against TensorFlow's tutorials, side by side") and "(0,1 | 2,3)" in md
-    assert "| mlp | MultiWorkerMirroredStrategy, 2 local processes | 2 | 1.10x (1.10-1.10) ok | 2 of 2 " \
+    # Two rounds are too few for a 90% interval of the median (five are needed): "-".
+    assert "| mlp | MultiWorkerMirroredStrategy, 2 local processes | 2 | 1.10x (1.10-1.10) ok | - | 2 of 2 " \
            "| 1.10x (1.10-1.10) | 1.100 / 1.100 | 1.100, 1.100, failed |" in md
+
+
+def test_median_interval_is_the_order_statistics_that_cover_the_median():
+    """n values fall on either side of the true median with probability 1/2 each: [k-th smallest, k-th largest]
+    misses it with probability 2 P(Binomial(n, 1/2) < k); k is the largest that keeps the cover at 90% or more."""
+    ratios = [1.04, 0.91, 1.10, 0.97, 1.01, 0.99, 0.88, 1.06]
+    found = figures.median_interval(ratios, 0.9)
+    assert found == {"low": 0.91, "high": 1.06, "coverage": pytest.approx(1 - 2 * 9 / 256), "n": 8}  # k = 2
+    assert figures.median_interval(ratios, 0.95) == {"low": 0.88, "high": 1.10,
+                                                     "coverage": pytest.approx(1 - 2 / 256), "n": 8}  # k = 1
+    assert figures.median_interval(ratios[:5], 0.9)["coverage"] == pytest.approx(1 - 2 / 32)
+    assert figures.median_interval(ratios[:4], 0.9) is None  # 1 - 2/16 < 0.9: no interval is that sure
+    assert report_format.fmt_interval(found) == "0.910-1.060 (93%)" and report_format.fmt_interval(None) == "-"
 
 
 def test_side_by_side_ratios_count_the_epochs_both_sides_trained_together():
@@ -341,7 +355,7 @@ def test_tutorials_side_by_side_says_why_it_did_not_run(monkeypatch, tmp_path):
     assert report_main.tutorials_side_by_side_table({"tutorials": entry}).endswith(f"skipped: {entry['why']}")
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})
-    plan = tutorials_part.TutorialsPlan(("mlp",), rounds=2, epochs=3, timeout_s=60)
+    plan = tutorials_part.TutorialsPlan(("mlp",), rounds=2, epochs=3, steps_scale=1, timeout_s=60)
     bench, _ = _tutorials_bench(tmp_path)
     entry = tutorials_part.measure(bench, plan, Budget.start("tutorials side by side", 600))
     assert entry["status"] == "not available" and entry["why"].endswith("this process has 1 usable")

@@ -52,7 +52,7 @@ PARTS: dict[str, Part] = {p.name: p for p in [
     Part("main", "main table", "paradl_tf.benchmark.parts.main", {"full": 38 * 60, "quick": 200, "tiny": 180},
          scales_with_reps=True),
     # After the main table: its tutorial-style rows, then the same methods side by side, each side pinned to half
-    # the CPUs; 4 rows x 6 rounds, each one to two minutes of two local clusters starting on one core each. Not in the
+    # the CPUs; 4 rows x 8 rounds, each about one minute of two local clusters starting on one core each. Not in the
     # quick and tiny modes (budget 0): a ratio needs its rounds.
     Part("tutorials", "tutorials side by side", "paradl_tf.benchmark.parts.tutorials",
          {"full": 45 * 60, "quick": 0, "tiny": 0}, entry=True),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from paradl_tf.benchmark.report.format import fmt, index_of, method_order, mib, rows_of
+from paradl_tf.benchmark.report.format import fmt, fmt_interval, index_of, method_order, mib, rows_of
 
 
 def console_table(results: dict) -> str:
@@ -41,8 +41,10 @@ def console_table(results: dict) -> str:
         lines.append(f"not run in {results['mode']} mode: {', '.join(skipped)}")
     tutorials = results.get("tutorials") or {}
     for row in tutorials.get("rows", []):  # the tutorials part: both sides at once, each on its own half of the CPUs
+        interval = row.get("median_interval")
+        within = f", median within {fmt_interval(interval)}" if interval else ""
         lines.append(f"side by side {row['workload']:6} {row['method']:26} tk/tut {_short(row['toolkit_over_tutorial'])}"
-                     f" ({row['rounds_at_or_above_target']} of {row['rounds_measured']} rounds >= target)")
+                     f" ({row['rounds_at_or_above_target']} of {row['rounds_measured']} rounds >= target{within})")
     for q in results.get("section_ratios", []):
         extra = f" ({q['of_ceiling'] * 100:.0f}% of the {q['ceiling']:.1f}x ceiling)" if q.get("of_ceiling") else ""
         lines.append(f"{q['section']:10} {q['workload']:10} {q['method']:18} {q['x']!s:>15} / {q['baseline']!s:<8} "

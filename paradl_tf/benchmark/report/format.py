@@ -24,6 +24,13 @@ def fmt_ratio(s: dict | None, target: float | None = None) -> str:
     return text
 
 
+def fmt_interval(interval: dict | None) -> str:
+    """'0.950-1.020 (93%)': a median's confidence interval; '-' with too few rounds for one."""
+    if not interval:
+        return "-"
+    return f"{interval['low']:.3f}-{interval['high']:.3f} ({interval['coverage']:.0%})"
+
+
 def rows_of(results: dict, section: str = "main") -> list[dict]:
     return [r for r in results["rows"] if r["section"] == section]
 
