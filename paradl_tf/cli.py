@@ -163,7 +163,7 @@ COMMANDS = {
          "virtual_gpus": "On a GPU machine, split GPU 0 into logical GPUs for multi-device methods.",
          "tiny": "Tiny models and concurrent processes, for tests; the speeds mean nothing.",
          "tf_logs": TF_LOGS},
-        ("paradl-tf bench --quick --out=/tmp/bench", "paradl-tf bench   # the full run, under 191 minutes on 2 cores",
+        ("paradl-tf bench --quick --out=/tmp/bench", "paradl-tf bench   # the full run, under 206 minutes on 2 cores",
          "paradl-tf bench --parts=sections --out=/tmp/bench   # precision and threads only",
          "paradl-tf bench --parts=main --methods=parameter_server --reps=8 --out=/tmp/ps   # one row, 8 processes"),
         defaults={"out": "bench"},

@@ -1,7 +1,7 @@
 """The run: `paradl-tf bench` from start to results.json, every method against one device and hand-written code.
 
     paradl-tf bench --quick              # fewer repetitions and points: under 19 minutes on 2 cores
-    paradl-tf bench --out=bench          # the full run: under 191 minutes on 2 cores (the parts' budgets)
+    paradl-tf bench --out=bench          # the full run: under 206 minutes on 2 cores (the parts' budgets)
     paradl-tf bench --parts=sections     # some parts only (paradl_tf.benchmark.parts.PARTS)
     make bench
 
