@@ -7,7 +7,7 @@ and on a shared machine of few cores the load from outside changes between one p
 pairs of the same code spread from 0.8 to 1.2 that way (bench/RESULTS.md, entries 11 and 12). At the same time,
 both sides meet the same moment's load; pinned, neither takes the other's cores; swapped, neither keeps the
 faster half; started so, both train at once. What each side then measures is a local cluster on half the machine,
-so these figures are ratios, not the main table's throughput. Entry 13 of bench/RESULTS.md has a full run of it.
+so these figures are ratios, not the main table's throughput. Entries 13 and 14 of bench/RESULTS.md have full runs.
 """
 
 from __future__ import annotations
