@@ -269,12 +269,15 @@ def test_tutorials_side_by_side_pins_each_side_to_its_own_half_and_swaps_them(mo
     calls: list[dict] = []
     monkeypatch.setattr(tutorials_part, "run_worker", _fake_worker(calls, failing={("tutorial", "2")}))
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
-    plan = tutorials_part.TutorialsPlan(("mlp",), rounds=3, epochs=4, steps_scale=1, timeout_s=60)
+    plan = tutorials_part.TutorialsPlan(("mlp",), rounds=3, epochs=4, steps_scale=2, timeout_s=60)
     bench, logs = _tutorials_bench(tmp_path)
     entry = tutorials_part.measure(bench, plan, Budget.start("tutorials side by side", 600))
 
     assert entry["status"] == "ok" and entry["cpus"] == [[0, 1], [2, 3]] and entry["target"] == 1.0
     rows = {r["method"]: r for r in entry["rows"]}
+    mlp = workloads.WORKLOADS["mlp"]  # epochs of twice the main table's steps (steps_scale)
+    assert {r["steps_per_epoch"] for r in rows.values()} == {
+        2 * bench_specs.steps_for(mlp, modes.MODES["full"], mlp.batch, mlp.width)}
     assert set(rows) == {"multi_worker_mirrored_2", "parameter_server"}  # the methods with a tutorial-style side
     for method, row in rows.items():
         kind = methods.METHOD_BY_NAME[method].strategy["kind"]
