@@ -29,7 +29,7 @@ def stat(values: Sequence[float]) -> dict[str, Any] | None:
             "samples": values}
 
 
-def median_interval(values: Sequence[float], confidence: float = 0.9) -> dict[str, Any] | None:
+def median_interval(values: Sequence[float], confidence: float) -> dict[str, Any] | None:
     """A distribution-free confidence interval of the median: the k-th smallest and k-th largest value, k the
     largest with at least `confidence` that the true median lies between them (each value falls on either side of
     it with probability 1/2, so the count below it is binomial). What a handful of noisy rounds can tell apart
